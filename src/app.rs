@@ -1,0 +1,53 @@
+//! The state every request shares: clients of the three backends and the parts
+//! built on them. Built once per process by [`App::connect`].
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::{
+    auth::Auth,
+    broker::Broker,
+    catalog::Catalog,
+    config::Config,
+    holds::{Keys, Store},
+    inventory::Inventory,
+    waiting_room::Load,
+};
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub pg: deadpool_postgres::Pool,
+    pub broker: Broker,
+    pub auth: Auth,
+    pub catalog: Catalog,
+    pub inventory: Arc<Inventory>,
+    pub load: Load,
+}
+
+impl App {
+    /// Connects Redis (must answer now) and prepares lazy PostgreSQL and RabbitMQ clients.
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
+        let redis = config
+            .redis
+            .connect()
+            .await
+            .context("failed to connect to Redis (REDIS_URL)")?;
+        let store = Store::new(redis, Keys::new(config.redis.prefix.clone()));
+        let pg = config
+            .pg
+            .pool()
+            .context("failed to set up PostgreSQL pool")?;
+        Ok(App {
+            broker: Broker::new(config.amqp.url.clone()),
+            auth: Auth::new(&config.auth)?,
+            catalog: Catalog::new(store.clone(), pg.clone(), config.seats_cache_ttl),
+            inventory: Arc::new(Inventory::new(store.clone(), pg.clone())),
+            load: Load::new(config.http.max_in_flight),
+            store,
+            pg,
+            config,
+        })
+    }
+}

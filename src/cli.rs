@@ -1,0 +1,40 @@
+//! Command line: one binary, a subcommand per job. Configuration itself comes from
+//! the environment (see `config`); flags only say what to do.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "herdgate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole gateway on one machine: HTTP API and inventory loader (the default).
+    Serve,
+    /// Apply the SQL migrations in migrations/ (creates the database if it is missing).
+    Migrate,
+    /// Load the demo events, venue seats and users from seed/ (safe to run again).
+    Seed(SeedArgs),
+    /// Print a signed bearer token for an existing user, alone on standard output.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SeedArgs {
+    /// Seats of the demo event 1.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub seats: u32,
+    /// Load-test users (user1@load.test ... userN@load.test, password "password").
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=5_000_000))]
+    pub users: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// The user's id in PostgreSQL.
+    #[arg(long)]
+    pub user: i64,
+}

@@ -1,0 +1,371 @@
+//! Configuration from the environment, and nothing else.
+//!
+//! Every variable is a named `ENV_*` constant read through [`Strings`], so tests
+//! feed a `HashMap` instead of the process environment. A bad value fails start-up
+//! with one line naming the variable (see `main`, exit code 64).
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+
+pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
+pub const ENV_REDIS_URL: &str = "REDIS_URL";
+pub const ENV_AMQP_URL: &str = "AMQP_URL";
+pub const ENV_ADDR: &str = "HERDGATE_ADDR";
+pub const ENV_TOKEN_SECRET: &str = "HERDGATE_TOKEN_SECRET";
+pub const ENV_TOKEN_TTL: &str = "HERDGATE_TOKEN_TTL";
+pub const ENV_REDIS_PREFIX: &str = "HERDGATE_REDIS_PREFIX";
+pub const ENV_REDIS_POOL: &str = "HERDGATE_REDIS_POOL";
+pub const ENV_REDIS_TIMEOUT: &str = "HERDGATE_REDIS_TIMEOUT";
+pub const ENV_DB_POOL: &str = "HERDGATE_DB_POOL";
+pub const ENV_HOLD_TTL: &str = "HERDGATE_HOLD_TTL";
+pub const ENV_MAX_BODY: &str = "HERDGATE_MAX_BODY";
+pub const ENV_BODY_TIMEOUT: &str = "HERDGATE_BODY_TIMEOUT";
+pub const ENV_SEATS_CACHE_TTL: &str = "HERDGATE_SEATS_CACHE_TTL";
+pub const ENV_SHUTDOWN_GRACE: &str = "HERDGATE_SHUTDOWN_GRACE";
+pub const ENV_LOGIN_CONCURRENCY: &str = "HERDGATE_LOGIN_CONCURRENCY";
+pub const ENV_MAX_IN_FLIGHT: &str = "HERDGATE_MAX_IN_FLIGHT";
+pub const ENV_INVENTORY_INTERVAL: &str = "HERDGATE_INVENTORY_INTERVAL";
+
+/// Signs development tokens only; `Config::from_env` warns whenever it is in use.
+pub const DEV_TOKEN_SECRET: &str = "herdgate-development-secret-do-not-use-in-production";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}={value:?} is invalid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Where configuration strings come from: the process environment, or a map in tests.
+pub trait Strings {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct Env;
+
+impl Strings for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Strings for HashMap<&str, &str> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).map(|v| v.to_string())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub pg: PgConfig,
+    pub redis: RedisConfig,
+    pub amqp: AmqpConfig,
+    pub auth: AuthConfig,
+    /// How long a hold lasts before the sweeper releases it.
+    pub hold_ttl: Duration,
+    /// How long an answer of `GET /api/seats/available` may be reused.
+    pub seats_cache_ttl: Duration,
+    /// How often on-sale events missing from Redis are looked for and loaded.
+    pub inventory_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    /// Largest request body accepted, enforced while reading.
+    pub max_body: usize,
+    /// A client that has not sent its whole body by then gets 408.
+    pub body_timeout: Duration,
+    /// In-flight requests are given this long to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Requests served at once before the gateway answers 503 (never an unbounded queue).
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    pub url: SecretString,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: SecretString,
+    /// Every key starts with it, so tests and several deployments share one Redis.
+    pub prefix: String,
+    pub pool_size: usize,
+    /// A Redis call that takes longer fails, and the request gets 503.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    pub url: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub token_secret: SecretString,
+    pub token_ttl: Duration,
+    /// Password checks run at once; argon2 is built to be slow, so more would starve the runtime.
+    pub login_concurrency: usize,
+}
+
+impl Config {
+    pub fn from_env(env: &impl Strings) -> Result<Self, ConfigError> {
+        let token_secret = env
+            .get(ENV_TOKEN_SECRET)
+            .unwrap_or_else(|| DEV_TOKEN_SECRET.to_string());
+        if token_secret.len() < 32 {
+            return Err(invalid(
+                ENV_TOKEN_SECRET,
+                "<hidden>",
+                "must be at least 32 bytes long",
+            ));
+        }
+        Ok(Config {
+            http: HttpConfig {
+                addr: parse(env, ENV_ADDR, "0.0.0.0:8080", parse_addr)?,
+                max_body: parse(env, ENV_MAX_BODY, "16384", parse_positive)?,
+                body_timeout: parse(env, ENV_BODY_TIMEOUT, "10s", parse_duration)?,
+                shutdown_grace: parse(env, ENV_SHUTDOWN_GRACE, "10s", parse_duration)?,
+                max_in_flight: parse(env, ENV_MAX_IN_FLIGHT, "8192", parse_positive)?,
+            },
+            pg: PgConfig {
+                url: parse(
+                    env,
+                    ENV_DATABASE_URL,
+                    "postgres://postgres@127.0.0.1:5432/herdgate",
+                    parse_url(&["postgres", "postgresql"], |s| {
+                        s.parse::<tokio_postgres::Config>()
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    }),
+                )?,
+                pool_size: parse(env, ENV_DB_POOL, "16", parse_positive)?,
+            },
+            redis: RedisConfig {
+                url: parse(
+                    env,
+                    ENV_REDIS_URL,
+                    "redis://127.0.0.1:6379/0",
+                    parse_url(&["redis", "rediss"], |s| {
+                        fred::types::config::Config::from_url(s)
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    }),
+                )?,
+                prefix: parse(env, ENV_REDIS_PREFIX, "hg:", parse_prefix)?,
+                pool_size: parse(env, ENV_REDIS_POOL, "4", parse_positive)?,
+                timeout: parse(env, ENV_REDIS_TIMEOUT, "2s", parse_duration)?,
+            },
+            amqp: AmqpConfig {
+                url: parse(
+                    env,
+                    ENV_AMQP_URL,
+                    "amqp://guest:guest@127.0.0.1:5672/%2f",
+                    parse_url(&["amqp", "amqps"], |s| {
+                        s.parse::<lapin::uri::AMQPUri>().map(drop)
+                    }),
+                )?,
+            },
+            auth: AuthConfig {
+                token_secret: SecretString::from(token_secret),
+                token_ttl: parse(env, ENV_TOKEN_TTL, "24h", parse_duration)?,
+                login_concurrency: parse(env, ENV_LOGIN_CONCURRENCY, "2", parse_positive)?,
+            },
+            hold_ttl: parse(env, ENV_HOLD_TTL, "600s", parse_duration)?,
+            seats_cache_ttl: parse(env, ENV_SEATS_CACHE_TTL, "250ms", parse_duration)?,
+            inventory_interval: parse(env, ENV_INVENTORY_INTERVAL, "5s", parse_duration)?,
+        })
+    }
+
+    /// True when tokens are signed with the published development secret.
+    pub fn uses_dev_secret(&self) -> bool {
+        self.auth.token_secret.expose_secret() == DEV_TOKEN_SECRET
+    }
+}
+
+impl PgConfig {
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        // Checked in `Config::from_env`.
+        self.url
+            .expose_secret()
+            .parse()
+            .expect("DATABASE_URL was validated")
+    }
+
+    /// A lazy pool: connections open on first use, so start-up never waits on it.
+    pub fn pool(&self) -> anyhow::Result<deadpool_postgres::Pool> {
+        let manager = deadpool_postgres::Manager::from_config(
+            self.pg_config(),
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        Ok(deadpool_postgres::Pool::builder(manager)
+            .max_size(self.pool_size)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()?)
+    }
+}
+
+impl RedisConfig {
+    /// Connects a pool; commands from many tasks are pipelined on its connections.
+    pub async fn connect(&self) -> anyhow::Result<fred::prelude::Pool> {
+        use fred::prelude::*;
+        let config = fred::types::config::Config::from_url(self.url.expose_secret())?;
+        let timeout = self.timeout;
+        let pool = Builder::from_config(config)
+            .with_performance_config(|perf| perf.default_command_timeout = timeout)
+            .with_connection_config(|conn| {
+                conn.connection_timeout = timeout;
+                conn.tcp = fred::types::config::TcpConfig {
+                    nodelay: Some(true),
+                    ..Default::default()
+                };
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build_pool(self.pool_size)?;
+        pool.init().await?;
+        Ok(pool)
+    }
+}
+
+fn invalid(name: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads `name` (or its default) and parses it, naming the variable on failure.
+fn parse<T>(
+    env: &impl Strings,
+    name: &'static str,
+    default: &str,
+    parse_fn: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let value = env.get(name).unwrap_or_else(|| default.to_string());
+    parse_fn(value.trim()).map_err(|reason| {
+        // URLs may carry passwords: never echo them back.
+        let shown = if name.ends_with("_URL") {
+            "<hidden>"
+        } else {
+            &value
+        };
+        invalid(name, shown, reason)
+    })
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|e| format!("{e}; expected host:port such as 0.0.0.0:8080"))
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be greater than zero".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}; expected a positive integer")),
+    }
+}
+
+/// Durations read as `600s`, `250ms`, `10m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{e}; expected a duration such as 600s, 250ms or 10m"))?,
+    };
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// A URL with one of `schemes`, which the client library itself must accept.
+fn parse_url(
+    schemes: &'static [&'static str],
+    check: impl Fn(&str) -> Result<(), String>,
+) -> impl Fn(&str) -> Result<SecretString, String> {
+    move |s| {
+        let scheme = s.split_once("://").map(|(scheme, _)| scheme);
+        match scheme {
+            Some(scheme) if schemes.contains(&scheme) => {
+                check(s)?;
+                Ok(SecretString::from(s.to_string()))
+            }
+            _ => Err(format!(
+                "expected a URL starting with {}://",
+                schemes.join("://, ")
+            )),
+        }
+    }
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    // Braces would break the per-event hash tag that keeps an event in one cluster slot.
+    if s.contains(['{', '}']) || s.contains(char::is_whitespace) {
+        return Err("must not contain braces or spaces".into());
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        Config::from_env(&pairs.iter().copied().collect::<HashMap<_, _>>())
+    }
+
+    #[test]
+    fn defaults_are_local_and_valid() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.http.addr.port(), 8080);
+        assert_eq!(c.hold_ttl, Duration::from_secs(600));
+        assert_eq!(c.redis.prefix, "hg:");
+        assert!(c.uses_dev_secret());
+    }
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        let c = config(&[(ENV_HOLD_TTL, "2"), (ENV_SEATS_CACHE_TTL, "100ms")]).unwrap();
+        assert_eq!(c.hold_ttl, Duration::from_secs(2));
+        assert_eq!(c.seats_cache_ttl, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let err = config(&[(ENV_HOLD_TTL, "soon")]).unwrap_err().to_string();
+        assert!(err.starts_with("HERDGATE_HOLD_TTL=\"soon\""), "{err}");
+        let err = config(&[(ENV_DB_POOL, "0")]).unwrap_err().to_string();
+        assert!(err.contains(ENV_DB_POOL), "{err}");
+    }
+
+    #[test]
+    fn urls_are_checked_but_never_echoed() {
+        let err = config(&[(ENV_DATABASE_URL, "mysql://root:hunter2@db")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(ENV_DATABASE_URL), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn short_secrets_and_braced_prefixes_are_refused() {
+        assert!(config(&[(ENV_TOKEN_SECRET, "short")]).is_err());
+        assert!(config(&[(ENV_REDIS_PREFIX, "a{b}")]).is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! Problem documents (RFC 9457, `application/problem+json`): every error answer
+//! the gateway gives is built here, from one place.
+//!
+//! Known causes map to a status and a stable `type`; anything else is logged with
+//! its cause chain and answered with an opaque 500.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use serde_json::{Map, Value, json};
+
+use crate::{auth::AuthError, holds::StoreError};
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// An error answer. `kind` is the slug of its `type` URI, `/problems/<kind>`.
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    /// Seconds for `Retry-After` (503, 429).
+    pub retry_after: Option<u64>,
+    /// Methods for `Allow` (405).
+    pub allow: Option<&'static str>,
+    /// Extension members, e.g. readiness checks.
+    pub extra: Map<String, Value>,
+}
+
+impl Problem {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Problem {
+            status,
+            kind,
+            title,
+            detail: detail.into(),
+            retry_after: None,
+            allow: None,
+            extra: Map::new(),
+        }
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
+    }
+
+    pub fn invalid_body(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-body",
+            "The request body is not valid JSON for this call",
+            detail,
+        )
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut p = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("this resource accepts {allow}"),
+        );
+        p.allow = Some(allow);
+        p
+    }
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!("the body must not exceed {limit} bytes"),
+        )
+    }
+
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body too slow",
+            "the body did not arrive in time",
+        )
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send the body as Content-Type: application/json",
+        )
+    }
+
+    pub fn unavailable(detail: impl Into<String>, retry_after: u64) -> Self {
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        );
+        p.retry_after = Some(retry_after);
+        p
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "the server failed to answer; the cause is in its log",
+        )
+    }
+
+    /// Logs `error` with its whole cause chain and hides it from the client.
+    pub fn unexpected(error: &(dyn std::error::Error + 'static)) -> Self {
+        let mut chain = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        tracing::error!(error = chain, "request failed");
+        Self::internal()
+    }
+
+    pub fn with(mut self, name: &str, value: Value) -> Self {
+        self.extra.insert(name.to_string(), value);
+        self
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut body = json!({
+            "type": format!("/problems/{}", self.kind),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        body.as_object_mut()
+            .expect("object literal")
+            .extend(self.extra);
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(allow) = self.allow {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"herdgate\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "redis unavailable");
+                Problem::unavailable("the seat store did not answer in time", 1)
+            }
+            e @ StoreError::Reply { .. } => Problem::unexpected(&e),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Problem {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        tracing::warn!(error = %e, "postgres unavailable");
+        Problem::unavailable("the database did not answer in time", 1)
+    }
+}
+
+impl From<tokio_postgres::Error> for Problem {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Problem::unexpected(&e)
+    }
+}
+
+impl From<AuthError> for Problem {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::BadCredentials => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "bad-credentials",
+                "Bad credentials",
+                e.to_string(),
+            ),
+            AuthError::BadToken => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "bad-token",
+                "Authentication required",
+                e.to_string(),
+            ),
+            AuthError::Busy => Problem::unavailable("too many logins at once, try again", 1),
+            AuthError::Unexpected(e) => {
+                tracing::error!(error = format!("{e:#}"), "login failed");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_problem_is_rfc9457_json_with_its_headers() {
+        let response = Problem::unavailable("busy", 3).into_response();
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["type"], "/problems/unavailable");
+        assert_eq!(body["status"], 503);
+        assert_eq!(body["detail"], "busy");
+        assert!(body["title"].is_string());
+    }
+
+    #[test]
+    fn method_not_allowed_lists_the_allowed_methods() {
+        let response = Problem::method_not_allowed("GET").into_response();
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()[header::ALLOW], "GET");
+    }
+}

@@ -1,0 +1,371 @@
+//! Routing, by hand: `(method, path)` to a handler.
+//!
+//! | call | answer |
+//! |---|---|
+//! | `GET /healthz` | the process is up |
+//! | `GET /readyz` | Redis, PostgreSQL and RabbitMQ answer |
+//! | `GET /api/events/:id` | `{id, name, venue, startsAt, totalSeats, availableSeats, status}` |
+//! | `GET /api/seats/available?eventId=&limit=&after=` | one page of available seats, from Redis |
+//! | `POST /api/users/login` | `{token, userId, expiresAt}` |
+//! | `GET /waiting-room[?eventId=]` | admission state per on-sale event |
+//!
+//! Every failure is a [`Problem`]; handlers return `Result<Response, Problem>`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::SecondsFormat;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Body;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{body::read_json, problem::Problem};
+use crate::{
+    app::App,
+    catalog::{CatalogError, DEFAULT_PAGE, MAX_PAGE},
+    waiting_room,
+};
+
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a request asks for, once its method and path are known to be right.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Healthz,
+    Readyz,
+    Event(i64),
+    AvailableSeats,
+    Login,
+    WaitingRoom,
+}
+
+impl Route {
+    /// Resolves a request line: 404 for unknown paths, 405 for wrong methods,
+    /// 400 for ids that are not positive integers.
+    pub fn resolve(method: &Method, path: &str) -> Result<Route, Problem> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let allow = match segments.as_slice() {
+            ["healthz"] | ["readyz"] | ["api", "events", _] | ["api", "seats", "available"] => {
+                "GET"
+            }
+            ["waiting-room"] => "GET",
+            ["api", "users", "login"] => "POST",
+            _ => return Err(Problem::not_found(format!("no resource at {path}"))),
+        };
+        if method.as_str() != allow {
+            return Err(Problem::method_not_allowed(allow));
+        }
+        Ok(match segments.as_slice() {
+            ["healthz"] => Route::Healthz,
+            ["readyz"] => Route::Readyz,
+            ["api", "events", id] => Route::Event(parse_id("event id", id)?),
+            ["api", "seats", "available"] => Route::AvailableSeats,
+            ["api", "users", "login"] => Route::Login,
+            _ => Route::WaitingRoom,
+        })
+    }
+
+    /// Health checks must answer even when the gateway is full.
+    fn counts_as_load(&self) -> bool {
+        !matches!(self, Route::Healthz | Route::Readyz)
+    }
+}
+
+/// Answers one request; never fails, every error is already a problem document.
+pub async fn handle<B>(app: &App, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let result = match Route::resolve(req.method(), req.uri().path()) {
+        Ok(route) => {
+            let admitted = if route.counts_as_load() {
+                match app.load.try_enter() {
+                    Some(admitted) => Some(admitted),
+                    None => {
+                        return Problem::unavailable("the gateway is at capacity", 1)
+                            .into_response();
+                    }
+                }
+            } else {
+                None
+            };
+            let result = dispatch(app, route, req).await;
+            drop(admitted);
+            result
+        }
+        Err(problem) => Err(problem),
+    };
+    result.unwrap_or_else(Problem::into_response)
+}
+
+async fn dispatch<B>(
+    app: &App,
+    route: Route,
+    req: Request<B>,
+) -> Result<Response<Full<Bytes>>, Problem>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match route {
+        Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "up"}))),
+        Route::Readyz => readyz(app).await,
+        Route::Event(id) => event(app, id).await,
+        Route::AvailableSeats => available_seats(app, req.uri().query()).await,
+        Route::Login => login(app, req).await,
+        Route::WaitingRoom => waiting_room(app, req.uri().query()).await,
+    }
+}
+
+async fn readyz(app: &App) -> Result<Response<Full<Bytes>>, Problem> {
+    let redis = async {
+        match tokio::time::timeout(READY_CHECK_TIMEOUT, app.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 1s".to_string()),
+        }
+    };
+    let postgres = async {
+        let check = async {
+            let client = app.pg.get().await.map_err(|e| e.to_string())?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        };
+        tokio::time::timeout(READY_CHECK_TIMEOUT, check)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 1s".to_string()))
+    };
+    let rabbitmq = app.broker.check(READY_CHECK_TIMEOUT);
+    let (redis, postgres, rabbitmq) = tokio::join!(redis, postgres, rabbitmq);
+    let ready = redis.is_ok() && postgres.is_ok() && rabbitmq.is_ok();
+    let show = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".to_string());
+    let checks =
+        json!({"redis": show(redis), "postgres": show(postgres), "rabbitmq": show(rabbitmq)});
+    if ready {
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"status": "ready", "checks": checks}),
+        ))
+    } else {
+        Err(Problem::unavailable("a backend is not reachable", 1).with("checks", checks))
+    }
+}
+
+async fn event(app: &App, id: i64) -> Result<Response<Full<Bytes>>, Problem> {
+    match app.catalog.event(id).await? {
+        Some(event) => Ok(json_response(StatusCode::OK, &event)),
+        None => Err(Problem::not_found(format!("no event with id {id}"))),
+    }
+}
+
+async fn available_seats(app: &App, query: Option<&str>) -> Result<Response<Full<Bytes>>, Problem> {
+    let query = Query::parse(query);
+    let event_id = query
+        .positive("eventId")?
+        .ok_or_else(|| Problem::bad_request("the query parameter eventId is required"))?;
+    let limit = match query.positive("limit")? {
+        None => DEFAULT_PAGE,
+        Some(n) if n <= i64::from(MAX_PAGE) => n as u32,
+        Some(_) => {
+            return Err(Problem::bad_request(format!(
+                "limit must be at most {MAX_PAGE}"
+            )));
+        }
+    };
+    let after = query.non_negative("after")?.unwrap_or(0);
+    match app.catalog.available_seats(event_id, after, limit).await? {
+        Some(body) => Ok(json_bytes(StatusCode::OK, body)),
+        None => Err(Problem::not_found(format!(
+            "event {event_id} is unknown or not on sale"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LoginResponse {
+    token: String,
+    user_id: i64,
+    expires_at: String,
+}
+
+async fn login<B>(app: &App, req: Request<B>) -> Result<Response<Full<Bytes>>, Problem>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let http = &app.config.http;
+    let body: LoginRequest = read_json(req, http.max_body, http.body_timeout).await?;
+    if body.email.is_empty() || body.email.len() > 254 || !body.email.contains('@') {
+        return Err(Problem::invalid_body(
+            "email must be an email address of at most 254 bytes",
+        ));
+    }
+    if body.password.is_empty() || body.password.len() > 1024 {
+        return Err(Problem::invalid_body("password must be 1 to 1024 bytes"));
+    }
+    let token = app.auth.login(&app.pg, &body.email, &body.password).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &LoginResponse {
+            token: token.token,
+            user_id: token.user_id,
+            expires_at: token.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        },
+    ))
+}
+
+async fn waiting_room(app: &App, query: Option<&str>) -> Result<Response<Full<Bytes>>, Problem> {
+    let load = app.load.snapshot();
+    if let Some(id) = Query::parse(query).positive("eventId")? {
+        let event = app
+            .catalog
+            .event(id)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no event with id {id}")))?;
+        return Ok(json_response(
+            StatusCode::OK,
+            &waiting_room::admission(&event, load),
+        ));
+    }
+    let mut events = Vec::new();
+    for on_sale in app.inventory.on_sale().iter() {
+        if let Some(event) = app.catalog.event(on_sale.id).await? {
+            events.push(waiting_room::admission(&event, load));
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"events": events, "load": load}),
+    ))
+}
+
+impl From<CatalogError> for Problem {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Store(e) => e.into(),
+            CatalogError::Pool(e) => e.into(),
+            CatalogError::Query(e) => e.into(),
+        }
+    }
+}
+
+/// The query string's pairs, percent-decoded.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: Option<&str>) -> Self {
+        Query(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn positive(&self, name: &str) -> Result<Option<i64>, Problem> {
+        self.get(name).map(|v| parse_id(name, v)).transpose()
+    }
+
+    fn non_negative(&self, name: &str) -> Result<Option<i64>, Problem> {
+        self.get(name)
+            .map(|v| match v.parse::<i64>() {
+                Ok(n) if n >= 0 => Ok(n),
+                _ => Err(Problem::bad_request(format!(
+                    "{name} must be a non-negative integer, not {v:?}"
+                ))),
+            })
+            .transpose()
+    }
+}
+
+fn parse_id(name: &str, value: &str) -> Result<i64, Problem> {
+    match value.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Problem::bad_request(format!(
+            "{name} must be a positive integer, not {value:?}"
+        ))),
+    }
+}
+
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("response types serialize");
+    json_bytes(status, Bytes::from(body))
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(method: Method, path: &str) -> Result<Route, u16> {
+        Route::resolve(&method, path).map_err(|p| p.status.as_u16())
+    }
+
+    #[test]
+    fn known_paths_resolve() {
+        assert_eq!(resolve(Method::GET, "/healthz"), Ok(Route::Healthz));
+        assert_eq!(resolve(Method::GET, "/api/events/42"), Ok(Route::Event(42)));
+        assert_eq!(
+            resolve(Method::GET, "/api/events/42/"),
+            Ok(Route::Event(42))
+        );
+        assert_eq!(resolve(Method::POST, "/api/users/login"), Ok(Route::Login));
+        assert_eq!(
+            resolve(Method::GET, "/waiting-room"),
+            Ok(Route::WaitingRoom)
+        );
+    }
+
+    #[test]
+    fn bad_request_lines_get_their_status() {
+        assert_eq!(resolve(Method::GET, "/nope"), Err(404));
+        assert_eq!(resolve(Method::GET, "/api/events"), Err(404));
+        assert_eq!(resolve(Method::GET, "/api/events/1/2"), Err(404));
+        assert_eq!(resolve(Method::DELETE, "/api/events/1"), Err(405));
+        assert_eq!(resolve(Method::GET, "/api/users/login"), Err(405));
+        assert_eq!(resolve(Method::GET, "/api/events/abc"), Err(400));
+        assert_eq!(resolve(Method::GET, "/api/events/0"), Err(400));
+        assert_eq!(resolve(Method::GET, "/api/events/-3"), Err(400));
+        assert_eq!(
+            resolve(Method::GET, "/api/events/99999999999999999999"),
+            Err(400)
+        );
+    }
+
+    #[test]
+    fn query_parameters_are_checked() {
+        let q = Query::parse(Some("eventId=7&after=0&limit=x"));
+        assert_eq!(q.positive("eventId").unwrap(), Some(7));
+        assert_eq!(q.non_negative("after").unwrap(), Some(0));
+        assert!(q.positive("limit").is_err());
+        assert_eq!(q.positive("missing").unwrap(), None);
+    }
+}

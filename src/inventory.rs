@@ -1,0 +1,207 @@
+//! Seat inventory: each on-sale event's seats, loaded from PostgreSQL into Redis.
+//!
+//! Redis can be emptied at any time and is rebuilt from PostgreSQL: at start and
+//! then every `interval`, any on-sale event whose `event` key is missing is loaded
+//! again. One process loads an event at a time (the `loading` key); the `event`
+//! key is written last, so its presence means the inventory is complete.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use fred::{
+    interfaces::{HashesInterface, KeysInterface, SortedSetsInterface},
+    types::{Expiration, SetOptions},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::holds::Store;
+
+/// Seats written to Redis per command while loading.
+const LOAD_CHUNK: usize = 5_000;
+/// A loader that died keeps others out for at most this long.
+const LOADING_LOCK: Duration = Duration::from_secs(120);
+
+/// An event that takes bookings now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnSaleEvent {
+    pub id: i64,
+    pub name: String,
+}
+
+pub struct Inventory {
+    store: Store,
+    pg: deadpool_postgres::Pool,
+    on_sale: RwLock<Arc<Vec<OnSaleEvent>>>,
+}
+
+impl Inventory {
+    pub fn new(store: Store, pg: deadpool_postgres::Pool) -> Self {
+        Inventory {
+            store,
+            pg,
+            on_sale: RwLock::new(Arc::new(Vec::new())),
+        }
+    }
+
+    /// The on-sale events as of the last sync.
+    pub fn on_sale(&self) -> Arc<Vec<OnSaleEvent>> {
+        self.on_sale.read().expect("on-sale lock").clone()
+    }
+
+    /// Reads the on-sale events from PostgreSQL and loads any missing from Redis.
+    pub async fn sync(&self) -> anyhow::Result<()> {
+        let client = self
+            .pg
+            .get()
+            .await
+            .context("failed to get a PostgreSQL connection")?;
+        let rows = client
+            .query(
+                "SELECT id, name, venue, starts_at, status,
+                        (SELECT count(*) FROM seats s WHERE s.event_id = e.id) AS total
+                   FROM events e WHERE status = 'ON_SALE' ORDER BY id",
+                &[],
+            )
+            .await
+            .context("failed to list on-sale events")?;
+        drop(client);
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let event = EventRow {
+                id: row.get("id"),
+                name: row.get("name"),
+                venue: row.get("venue"),
+                starts_at: row.get("starts_at"),
+                status: row.get("status"),
+                total_seats: row.get("total"),
+            };
+            self.ensure_loaded(&event)
+                .await
+                .with_context(|| format!("failed to load event {} into Redis", event.id))?;
+            events.push(OnSaleEvent {
+                id: event.id,
+                name: event.name,
+            });
+        }
+        *self.on_sale.write().expect("on-sale lock") = Arc::new(events);
+        Ok(())
+    }
+
+    /// Syncs every `interval` until `stop` is cancelled; failures are logged and retried.
+    pub async fn run(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if let Err(e) = self.sync().await {
+                tracing::warn!(error = format!("{e:#}"), "inventory sync failed");
+            }
+        }
+    }
+
+    /// Loads one event unless it is loaded already or another process is loading it.
+    async fn ensure_loaded(&self, event: &EventRow) -> anyhow::Result<()> {
+        let keys = self.store.keys().event(event.id);
+        let redis = self.store.client();
+        if redis.exists::<u32, _>(keys.event()).await? == 1 {
+            return Ok(());
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        let locked: Option<String> = redis
+            .set(
+                keys.loading(),
+                token,
+                Some(Expiration::PX(LOADING_LOCK.as_millis() as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        if locked.is_none() {
+            tracing::debug!(event_id = event.id, "another process is loading this event");
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self.load(event).await;
+        redis.del::<(), _>(keys.loading()).await?;
+        let available = result?;
+        tracing::info!(
+            event_id = event.id,
+            seats = event.total_seats,
+            available,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "loaded event inventory into Redis"
+        );
+        Ok(())
+    }
+
+    async fn load(&self, event: &EventRow) -> anyhow::Result<usize> {
+        let keys = self.store.keys().event(event.id);
+        let redis = self.store.client();
+        let client = self.pg.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, section, row_label, number, status FROM seats
+                  WHERE event_id = $1 ORDER BY id",
+                &[&event.id],
+            )
+            .await?;
+        drop(client);
+        // Leftovers of a loader that died half-way.
+        redis
+            .del::<(), _>(vec![keys.seats(), keys.available()])
+            .await?;
+        let mut available = 0;
+        for chunk in rows.chunks(LOAD_CHUNK) {
+            let mut seats = Vec::with_capacity(chunk.len());
+            let mut free = Vec::with_capacity(chunk.len());
+            for row in chunk {
+                let id: i64 = row.get("id");
+                let seat = serde_json::json!({
+                    "id": id,
+                    "section": row.get::<_, &str>("section"),
+                    "row": row.get::<_, &str>("row_label"),
+                    "number": row.get::<_, i32>("number"),
+                });
+                seats.push((id.to_string(), seat.to_string()));
+                if row.get::<_, &str>("status") == "AVAILABLE" {
+                    free.push((id as f64, id));
+                }
+            }
+            redis.hset::<(), _, _>(keys.seats(), seats).await?;
+            available += free.len();
+            if !free.is_empty() {
+                redis
+                    .zadd::<(), _, _>(keys.available(), None, None, false, false, free)
+                    .await?;
+            }
+        }
+        let starts_at = event.starts_at.to_rfc3339_opts(SecondsFormat::Secs, true);
+        redis
+            .hset::<(), _, _>(
+                keys.event(),
+                vec![
+                    ("name", event.name.clone()),
+                    ("venue", event.venue.clone()),
+                    ("startsAt", starts_at),
+                    ("totalSeats", event.total_seats.to_string()),
+                    ("status", event.status.clone()),
+                ],
+            )
+            .await?;
+        Ok(available)
+    }
+}
+
+struct EventRow {
+    id: i64,
+    name: String,
+    venue: String,
+    starts_at: DateTime<Utc>,
+    status: String,
+    total_seats: i64,
+}

@@ -1,0 +1,29 @@
+//! herdgate: a ticket-booking gateway built for the thundering herd.
+//!
+//! - [`http`]: the lean hyper server: accept loop, routing, problem documents.
+//! - [`catalog`]: the read side (events, available seats), served from Redis behind a
+//!   short single-flight cache so a herd of identical reads costs one Redis call.
+//! - [`auth`]: argon2 password checks and signed bearer tokens.
+//! - [`holds`]: Redis key layout and the Lua scripts, one typed call per `lua/*.lua`.
+//! - [`inventory`]: loads each on-sale event's seats from PostgreSQL into Redis.
+//! - [`waiting_room`]: admission state per event.
+//! - [`migrate`], [`seed`]: schema and demo data.
+//! - [`serve`]: wires the parts into one process.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod flight;
+pub mod holds;
+pub mod http;
+pub mod inventory;
+pub mod migrate;
+pub mod seed;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;
+pub mod waiting_room;

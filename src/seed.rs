@@ -1,0 +1,223 @@
+//! Demo data from seed/events.json: events with realistic venues, the demo user
+//! and N load-test users. Safe to run again: what exists is left alone.
+//!
+//! Seats and users are generated inside PostgreSQL (`generate_series`), so 50,000
+//! seats or 200,000 users take one statement each. Every load-test user shares
+//! one argon2 hash, computed once: hashing 200,000 passwords would take minutes.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::{auth::hash_password, cli::SeedArgs, config::Config};
+
+const SEED: &str = include_str!("../seed/events.json");
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SeedFile {
+    events: Vec<EventSeed>,
+    demo_user: UserSeed,
+    load_users: LoadUsers,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventSeed {
+    id: i64,
+    name: String,
+    venue: String,
+    starts_at: DateTime<Utc>,
+    status: String,
+    sections: Vec<String>,
+    seats_per_row: i32,
+    /// A number, or "demo" for the size given on the command line.
+    seats: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct UserSeed {
+    email: String,
+    name: String,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LoadUsers {
+    email_domain: String,
+    password: String,
+}
+
+/// How much to seed.
+#[derive(Debug, Clone, Copy)]
+pub struct SeedOptions {
+    /// Seats of the demo event (the one whose `seats` is "demo").
+    pub demo_seats: u32,
+    /// Load-test users `user1@load.test` ... `userN@load.test`.
+    pub users: u32,
+}
+
+/// What a seed run did.
+#[derive(Debug, Default)]
+pub struct SeedReport {
+    pub lines: Vec<String>,
+}
+
+/// Email of load-test user `n` (1-based); the load generator uses the same rule.
+pub fn load_user_email(n: u32) -> String {
+    format!("user{n}@load.test")
+}
+
+pub async fn run(
+    client: &tokio_postgres::Client,
+    options: SeedOptions,
+) -> anyhow::Result<SeedReport> {
+    let seed: SeedFile = serde_json::from_str(SEED).context("seed/events.json is malformed")?;
+    let mut report = SeedReport::default();
+    for event in &seed.events {
+        let started = Instant::now();
+        let seats = match &event.seats {
+            serde_json::Value::String(s) if s == "demo" => options.demo_seats as i32,
+            v => v.as_i64().context("seats must be a number or \"demo\"")? as i32,
+        };
+        let added = seed_event(client, event, seats).await?;
+        report.lines.push(match added {
+            Some(n) => format!(
+                "event {} ({}): {n} seats in {:.2?}",
+                event.id,
+                event.name,
+                started.elapsed()
+            ),
+            None => format!("event {} ({}): already seeded", event.id, event.name),
+        });
+    }
+    client
+        .batch_execute(
+            "SELECT setval(pg_get_serial_sequence('events', 'id'),
+                           (SELECT coalesce(max(id), 1) FROM events))",
+        )
+        .await?;
+
+    let demo = &seed.demo_user;
+    let added = client
+        .execute(
+            "INSERT INTO users (email, name, password_hash) VALUES ($1, $2, $3)
+             ON CONFLICT (email) DO NOTHING",
+            &[&demo.email, &demo.name, &hash_password(&demo.password)?],
+        )
+        .await?;
+    report.lines.push(format!(
+        "user {}: {}",
+        demo.email,
+        if added == 1 { "added" } else { "already there" }
+    ));
+
+    let started = Instant::now();
+    let load = &seed.load_users;
+    anyhow::ensure!(
+        load_user_email(1).ends_with(&format!("@{}", load.email_domain)),
+        "seed/events.json loadUsers.emailDomain must match load_user_email()"
+    );
+    let added = client
+        .execute(
+            "INSERT INTO users (email, name, password_hash)
+             SELECT 'user' || n || '@' || $1, 'Load User ' || n, $2
+               FROM generate_series(1, $3::int) AS n
+             ON CONFLICT (email) DO NOTHING",
+            &[
+                &load.email_domain,
+                &hash_password(&load.password)?,
+                &(options.users as i32),
+            ],
+        )
+        .await?;
+    report.lines.push(format!(
+        "load-test users: {added} added of {} in {:.2?}",
+        options.users,
+        started.elapsed()
+    ));
+    Ok(report)
+}
+
+/// Inserts the event and its seats; `None` when the event already has seats.
+async fn seed_event(
+    client: &tokio_postgres::Client,
+    event: &EventSeed,
+    seats: i32,
+) -> anyhow::Result<Option<i32>> {
+    anyhow::ensure!(!event.sections.is_empty() && event.seats_per_row > 0 && seats > 0);
+    client
+        .execute(
+            "INSERT INTO events (id, name, venue, starts_at, status) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &event.id,
+                &event.name,
+                &event.venue,
+                &event.starts_at,
+                &event.status,
+            ],
+        )
+        .await?;
+    let existing: i64 = client
+        .query_one(
+            "SELECT count(*) FROM seats WHERE event_id = $1",
+            &[&event.id],
+        )
+        .await?
+        .get(0);
+    if existing > 0 {
+        return Ok(None);
+    }
+    // Seat n (0-based) fills sections in order, each section rows of seatsPerRow;
+    // rows are lettered A..Z, AA..ZZ, then numbered.
+    client
+        .execute(
+            "WITH layout AS (
+                 SELECT $2::text[] AS sections, $3::int AS per_row,
+                        ceil($4::int::numeric / (cardinality($2::text[]) * $3))::int AS rows
+             ), numbered AS (
+                 SELECT sections, per_row, n, (n % (rows * per_row)) / per_row AS r,
+                        n / (rows * per_row) AS s
+                   FROM layout, generate_series(0, $4::int - 1) AS n
+             )
+             INSERT INTO seats (event_id, section, row_label, number)
+             SELECT $1, sections[1 + s],
+                    CASE WHEN r < 26 THEN chr(65 + r)
+                         WHEN r < 702 THEN chr(64 + r / 26) || chr(65 + r % 26)
+                         ELSE (r + 1)::text END,
+                    n % per_row + 1
+               FROM numbered ORDER BY n",
+            &[&event.id, &event.sections, &event.seats_per_row, &seats],
+        )
+        .await
+        .with_context(|| format!("failed to seed the seats of event {}", event.id))?;
+    Ok(Some(seats))
+}
+
+/// `herdgate seed`.
+pub async fn run_cli(config: &Config, args: &SeedArgs) -> anyhow::Result<()> {
+    let (client, connection) = config
+        .pg
+        .pg_config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("failed to connect to PostgreSQL (DATABASE_URL); run `herdgate migrate` first")?;
+    tokio::spawn(connection);
+    let started = Instant::now();
+    let options = SeedOptions {
+        demo_seats: args.seats,
+        users: args.users,
+    };
+    let report = run(&client, options)
+        .await
+        .context("seeding failed (is the schema migrated? run `herdgate migrate`)")?;
+    for line in report.lines {
+        println!("seed: {line}");
+    }
+    println!("seed: done in {:.2?}", started.elapsed());
+    Ok(())
+}

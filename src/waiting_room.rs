@@ -1,0 +1,139 @@
+//! Admission: whether an event lets buyers in, and how loaded this gateway is.
+//!
+//! Today admission is open for every on-sale event while the gateway has room
+//! for more requests in flight; a queue with positions and admission tokens will
+//! grow from this shape.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::Serialize;
+
+use crate::catalog::EventView;
+
+/// Requests in flight in this gateway, bounded by `capacity`.
+pub struct Load {
+    in_flight: AtomicUsize,
+    capacity: usize,
+}
+
+/// Counts one request in flight until dropped.
+pub struct Admitted<'a>(&'a Load);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Load {
+    pub fn new(capacity: usize) -> Self {
+        Load {
+            in_flight: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    /// Admits one more request, or `None` when the gateway is full.
+    pub fn try_enter(&self) -> Option<Admitted<'_>> {
+        let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let admitted = Admitted(self);
+        (previous < self.capacity).then_some(admitted)
+    }
+
+    pub fn snapshot(&self) -> LoadView {
+        LoadView {
+            in_flight: self.in_flight.load(Ordering::Acquire),
+            capacity: self.capacity,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadView {
+    pub in_flight: usize,
+    pub capacity: usize,
+}
+
+impl LoadView {
+    fn saturated(&self) -> bool {
+        self.in_flight >= self.capacity
+    }
+}
+
+/// The admission state of one event.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Admission {
+    pub event_id: i64,
+    pub name: String,
+    /// Buyers may book now.
+    pub open: bool,
+    pub status: String,
+    pub available_seats: u64,
+    pub sold_out: bool,
+    pub load: LoadView,
+}
+
+pub fn admission(event: &EventView, load: LoadView) -> Admission {
+    let sold_out = event.on_sale() && event.available_seats == 0;
+    Admission {
+        event_id: event.id,
+        name: event.name.clone(),
+        open: event.on_sale() && !sold_out && !load.saturated(),
+        status: event.status.clone(),
+        available_seats: event.available_seats,
+        sold_out,
+        load,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_admits_up_to_capacity_and_releases_on_drop() {
+        let load = Load::new(2);
+        let a = load.try_enter().unwrap();
+        let _b = load.try_enter().unwrap();
+        assert!(load.try_enter().is_none());
+        assert_eq!(load.snapshot().in_flight, 2);
+        drop(a);
+        assert!(load.try_enter().is_some());
+    }
+
+    #[test]
+    fn admission_is_open_only_on_sale_with_seats_and_room() {
+        let event = EventView {
+            id: 1,
+            name: "x".into(),
+            venue: "v".into(),
+            starts_at: "2027-01-01T00:00:00Z".into(),
+            total_seats: 10,
+            available_seats: 3,
+            status: "ON_SALE".into(),
+        };
+        let idle = LoadView {
+            in_flight: 0,
+            capacity: 4,
+        };
+        let full = LoadView {
+            in_flight: 4,
+            capacity: 4,
+        };
+        assert!(admission(&event, idle).open);
+        assert!(!admission(&event, full).open);
+        let sold_out = EventView {
+            available_seats: 0,
+            ..event.clone()
+        };
+        assert!(admission(&sold_out, idle).sold_out);
+        assert!(!admission(&sold_out, idle).open);
+        let scheduled = EventView {
+            status: "SCHEDULED".into(),
+            ..event
+        };
+        assert!(!admission(&scheduled, idle).open);
+    }
+}
