@@ -60,6 +60,12 @@ impl Strings for HashMap<&str, &str> {
     }
 }
 
+impl Strings for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http: HttpConfig,
@@ -141,7 +147,7 @@ impl Config {
                 url: parse(
                     env,
                     ENV_DATABASE_URL,
-                    "postgres://postgres@127.0.0.1:5432/herdgate",
+                    "postgres://postgres:postgres@127.0.0.1:5432/herdgate",
                     parse_url(&["postgres", "postgresql"], |s| {
                         s.parse::<tokio_postgres::Config>()
                             .map(drop)

@@ -10,6 +10,7 @@ use crate::{app::App, config::Config, http, shutdown};
 
 /// Binds HERDGATE_ADDR and serves until SIGINT or SIGTERM.
 pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    let stop = shutdown::signal();
     if config.uses_dev_secret() {
         tracing::warn!(
             "HERDGATE_TOKEN_SECRET is not set: tokens are signed with the public development secret"
@@ -19,7 +20,7 @@ pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("failed to listen on {addr} (HERDGATE_ADDR)"))?;
-    run(config, listener, shutdown::signal()).await
+    run(config, listener, stop).await
 }
 
 /// Serves on `listener` until `stop` resolves, then drains and stops the
@@ -35,6 +36,8 @@ pub async fn run(
         tracing::warn!(error = format!("{e:#}"), "initial inventory load failed");
     }
     let token = CancellationToken::new();
+    // Background tasks stop even when this future is dropped rather than finished.
+    let _stop_tasks = token.clone().drop_guard();
     let tasks = TaskTracker::new();
     tasks.spawn(
         app.inventory

@@ -1,0 +1,298 @@
+//! Spawns the real app against the real services, isolated per test: its own
+//! PostgreSQL database, its own Redis key prefix. Everything is removed on drop.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::LazyLock,
+    time::{Duration, Instant},
+};
+
+use fred::{
+    interfaces::{ClientLike, KeysInterface},
+    prelude::{Builder, Client},
+    types::scan::Scanner,
+};
+use futures::TryStreamExt;
+use herdgate::{
+    config::{self, Config},
+    migrate,
+    seed::{self, SeedOptions},
+};
+use reqwest::header::CONTENT_TYPE;
+use serde_json::Value;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use uuid::Uuid;
+
+/// Seats of event 1 in tests: enough to page, small enough to load at once.
+pub const DEMO_SEATS: u32 = 300;
+pub const USERS: u32 = 20;
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        herdgate::telemetry::init();
+    }
+});
+
+/// The maintenance database URL; each test creates its own database next to it.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_string())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// A database and a Redis prefix of one test's own, migrated and seeded.
+pub struct Isolation {
+    pub database: String,
+    pub database_url: String,
+    pub prefix: String,
+}
+
+impl Isolation {
+    pub async fn new() -> Self {
+        LazyLock::force(&TRACING);
+        let id = Uuid::new_v4().simple().to_string();
+        let database = format!("herdgate_test_{id}");
+        let mut pg: tokio_postgres::Config = admin_url().parse().unwrap();
+        pg.dbname(&database);
+        migrate::run(&pg).await.expect("migrations apply");
+        let (client, connection) = pg.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        seed::run(
+            &client,
+            SeedOptions {
+                demo_seats: DEMO_SEATS,
+                users: USERS,
+            },
+        )
+        .await
+        .expect("seed applies");
+        let (base, _) = admin_url()
+            .rsplit_once('/')
+            .map(|(b, d)| (b.to_string(), d.to_string()))
+            .unwrap();
+        Isolation {
+            database_url: format!("{base}/{database}"),
+            database,
+            prefix: format!("test:{id}:"),
+        }
+    }
+
+    /// The environment the app reads, pointing at this test's resources.
+    pub fn env(&self) -> HashMap<String, String> {
+        [
+            (config::ENV_DATABASE_URL, self.database_url.clone()),
+            (config::ENV_REDIS_URL, redis_url()),
+            (config::ENV_AMQP_URL, amqp_url()),
+            (config::ENV_REDIS_PREFIX, self.prefix.clone()),
+            (config::ENV_ADDR, "127.0.0.1:0".to_string()),
+            (config::ENV_INVENTORY_INTERVAL, "200ms".to_string()),
+            (config::ENV_SEATS_CACHE_TTL, "100ms".to_string()),
+            (config::ENV_BODY_TIMEOUT, "1s".to_string()),
+            (config::ENV_SHUTDOWN_GRACE, "5s".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    pub async fn pg(&self) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    pub async fn redis(&self) -> Client {
+        redis_client().await
+    }
+
+    /// Deletes every key under this test's prefix (FLUSHDB, for this test only).
+    pub async fn flush_redis(&self) {
+        flush_prefix(&self.prefix).await;
+    }
+
+    /// The database goes first: a sync still running in the app then fails
+    /// instead of loading the inventory again after the flush.
+    async fn cleanup(database: String, prefix: String) {
+        let (admin, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+            ))
+            .await
+            .unwrap();
+        flush_prefix(&prefix).await;
+    }
+}
+
+pub async fn redis_client() -> Client {
+    let config = fred::types::config::Config::from_url(&redis_url()).unwrap();
+    let client = Builder::from_config(config).build().unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+async fn flush_prefix(prefix: &str) {
+    let redis = redis_client().await;
+    let keys: Vec<String> = redis
+        .scan(format!("{prefix}*"), Some(1000), None)
+        .map_ok(|mut page| page.take_results().unwrap_or_default())
+        .try_concat()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|k| k.into_string())
+        .collect();
+    for chunk in keys.chunks(500) {
+        redis.del::<(), _>(chunk.to_vec()).await.unwrap();
+    }
+}
+
+impl Drop for Isolation {
+    fn drop(&mut self) {
+        let (database, prefix) = (self.database.clone(), std::mem::take(&mut self.prefix));
+        if prefix.is_empty() {
+            return;
+        }
+        // Drop cannot await: clean up on a runtime of its own.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(Isolation::cleanup(database, prefix))
+        })
+        .join()
+        .expect("cleanup succeeds");
+    }
+}
+
+/// The real app serving on a random port.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    // Last: dropped after the server is stopped.
+    pub iso: Isolation,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns the app with its environment adjusted by `customize`.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
+    let iso = Isolation::new().await;
+    let mut env = iso.env();
+    customize(&mut env);
+    let config = Config::from_env(&env).expect("test config is valid");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(herdgate::serve::run(config.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    let app = TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        config,
+        stop: Some(stop),
+        server: Some(server),
+        iso,
+    };
+    app.wait_until(|| async { app.get("/healthz").await.status() == 200 })
+        .await;
+    app
+}
+
+impl TestApp {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut request = self.http.post(format!("{}{path}", self.base)).body(body);
+        if let Some(ct) = content_type {
+            request = request.header(CONTENT_TYPE, ct);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn post_login(&self, email: &str, password: &str) -> reqwest::Response {
+        let body = serde_json::json!({"email": email, "password": password}).to_string();
+        self.post("/api/users/login", Some("application/json"), body)
+            .await
+    }
+
+    /// Polls `check` until it holds, failing the test after 10 s.
+    pub async fn wait_until<F, Fut>(&self, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check().await {
+            assert!(Instant::now() < deadline, "condition not met within 10 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Asserts `response` is a problem document with `status`, and returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let content_type = response.headers()[CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status, "{body}");
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "problem without {field}: {body}");
+    }
+    body
+}
+
+pub async fn json(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    response.json().await.unwrap()
+}

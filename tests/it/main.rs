@@ -1,0 +1,10 @@
+//! Integration tests against the real Redis, PostgreSQL and RabbitMQ, each test
+//! isolated in its own database and key prefix (see `helpers`).
+
+mod bad_input;
+mod helpers;
+mod inventory;
+mod lifecycle;
+mod login;
+mod read_api;
+mod schema;
