@@ -49,6 +49,9 @@ CREATE TABLE bookings (
     confirmed_at  TIMESTAMPTZ,
     -- Moves forward only: a late or repeated event with an older version changes nothing.
     version       BIGINT NOT NULL DEFAULT 1 CHECK (version > 0),
+    -- Redis's per-event change counter when the booking last changed: of two bookings
+    -- of one seat, the one with the higher seq came later.
+    seq           BIGINT NOT NULL CHECK (seq > 0),
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     -- The seat belongs to the booking's event.

@@ -19,7 +19,7 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub pg: deadpool_postgres::Pool,
-    pub broker: Broker,
+    pub broker: Arc<Broker>,
     pub auth: Auth,
     pub catalog: Catalog,
     pub inventory: Arc<Inventory>,
@@ -40,7 +40,7 @@ impl App {
             .pool()
             .context("failed to set up PostgreSQL pool")?;
         Ok(App {
-            broker: Broker::new(config.amqp.url.clone()),
+            broker: Arc::new(Broker::new(&config.amqp)),
             auth: Auth::new(&config.auth)?,
             catalog: Catalog::new(store.clone(), pg.clone(), config.seats_cache_ttl),
             inventory: Arc::new(Inventory::new(store.clone(), pg.clone())),

@@ -1,24 +1,135 @@
-//! RabbitMQ connection, opened on demand and reopened after it drops.
+//! RabbitMQ: the connection, and the topology hold events travel through.
 //!
-//! For now only readiness uses it; the relay and the writer will share it.
+//! ```text
+//! <prefix>.holds (topic) --hold.#--> <prefix>.writer (quorum) --rejected--> <prefix>.dead (fanout)
+//!                                                                              --> <prefix>.dead (quorum)
+//! ```
+//! Every process declares the whole topology before it publishes or consumes
+//! (declaring is idempotent), so no message is dropped for want of a queue.
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::{
+    Channel, Connection, ConnectionProperties, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
+use crate::config::AmqpConfig;
+
+/// Names of the exchanges and queues, all under one prefix.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Topic exchange every hold event is published to, routed by its type.
+    pub exchange: String,
+    /// The writer's durable quorum queue.
+    pub writer_queue: String,
+    /// Where messages the writer can never apply end up (exchange and queue).
+    pub dead: String,
+}
+
+impl Topology {
+    pub fn new(prefix: &str) -> Self {
+        Topology {
+            exchange: format!("{prefix}.holds"),
+            writer_queue: format!("{prefix}.writer"),
+            dead: format!("{prefix}.dead"),
+        }
+    }
+
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead.as_str().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                self.dead.as_str().into(),
+                QueueDeclareOptions::durable(),
+                quorum(None),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.dead.as_str().into(),
+                self.dead.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                self.writer_queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                quorum(Some(&self.dead)),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.writer_queue.as_str().into(),
+                self.exchange.as_str().into(),
+                "hold.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn quorum(dead_letter_exchange: Option<&str>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    if let Some(dlx) = dead_letter_exchange {
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.into()),
+        );
+    }
+    args
+}
+
+/// Opens connections to RabbitMQ; readiness keeps one open and reopens it when it drops.
 pub struct Broker {
     url: SecretString,
+    pub topology: Topology,
     connection: Mutex<Option<Connection>>,
 }
 
 impl Broker {
-    pub fn new(url: SecretString) -> Self {
+    pub fn new(config: &AmqpConfig) -> Self {
         Broker {
-            url,
+            url: config.url.clone(),
+            topology: Topology::new(&config.prefix),
             connection: Mutex::new(None),
         }
+    }
+
+    /// A new connection, for a component that owns it (relay, writer).
+    pub async fn connect(&self) -> lapin::Result<Connection> {
+        Connection::connect(self.url.expose_secret(), ConnectionProperties::default()).await
     }
 
     /// Ok when a connection to RabbitMQ is open, connecting first if needed.
@@ -27,9 +138,7 @@ impl Broker {
         if connection.as_ref().is_some_and(|c| c.status().connected()) {
             return Ok(());
         }
-        let connect =
-            Connection::connect(self.url.expose_secret(), ConnectionProperties::default());
-        match tokio::time::timeout(timeout, connect).await {
+        match tokio::time::timeout(timeout, self.connect()).await {
             Ok(Ok(c)) => {
                 *connection = Some(c);
                 Ok(())

@@ -12,8 +12,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole gateway on one machine: HTTP API and inventory loader (the default).
+    /// Run everything in one process: gateway and writer (the default).
     Serve,
+    /// Run the gateway half: HTTP API, inventory loader and outbox relay.
+    Gateway,
+    /// Run the writer half: hold events from RabbitMQ into PostgreSQL.
+    Writer,
     /// Apply the SQL migrations in migrations/ (creates the database if it is missing).
     Migrate,
     /// Load the demo events, venue seats and users from seed/ (safe to run again).

@@ -26,6 +26,14 @@ pub const ENV_SHUTDOWN_GRACE: &str = "HERDGATE_SHUTDOWN_GRACE";
 pub const ENV_LOGIN_CONCURRENCY: &str = "HERDGATE_LOGIN_CONCURRENCY";
 pub const ENV_MAX_IN_FLIGHT: &str = "HERDGATE_MAX_IN_FLIGHT";
 pub const ENV_INVENTORY_INTERVAL: &str = "HERDGATE_INVENTORY_INTERVAL";
+pub const ENV_MAX_HOLDS_PER_USER: &str = "HERDGATE_MAX_HOLDS_PER_USER";
+pub const ENV_IDEMPOTENCY_TTL: &str = "HERDGATE_IDEMPOTENCY_TTL";
+pub const ENV_OUTBOX_MAX: &str = "HERDGATE_OUTBOX_MAX";
+pub const ENV_AMQP_PREFIX: &str = "HERDGATE_AMQP_PREFIX";
+pub const ENV_RELAY_BATCH: &str = "HERDGATE_RELAY_BATCH";
+pub const ENV_RELAY_CLAIM_IDLE: &str = "HERDGATE_RELAY_CLAIM_IDLE";
+pub const ENV_WRITER_BATCH: &str = "HERDGATE_WRITER_BATCH";
+pub const ENV_WRITER_LINGER: &str = "HERDGATE_WRITER_LINGER";
 
 /// Signs development tokens only; `Config::from_env` warns whenever it is in use.
 pub const DEV_TOKEN_SECRET: &str = "herdgate-development-secret-do-not-use-in-production";
@@ -73,8 +81,8 @@ pub struct Config {
     pub redis: RedisConfig,
     pub amqp: AmqpConfig,
     pub auth: AuthConfig,
-    /// How long a hold lasts before the sweeper releases it.
-    pub hold_ttl: Duration,
+    pub holds: HoldConfig,
+    pub writer: WriterConfig,
     /// How long an answer of `GET /api/seats/available` may be reused.
     pub seats_cache_ttl: Duration,
     /// How often on-sale events missing from Redis are looked for and loaded.
@@ -113,6 +121,32 @@ pub struct RedisConfig {
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
     pub url: SecretString,
+    /// Names the exchange and queues (`<prefix>.holds`, `<prefix>.writer`, ...).
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HoldConfig {
+    /// How long a hold lasts before it is released.
+    pub ttl: Duration,
+    /// Live holds one user may have per event; more get 429.
+    pub max_per_user: u32,
+    /// How long an Idempotency-Key's answer is remembered.
+    pub idempotency_ttl: Duration,
+    /// Outbox entries per event not yet relayed before holds get 503 (backpressure).
+    pub outbox_max: u64,
+    /// Outbox entries the relay publishes per round.
+    pub relay_batch: usize,
+    /// A relay's unconfirmed entries are taken over by others after this long.
+    pub relay_claim_idle: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Messages applied in one PostgreSQL transaction, at most.
+    pub batch: usize,
+    /// How long a batch waits to fill before it is applied anyway.
+    pub linger: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -180,13 +214,25 @@ impl Config {
                         s.parse::<lapin::uri::AMQPUri>().map(drop)
                     }),
                 )?,
+                prefix: parse(env, ENV_AMQP_PREFIX, "herdgate", parse_prefix)?,
             },
             auth: AuthConfig {
                 token_secret: SecretString::from(token_secret),
                 token_ttl: parse(env, ENV_TOKEN_TTL, "24h", parse_duration)?,
                 login_concurrency: parse(env, ENV_LOGIN_CONCURRENCY, "2", parse_positive)?,
             },
-            hold_ttl: parse(env, ENV_HOLD_TTL, "600s", parse_duration)?,
+            holds: HoldConfig {
+                ttl: parse(env, ENV_HOLD_TTL, "600s", parse_duration)?,
+                max_per_user: parse(env, ENV_MAX_HOLDS_PER_USER, "8", parse_positive)? as u32,
+                idempotency_ttl: parse(env, ENV_IDEMPOTENCY_TTL, "24h", parse_duration)?,
+                outbox_max: parse(env, ENV_OUTBOX_MAX, "200000", parse_positive)? as u64,
+                relay_batch: parse(env, ENV_RELAY_BATCH, "500", parse_positive)?,
+                relay_claim_idle: parse(env, ENV_RELAY_CLAIM_IDLE, "15s", parse_duration)?,
+            },
+            writer: WriterConfig {
+                batch: parse(env, ENV_WRITER_BATCH, "500", parse_positive)?,
+                linger: parse(env, ENV_WRITER_LINGER, "20ms", parse_duration)?,
+            },
             seats_cache_ttl: parse(env, ENV_SEATS_CACHE_TTL, "250ms", parse_duration)?,
             inventory_interval: parse(env, ENV_INVENTORY_INTERVAL, "5s", parse_duration)?,
         })
@@ -340,7 +386,8 @@ mod tests {
     fn defaults_are_local_and_valid() {
         let c = config(&[]).unwrap();
         assert_eq!(c.http.addr.port(), 8080);
-        assert_eq!(c.hold_ttl, Duration::from_secs(600));
+        assert_eq!(c.holds.ttl, Duration::from_secs(600));
+        assert_eq!(c.holds.max_per_user, 8);
         assert_eq!(c.redis.prefix, "hg:");
         assert!(c.uses_dev_secret());
     }
@@ -348,7 +395,7 @@ mod tests {
     #[test]
     fn durations_accept_units_and_bare_seconds() {
         let c = config(&[(ENV_HOLD_TTL, "2"), (ENV_SEATS_CACHE_TTL, "100ms")]).unwrap();
-        assert_eq!(c.hold_ttl, Duration::from_secs(2));
+        assert_eq!(c.holds.ttl, Duration::from_secs(2));
         assert_eq!(c.seats_cache_ttl, Duration::from_millis(100));
     }
 

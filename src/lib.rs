@@ -13,17 +13,21 @@
 
 pub mod app;
 pub mod auth;
+pub mod bookings;
 pub mod broker;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod flight;
+pub mod hold_event;
 pub mod holds;
 pub mod http;
 pub mod inventory;
 pub mod migrate;
+pub mod relay;
 pub mod seed;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod waiting_room;
+pub mod writer;

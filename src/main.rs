@@ -7,7 +7,9 @@ use clap::Parser;
 use herdgate::{
     cli::{Cli, Command},
     config::{Config, Env},
-    migrate, seed, serve, telemetry,
+    migrate, seed,
+    serve::{self, Role},
+    telemetry,
 };
 
 /// sysexits' EX_USAGE: the configuration is wrong, retrying will not help.
@@ -25,7 +27,9 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve::run_until_signal(config).await,
+        Command::Serve => serve::run_until_signal(config, Role::All).await,
+        Command::Gateway => serve::run_until_signal(config, Role::Gateway).await,
+        Command::Writer => serve::run_until_signal(config, Role::Writer).await,
         Command::Migrate => migrate::run_cli(&config).await,
         Command::Seed(args) => seed::run_cli(&config, &args).await,
         Command::Token(args) => herdgate::auth::print_token(&config, args.user).await,

@@ -1,4 +1,6 @@
-//! `herdgate serve`: the whole gateway in one process.
+//! Running herdgate: `serve` (everything in one process), `gateway` (HTTP,
+//! inventory and relay) and `writer` (RabbitMQ to PostgreSQL) as separate
+//! processes, so each half scales on its own.
 
 use std::sync::Arc;
 
@@ -6,11 +8,27 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{app::App, config::Config, http, shutdown};
+use crate::{
+    app::App, broker::Broker, config::Config, http, relay::Relay, shutdown, writer::Writer,
+};
 
-/// Binds HERDGATE_ADDR and serves until SIGINT or SIGTERM.
-pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+/// Which parts a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Gateway and writer together: the single-machine default.
+    All,
+    /// HTTP API, inventory loader and relay.
+    Gateway,
+    /// Consumes hold events and writes them to PostgreSQL.
+    Writer,
+}
+
+/// Runs `role` until SIGINT or SIGTERM.
+pub async fn run_until_signal(config: Config, role: Role) -> anyhow::Result<()> {
     let stop = shutdown::signal();
+    if role == Role::Writer {
+        return run_writer(config, stop).await;
+    }
     if config.uses_dev_secret() {
         tracing::warn!(
             "HERDGATE_TOKEN_SECRET is not set: tokens are signed with the public development secret"
@@ -20,13 +38,14 @@ pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("failed to listen on {addr} (HERDGATE_ADDR)"))?;
-    run(config, listener, stop).await
+    run(config, role, listener, stop).await
 }
 
-/// Serves on `listener` until `stop` resolves, then drains and stops the
-/// background tasks. Tests call this with their own listener and stop future.
+/// Serves on `listener` until `stop` resolves, then drains HTTP and stops the
+/// background parts. Tests call this with their own listener and stop future.
 pub async fn run(
     config: Config,
+    role: Role,
     listener: TcpListener,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -39,16 +58,50 @@ pub async fn run(
     // Background tasks stop even when this future is dropped rather than finished.
     let _stop_tasks = token.clone().drop_guard();
     let tasks = TaskTracker::new();
+    let config = &app.config;
     tasks.spawn(
         app.inventory
             .clone()
-            .run(app.config.inventory_interval, token.clone()),
+            .run(config.inventory_interval, token.clone()),
     );
-    tracing::info!(addr = %listener.local_addr()?, "herdgate listening");
-    http::serve(listener, app, stop).await;
+    tasks.spawn(
+        Relay::new(
+            app.store.clone(),
+            app.broker.clone(),
+            app.inventory.clone(),
+            config.holds.relay_batch,
+            config.holds.relay_claim_idle,
+        )
+        .run(token.clone()),
+    );
+    if role == Role::All {
+        tasks.spawn(
+            Writer::new(app.pg.clone(), app.broker.clone(), config.writer.clone())
+                .run(token.clone()),
+        );
+    }
+    tracing::info!(addr = %listener.local_addr()?, ?role, "herdgate listening");
+    http::serve(listener, app.clone(), stop).await;
     token.cancel();
     tasks.close();
     tasks.wait().await;
     tracing::info!("herdgate stopped");
+    Ok(())
+}
+
+/// `herdgate writer`: only the RabbitMQ-to-PostgreSQL half.
+pub async fn run_writer(config: Config, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let pg = config
+        .pg
+        .pool()
+        .context("failed to set up PostgreSQL pool")?;
+    let broker = Arc::new(Broker::new(&config.amqp));
+    let token = CancellationToken::new();
+    let writer = tokio::spawn(Writer::new(pg, broker, config.writer.clone()).run(token.clone()));
+    tracing::info!("herdgate writer running");
+    stop.await;
+    token.cancel();
+    writer.await.context("writer task panicked")?;
+    tracing::info!("herdgate writer stopped");
     Ok(())
 }

@@ -55,6 +55,41 @@ impl EventKeys {
     pub fn loading(&self) -> String {
         format!("{}loading", self.base)
     }
+
+    /// String: the booking id holding the seat, expiring with the hold.
+    pub fn lock(&self, seat_id: i64) -> String {
+        format!("{}lock:{seat_id}", self.base)
+    }
+
+    /// Sorted set of live booking ids scored by expiry (ms since epoch).
+    pub fn holds(&self) -> String {
+        format!("{}holds", self.base)
+    }
+
+    /// Hash: one booking's state (seatId, userId, status, version, expiresAt, ...).
+    pub fn hold(&self, booking_id: &str) -> String {
+        format!("{}hold:{booking_id}", self.base)
+    }
+
+    /// Sorted set of one user's live holds of this event, scored by expiry.
+    pub fn user_holds(&self, user_id: i64) -> String {
+        format!("{}user:{user_id}:holds", self.base)
+    }
+
+    /// String: what an Idempotency-Key of this user answered (`seat:booking:expires`).
+    pub fn idempotency(&self, user_id: i64, key: &str) -> String {
+        format!("{}idem:{user_id}:{key}", self.base)
+    }
+
+    /// Stream of hold events not yet confirmed by RabbitMQ (the transactional outbox).
+    pub fn outbox(&self) -> String {
+        format!("{}outbox", self.base)
+    }
+
+    /// Counter ordering every change of this event's holds.
+    pub fn seq(&self) -> String {
+        format!("{}seq", self.base)
+    }
 }
 
 #[cfg(test)]
@@ -64,7 +99,19 @@ mod tests {
     #[test]
     fn every_key_of_an_event_shares_its_hash_tag() {
         let keys = Keys::new("hg:").event(42);
-        for key in [keys.event(), keys.seats(), keys.available(), keys.loading()] {
+        for key in [
+            keys.event(),
+            keys.seats(),
+            keys.available(),
+            keys.loading(),
+            keys.lock(7),
+            keys.holds(),
+            keys.hold("b"),
+            keys.user_holds(3),
+            keys.idempotency(3, "k"),
+            keys.outbox(),
+            keys.seq(),
+        ] {
             assert!(key.starts_with("hg:{e:42}:"), "{key}");
         }
         assert_eq!(keys.available(), "hg:{e:42}:available");

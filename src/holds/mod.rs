@@ -34,6 +34,12 @@ const READ_EVENT: ScriptDef = ScriptDef {
     keys: 2,
 };
 
+const PLACE_HOLD: ScriptDef = ScriptDef {
+    name: "place_hold",
+    source: include_str!("../../lua/place_hold.lua"),
+    keys: 10,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Redis did not answer in time or is unreachable; the caller answers 503.
@@ -66,6 +72,44 @@ pub struct EventInfo {
     pub available: u64,
 }
 
+/// A request to hold a seat, in the order of `place_hold.lua`'s ARGV.
+#[derive(Debug, Clone)]
+pub struct PlaceHold<'a> {
+    pub event_id: i64,
+    pub seat_id: i64,
+    pub user_id: i64,
+    pub booking_id: &'a str,
+    pub now_ms: i64,
+    pub ttl_ms: i64,
+    pub max_per_user: u32,
+    pub idempotency_key: Option<&'a str>,
+    pub idempotency_ttl_ms: i64,
+    pub outbox_max: u64,
+    pub traceparent: &'a str,
+}
+
+/// What `place_hold.lua` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    Placed {
+        booking_id: String,
+        expires_ms: i64,
+    },
+    /// The same Idempotency-Key and seat as an earlier request: its answer again.
+    Replayed {
+        booking_id: String,
+        expires_ms: i64,
+    },
+    IdempotencyMismatch,
+    NoEvent,
+    NoSeat,
+    Taken,
+    UserLimit {
+        retry_after_ms: i64,
+    },
+    Busy,
+}
+
 /// The Redis side of herdgate: a connection pool, the key layout and the scripts.
 #[derive(Clone)]
 pub struct Store {
@@ -73,6 +117,7 @@ pub struct Store {
     keys: Keys,
     list_available: Script,
     read_event: Script,
+    place_hold: Script,
 }
 
 impl Store {
@@ -82,6 +127,7 @@ impl Store {
             keys,
             list_available: Script::from_lua(LIST_AVAILABLE.source),
             read_event: Script::from_lua(READ_EVENT.source),
+            place_hold: Script::from_lua(PLACE_HOLD.source),
         }
     }
 
@@ -169,6 +215,39 @@ impl Store {
         }))
     }
 
+    /// Holds a seat in one atomic step (one round-trip), or says why not.
+    #[tracing::instrument(skip_all, fields(event_id = req.event_id, seat_id = req.seat_id))]
+    pub async fn place_hold(&self, req: &PlaceHold<'_>) -> Result<HoldOutcome, StoreError> {
+        let k = self.keys.event(req.event_id);
+        let idem = req.idempotency_key.unwrap_or("");
+        let keys = vec![
+            k.event(),
+            k.seats(),
+            k.available(),
+            k.lock(req.seat_id),
+            k.holds(),
+            k.hold(req.booking_id),
+            k.user_holds(req.user_id),
+            k.idempotency(req.user_id, if idem.is_empty() { "-" } else { idem }),
+            k.outbox(),
+            k.seq(),
+        ];
+        let args = vec![
+            req.booking_id.to_string(),
+            req.seat_id.to_string(),
+            req.user_id.to_string(),
+            req.now_ms.to_string(),
+            req.ttl_ms.to_string(),
+            req.max_per_user.to_string(),
+            idem.to_string(),
+            req.idempotency_ttl_ms.to_string(),
+            req.outbox_max.to_string(),
+            req.traceparent.to_string(),
+        ];
+        let reply = self.eval(&PLACE_HOLD, &self.place_hold, keys, args).await?;
+        parse_hold_outcome(&reply).ok_or_else(|| reply_error(&PLACE_HOLD, &reply))
+    }
+
     async fn eval(
         &self,
         def: &ScriptDef,
@@ -181,6 +260,34 @@ impl Store {
             .evalsha_with_reload::<Value, _, _>(self.client(), keys, args)
             .await?)
     }
+}
+
+fn parse_hold_outcome(reply: &Value) -> Option<HoldOutcome> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let tag = items.first()?.as_str()?;
+    let booking = || items.get(1)?.as_string();
+    let number = |i: usize| items.get(i)?.as_i64();
+    Some(match &*tag {
+        "ok" => HoldOutcome::Placed {
+            booking_id: booking()?,
+            expires_ms: number(2)?,
+        },
+        "replay" => HoldOutcome::Replayed {
+            booking_id: booking()?,
+            expires_ms: number(2)?,
+        },
+        "mismatch" => HoldOutcome::IdempotencyMismatch,
+        "no_event" => HoldOutcome::NoEvent,
+        "no_seat" => HoldOutcome::NoSeat,
+        "taken" => HoldOutcome::Taken,
+        "limit" => HoldOutcome::UserLimit {
+            retry_after_ms: number(1)?,
+        },
+        "busy" => HoldOutcome::Busy,
+        _ => return None,
+    })
 }
 
 fn reply_error(def: &ScriptDef, reply: &Value) -> StoreError {
@@ -209,7 +316,7 @@ mod tests {
 
     #[test]
     fn each_wrapper_passes_as_many_keys_as_its_header_lists() {
-        for def in [&LIST_AVAILABLE, &READ_EVENT] {
+        for def in [&LIST_AVAILABLE, &READ_EVENT, &PLACE_HOLD] {
             assert!(def.source.starts_with(&format!("--[[ {}:", def.name)));
             assert_eq!(declared_keys(def.source), def.keys, "{}", def.name);
         }

@@ -9,7 +9,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Map, Value, json};
 
-use crate::{auth::AuthError, holds::StoreError};
+use crate::{auth::AuthError, bookings::HoldError, holds::StoreError};
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
@@ -182,6 +182,46 @@ impl From<StoreError> for Problem {
                 Problem::unavailable("the seat store did not answer in time", 1)
             }
             e @ StoreError::Reply { .. } => Problem::unexpected(&e),
+        }
+    }
+}
+
+impl From<HoldError> for Problem {
+    fn from(e: HoldError) -> Self {
+        let detail = e.to_string();
+        match e {
+            HoldError::InvalidIds => Problem::invalid_body(detail),
+            HoldError::Taken { .. } => {
+                Problem::new(StatusCode::CONFLICT, "seat-taken", "Seat taken", detail)
+            }
+            HoldError::NoEvent(_) | HoldError::NoSeat { .. } => Problem::not_found(detail),
+            HoldError::UserLimit { retry_after, .. } => {
+                let mut p = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "hold-limit",
+                    "Too many holds",
+                    detail,
+                );
+                p.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+                p
+            }
+            HoldError::Busy => {
+                let mut p = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "outbox-full",
+                    "Too busy to take holds",
+                    detail,
+                );
+                p.retry_after = Some(1);
+                p
+            }
+            HoldError::IdempotencyMismatch => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                detail,
+            ),
+            HoldError::Store(e) => e.into(),
         }
     }
 }

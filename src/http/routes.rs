@@ -7,6 +7,7 @@
 //! | `GET /api/events/:id` | `{id, name, venue, startsAt, totalSeats, availableSeats, status}` |
 //! | `GET /api/seats/available?eventId=&limit=&after=` | one page of available seats, from Redis |
 //! | `POST /api/users/login` | `{token, userId, expiresAt}` |
+//! | `POST /api/bookings` + Bearer | 201 PENDING hold; 409 taken; 429 limit; 503 overload |
 //! | `GET /waiting-room[?eventId=]` | admission state per on-sale event |
 //!
 //! Every failure is a [`Problem`]; handlers return `Result<Response, Problem>`.
@@ -24,6 +25,7 @@ use serde_json::json;
 use super::{body::read_json, problem::Problem};
 use crate::{
     app::App,
+    bookings,
     catalog::{CatalogError, DEFAULT_PAGE, MAX_PAGE},
     waiting_room,
 };
@@ -38,6 +40,7 @@ pub enum Route {
     Event(i64),
     AvailableSeats,
     Login,
+    PlaceHold,
     WaitingRoom,
 }
 
@@ -51,7 +54,7 @@ impl Route {
                 "GET"
             }
             ["waiting-room"] => "GET",
-            ["api", "users", "login"] => "POST",
+            ["api", "users", "login"] | ["api", "bookings"] => "POST",
             _ => return Err(Problem::not_found(format!("no resource at {path}"))),
         };
         if method.as_str() != allow {
@@ -63,6 +66,7 @@ impl Route {
             ["api", "events", id] => Route::Event(parse_id("event id", id)?),
             ["api", "seats", "available"] => Route::AvailableSeats,
             ["api", "users", "login"] => Route::Login,
+            ["api", "bookings"] => Route::PlaceHold,
             _ => Route::WaitingRoom,
         })
     }
@@ -116,6 +120,7 @@ where
         Route::Event(id) => event(app, id).await,
         Route::AvailableSeats => available_seats(app, req.uri().query()).await,
         Route::Login => login(app, req).await,
+        Route::PlaceHold => place_hold(app, req).await,
         Route::WaitingRoom => waiting_room(app, req.uri().query()).await,
     }
 }
@@ -225,6 +230,65 @@ where
             expires_at: token.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         },
     ))
+}
+
+async fn place_hold<B>(app: &App, req: Request<B>) -> Result<Response<Full<Bytes>>, Problem>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let user_id = authenticate(app, &req)?;
+    let headers = req.headers();
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(key) if bookings::valid_idempotency_key(key) => Some(key.to_string()),
+            _ => {
+                return Err(Problem::bad_request(format!(
+                    "Idempotency-Key must be 1 to {} characters of A-Z a-z 0-9 - _ . :",
+                    bookings::MAX_IDEMPOTENCY_KEY
+                )));
+            }
+        },
+    };
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| bookings::valid_traceparent(v))
+        .unwrap_or("")
+        .to_string();
+    let http = &app.config.http;
+    let body: bookings::HoldRequest = read_json(req, http.max_body, http.body_timeout).await?;
+    let (view, _new) = bookings::place(
+        &app.store,
+        &app.config.holds,
+        user_id,
+        &body,
+        idempotency_key.as_deref(),
+        &traceparent,
+    )
+    .await?;
+    let mut response = json_response(StatusCode::CREATED, &view);
+    let location = format!("/api/bookings/{}", view.booking_id);
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("uuid is a valid header"),
+    );
+    Ok(response)
+}
+
+/// The user id of a valid `Authorization: Bearer` token, or 401.
+fn authenticate<B>(app: &App, req: &Request<B>) -> Result<i64, Problem> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or(crate::auth::AuthError::BadToken)?;
+    Ok(app.auth.verify(token)?)
 }
 
 async fn waiting_room(app: &App, query: Option<&str>) -> Result<Response<Full<Bytes>>, Problem> {

@@ -15,6 +15,7 @@ use fred::{
 };
 use futures::TryStreamExt;
 use herdgate::{
+    broker::Topology,
     config::{self, Config},
     migrate,
     seed::{self, SeedOptions},
@@ -49,15 +50,24 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
 }
 
-/// A database and a Redis prefix of one test's own, migrated and seeded.
+/// A database, a Redis prefix and RabbitMQ names of one test's own, migrated and seeded.
 pub struct Isolation {
     pub database: String,
     pub database_url: String,
     pub prefix: String,
+    pub amqp_prefix: String,
 }
 
 impl Isolation {
     pub async fn new() -> Self {
+        Self::with_seed(SeedOptions {
+            demo_seats: DEMO_SEATS,
+            users: USERS,
+        })
+        .await
+    }
+
+    pub async fn with_seed(options: SeedOptions) -> Self {
         LazyLock::force(&TRACING);
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("herdgate_test_{id}");
@@ -66,15 +76,7 @@ impl Isolation {
         migrate::run(&pg).await.expect("migrations apply");
         let (client, connection) = pg.connect(tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
-        seed::run(
-            &client,
-            SeedOptions {
-                demo_seats: DEMO_SEATS,
-                users: USERS,
-            },
-        )
-        .await
-        .expect("seed applies");
+        seed::run(&client, options).await.expect("seed applies");
         let (base, _) = admin_url()
             .rsplit_once('/')
             .map(|(b, d)| (b.to_string(), d.to_string()))
@@ -83,6 +85,7 @@ impl Isolation {
             database_url: format!("{base}/{database}"),
             database,
             prefix: format!("test:{id}:"),
+            amqp_prefix: format!("test.{id}"),
         }
     }
 
@@ -93,6 +96,7 @@ impl Isolation {
             (config::ENV_REDIS_URL, redis_url()),
             (config::ENV_AMQP_URL, amqp_url()),
             (config::ENV_REDIS_PREFIX, self.prefix.clone()),
+            (config::ENV_AMQP_PREFIX, self.amqp_prefix.clone()),
             (config::ENV_ADDR, "127.0.0.1:0".to_string()),
             (config::ENV_INVENTORY_INTERVAL, "200ms".to_string()),
             (config::ENV_SEATS_CACHE_TTL, "100ms".to_string()),
@@ -124,7 +128,7 @@ impl Isolation {
 
     /// The database goes first: a sync still running in the app then fails
     /// instead of loading the inventory again after the flush.
-    async fn cleanup(database: String, prefix: String) {
+    async fn cleanup(database: String, prefix: String, amqp_prefix: String) {
         let (admin, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
             .await
             .unwrap();
@@ -136,7 +140,31 @@ impl Isolation {
             .await
             .unwrap();
         flush_prefix(&prefix).await;
+        delete_topology(&amqp_prefix).await;
     }
+}
+
+/// Removes a test's exchanges and queues.
+async fn delete_topology(amqp_prefix: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let topology = Topology::new(amqp_prefix);
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    for queue in [&topology.writer_queue, &topology.dead] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    for exchange in [&topology.exchange, &topology.dead] {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    let _ = connection.close(200, "test done".into()).await;
 }
 
 pub async fn redis_client() -> Client {
@@ -165,6 +193,7 @@ async fn flush_prefix(prefix: &str) {
 impl Drop for Isolation {
     fn drop(&mut self) {
         let (database, prefix) = (self.database.clone(), std::mem::take(&mut self.prefix));
+        let amqp_prefix = self.amqp_prefix.clone();
         if prefix.is_empty() {
             return;
         }
@@ -174,7 +203,7 @@ impl Drop for Isolation {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(Isolation::cleanup(database, prefix))
+                .block_on(Isolation::cleanup(database, prefix, amqp_prefix))
         })
         .join()
         .expect("cleanup succeeds");
@@ -187,6 +216,8 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub config: Config,
+    /// Mints and checks tokens as the app does.
+    pub auth: herdgate::auth::Auth,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     // Last: dropped after the server is stopped.
@@ -199,20 +230,33 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns the app with its environment adjusted by `customize`.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
-    let iso = Isolation::new().await;
+    spawn_app_on(Isolation::new().await, customize).await
+}
+
+/// Spawns the app on resources prepared by the caller.
+pub async fn spawn_app_on(
+    iso: Isolation,
+    customize: impl FnOnce(&mut HashMap<String, String>),
+) -> TestApp {
     let mut env = iso.env();
     customize(&mut env);
     let config = Config::from_env(&env).expect("test config is valid");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(herdgate::serve::run(config.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(herdgate::serve::run(
+        config.clone(),
+        herdgate::serve::Role::All,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let app = TestApp {
         addr,
         base: format!("http://{addr}"),
         http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        auth: herdgate::auth::Auth::new(&config.auth).unwrap(),
         config,
         stop: Some(stop),
         server: Some(server),
@@ -245,6 +289,29 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// A bearer token for `user_id`, minted with the app's secret.
+    pub fn token(&self, user_id: i64) -> String {
+        self.auth.issue(user_id).unwrap().token
+    }
+
+    pub async fn post_hold(
+        &self,
+        token: &str,
+        event_id: i64,
+        seat_id: i64,
+        idempotency_key: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/api/bookings", self.base))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"eventId": event_id, "seatId": seat_id}));
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.unwrap()
+    }
+
     pub async fn post_login(&self, email: &str, password: &str) -> reqwest::Response {
         let body = serde_json::json!({"email": email, "password": password}).to_string();
         self.post("/api/users/login", Some("application/json"), body)
@@ -252,16 +319,12 @@ impl TestApp {
     }
 
     /// Polls `check` until it holds, failing the test after 10 s.
-    pub async fn wait_until<F, Fut>(&self, mut check: F)
+    pub async fn wait_until<F, Fut>(&self, check: F)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
     {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !check().await {
-            assert!(Instant::now() < deadline, "condition not met within 10 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(Duration::from_secs(10), check).await
     }
 }
 
@@ -274,6 +337,41 @@ impl Drop for TestApp {
             server.abort();
         }
     }
+}
+
+/// Polls `check` until it holds, failing the test after `within`.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first value of a one-row, one-column query.
+pub async fn scalar(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Ids of the load-test users, in order.
+pub async fn user_ids(client: &tokio_postgres::Client) -> Vec<i64> {
+    client
+        .query(
+            "SELECT id FROM users WHERE email LIKE '%@load.test' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
 }
 
 /// Asserts `response` is a problem document with `status`, and returns its body.

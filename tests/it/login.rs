@@ -2,13 +2,7 @@
 
 use std::{collections::HashMap, process::Command};
 
-use herdgate::{auth::Auth, config::Config};
-
 use crate::helpers::{assert_problem, json, spawn_app};
-
-fn auth_of(config: &Config) -> Auth {
-    Auth::new(&config.auth).unwrap()
-}
 
 #[tokio::test]
 async fn the_right_password_gets_a_token_for_that_user() {
@@ -16,7 +10,7 @@ async fn the_right_password_gets_a_token_for_that_user() {
     let body = json(app.post_login("test@example.com", "password").await, 200).await;
     let user_id = body["userId"].as_i64().unwrap();
     let token = body["token"].as_str().unwrap();
-    assert_eq!(auth_of(&app.config).verify(token).unwrap(), user_id);
+    assert_eq!(app.auth.verify(token).unwrap(), user_id);
     let expires_at: chrono::DateTime<chrono::Utc> =
         body["expiresAt"].as_str().unwrap().parse().unwrap();
     assert!(expires_at > chrono::Utc::now());
@@ -52,7 +46,7 @@ async fn herdgate_token_prints_a_valid_token_alone_on_stdout() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     let token = stdout.strip_suffix('\n').unwrap();
     assert!(!token.contains('\n'));
-    assert_eq!(auth_of(&app.config).verify(token).unwrap(), 2);
+    assert_eq!(app.auth.verify(token).unwrap(), 2);
 
     let unknown = Command::new(env!("CARGO_BIN_EXE_herdgate"))
         .args(["token", "--user", "999999"])

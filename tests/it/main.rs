@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod helpers;
+mod holds;
 mod inventory;
 mod lifecycle;
 mod login;

@@ -86,9 +86,9 @@ async fn the_demo_venue_has_sections_rows_and_numbered_seats() {
 }
 
 const BOOK: &str =
-    "INSERT INTO bookings (id, event_id, seat_id, user_id, status, expires_at, confirmed_at)
+    "INSERT INTO bookings (id, event_id, seat_id, user_id, status, expires_at, confirmed_at, seq)
                     VALUES (gen_random_uuid(), $1, $2, 1, $3, now() + interval '10 minutes',
-                            CASE WHEN $3 = 'CONFIRMED' THEN now() END)";
+                            CASE WHEN $3 = 'CONFIRMED' THEN now() END, 1)";
 
 async fn book(
     client: &tokio_postgres::Client,

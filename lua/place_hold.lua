@@ -1,0 +1,72 @@
+--[[ place_hold: hold one seat for one user until a deadline, atomically, and
+  record the hold.placed event in the event's outbox in the same step.
+  KEYS[1]  event hash          (present = event loaded and on sale)
+  KEYS[2]  seats hash          (seat id -> seat JSON: the seat belongs to the event)
+  KEYS[3]  available zset      (the seat leaves it)
+  KEYS[4]  seat lock string    (SET lock booking_id PX ttl NX, as the prototype)
+  KEYS[5]  holds zset          (booking id scored by expiry ms, for the sweeper)
+  KEYS[6]  hold hash           (the booking's state)
+  KEYS[7]  user holds zset     (this user's holds of this event, scored by expiry ms)
+  KEYS[8]  idempotency string  ("seat:booking:expires"; unused when ARGV[7] is empty)
+  KEYS[9]  outbox stream       (events for the relay)
+  KEYS[10] sequence string     (INCR: orders every change of this event)
+  ARGV[1]  booking id (UUIDv7)   ARGV[2]  seat id          ARGV[3] user id
+  ARGV[4]  now, ms since epoch   ARGV[5]  hold TTL, ms     ARGV[6] max live holds per user
+  ARGV[7]  idempotency key or "" ARGV[8]  idempotency TTL, ms
+  ARGV[9]  max outbox length     ARGV[10] W3C traceparent or ""
+  Returns {"ok", booking_id, expires_ms}      placed
+          {"replay", booking_id, expires_ms}  same idempotency key and seat as before
+          {"mismatch"}                        idempotency key used before for another seat
+          {"no_event"} | {"no_seat"}          unknown or not on sale | seat not in event
+          {"taken"}                           seat held or booked by anyone
+          {"limit", retry_after_ms}           user holds the maximum already
+          {"busy"}                            outbox at its bound: back off
+  Events: hold.placed (version 1) on KEYS[9]. ]]
+local booking, seat, user = ARGV[1], ARGV[2], ARGV[3]
+local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local idem = ARGV[7]
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'no_event'}
+end
+if idem ~= '' then
+  local previous = redis.call('GET', KEYS[8])
+  if previous then
+    local p_seat, p_booking, p_expires = string.match(previous, '^(%d+):([^:]+):(%d+)$')
+    if p_seat == seat then
+      return {'replay', p_booking, tonumber(p_expires)}
+    end
+    return {'mismatch'}
+  end
+end
+if redis.call('HEXISTS', KEYS[2], seat) == 0 then
+  return {'no_seat'}
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return {'taken'}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
+if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[6]) then
+  local first = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
+  return {'limit', tonumber(first[2]) - now}
+end
+if redis.call('XLEN', KEYS[9]) >= tonumber(ARGV[9]) then
+  return {'busy'}
+end
+
+local expires = now + ttl
+redis.call('SET', KEYS[4], booking, 'PX', ttl)
+redis.call('ZREM', KEYS[3], seat)
+redis.call('ZADD', KEYS[5], expires, booking)
+local seq = redis.call('INCR', KEYS[10])
+redis.call('HSET', KEYS[6], 'bookingId', booking, 'seatId', seat, 'userId', user,
+  'status', 'PENDING', 'version', 1, 'seq', seq, 'expiresAt', expires, 'createdAt', now)
+redis.call('ZADD', KEYS[7], expires, booking)
+redis.call('PEXPIRE', KEYS[7], ttl)
+if idem ~= '' then
+  redis.call('SET', KEYS[8], seat .. ':' .. booking .. ':' .. expires, 'PX', ARGV[8])
+end
+redis.call('XADD', KEYS[9], '*', 'type', 'hold.placed', 'bookingId', booking, 'seatId', seat,
+  'userId', user, 'status', 'PENDING', 'version', 1, 'seq', seq, 'expiresAt', expires,
+  'occurredAt', now, 'traceparent', ARGV[10])
+return {'ok', booking, expires}

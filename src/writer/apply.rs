@@ -1,0 +1,182 @@
+//! Applying a batch of hold events to PostgreSQL in one transaction, idempotently
+//! and in any order.
+//!
+//! - Upsert by booking id; a row changes only for a higher `version`, so repeats
+//!   and late events change nothing.
+//! - Redis allows one live hold per seat, so when two bookings of one seat look
+//!   live here, the one with the lower `seq` has ended already and its own event
+//!   is still on the way: it is marked EXPIRED provisionally, without raising its
+//!   version, so its real final event still applies when it arrives.
+//! - Seat statuses are derived from the seat's bookings after the upsert, never
+//!   copied from one event, so events of different bookings cannot undo each other.
+//!
+//! Seats are locked (`FOR UPDATE`, in id order) first, so concurrent writers
+//! serialise per seat instead of tripping over the unique index.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::hold_event::{BookingStatus, HoldEvent};
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Bookings inserted or moved to a newer version.
+    pub rows: u64,
+    /// Events that changed nothing: repeats or older versions.
+    pub stale: u64,
+}
+
+/// Applies `events` inside `tx` (the caller commits).
+pub async fn apply(
+    tx: &Transaction<'_>,
+    events: &[HoldEvent],
+) -> Result<Applied, tokio_postgres::Error> {
+    let mut latest = newest_per_booking(events);
+    let mut seats: Vec<i64> = latest.iter().map(|e| e.seat_id).collect();
+    seats.sort_unstable();
+    seats.dedup();
+    tx.query(
+        "SELECT id FROM seats WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&seats],
+    )
+    .await?;
+    let superseded = settle_seat_conflicts(tx, &mut latest).await?;
+    if !superseded.is_empty() {
+        tx.execute(
+            "UPDATE bookings SET status = 'EXPIRED', updated_at = now()
+              WHERE id = ANY($1) AND status = 'PENDING'",
+            &[&superseded],
+        )
+        .await?;
+    }
+    let rows = upsert(tx, &latest).await?;
+    tx.execute(
+        "UPDATE seats s SET updated_at = now(), status = CASE
+             WHEN EXISTS (SELECT 1 FROM bookings b WHERE b.seat_id = s.id AND b.status = 'CONFIRMED')
+                 THEN 'BOOKED'
+             WHEN EXISTS (SELECT 1 FROM bookings b WHERE b.seat_id = s.id AND b.status = 'PENDING')
+                 THEN 'HELD'
+             ELSE 'AVAILABLE' END
+          WHERE s.id = ANY($1)",
+        &[&seats],
+    )
+    .await?;
+    Ok(Applied {
+        rows,
+        stale: events.len() as u64 - rows,
+    })
+}
+
+/// One event per booking: the highest version in the batch.
+fn newest_per_booking(events: &[HoldEvent]) -> Vec<HoldEvent> {
+    let mut newest: HashMap<Uuid, &HoldEvent> = HashMap::new();
+    for event in events {
+        newest
+            .entry(event.booking_id)
+            .and_modify(|kept| {
+                if event.version > kept.version {
+                    *kept = event;
+                }
+            })
+            .or_insert(event);
+    }
+    let mut latest: Vec<HoldEvent> = newest.into_values().cloned().collect();
+    latest.sort_by_key(|e| e.seq);
+    latest
+}
+
+/// Leaves at most one live booking per seat: among the batch and the rows
+/// already stored, the highest `seq` stays live. Returns the stored bookings
+/// that must be expired; batch events that lost are changed in place.
+async fn settle_seat_conflicts(
+    tx: &Transaction<'_>,
+    latest: &mut [HoldEvent],
+) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    // Live claim per seat: (seq, index into latest).
+    let mut claims: HashMap<i64, (i64, usize)> = HashMap::new();
+    for i in 0..latest.len() {
+        if !latest[i].status.is_live() {
+            continue;
+        }
+        let seat = latest[i].seat_id;
+        match claims.get(&seat).copied() {
+            Some((seq, _)) if seq > latest[i].seq => expire_in_batch(&mut latest[i]),
+            Some((_, loser)) => {
+                expire_in_batch(&mut latest[loser]);
+                claims.insert(seat, (latest[i].seq, i));
+            }
+            None => {
+                claims.insert(seat, (latest[i].seq, i));
+            }
+        }
+    }
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seats: Vec<i64> = claims.keys().copied().collect();
+    let batch_ids: Vec<Uuid> = latest.iter().map(|e| e.booking_id).collect();
+    let stored = tx
+        .query(
+            "SELECT id, seat_id, seq FROM bookings
+              WHERE seat_id = ANY($1) AND status IN ('PENDING', 'CONFIRMED') AND id <> ALL($2)",
+            &[&seats, &batch_ids],
+        )
+        .await?;
+    let mut superseded = Vec::new();
+    for row in stored {
+        let (id, seat, seq): (Uuid, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let (claim_seq, i) = claims[&seat];
+        if seq < claim_seq {
+            superseded.push(id);
+        } else {
+            expire_in_batch(&mut latest[i]);
+        }
+    }
+    Ok(superseded)
+}
+
+/// The booking ended in Redis before a later one took its seat; its own final
+/// event is still on the way and will overwrite this (same version, not higher).
+fn expire_in_batch(event: &mut HoldEvent) {
+    if event.status == BookingStatus::Pending {
+        event.status = BookingStatus::Expired;
+    }
+}
+
+async fn upsert(tx: &Transaction<'_>, latest: &[HoldEvent]) -> Result<u64, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = latest.iter().map(|e| e.booking_id).collect();
+    let events: Vec<i64> = latest.iter().map(|e| e.event_id).collect();
+    let seats: Vec<i64> = latest.iter().map(|e| e.seat_id).collect();
+    let users: Vec<i64> = latest.iter().map(|e| e.user_id).collect();
+    let statuses: Vec<&str> = latest.iter().map(|e| e.status.as_str()).collect();
+    let expires: Vec<DateTime<Utc>> = latest.iter().map(|e| e.expires_at).collect();
+    let confirmed: Vec<Option<DateTime<Utc>>> = latest.iter().map(|e| e.confirmed_at).collect();
+    let versions: Vec<i64> = latest.iter().map(|e| e.version).collect();
+    let seqs: Vec<i64> = latest.iter().map(|e| e.seq).collect();
+    let created: Vec<DateTime<Utc>> = latest.iter().map(|e| e.occurred_at).collect();
+    tx.execute(
+        "INSERT INTO bookings (id, event_id, seat_id, user_id, status, expires_at, confirmed_at,
+                               version, seq, created_at, updated_at)
+         SELECT id, event_id, seat_id, user_id, status, expires_at, confirmed_at,
+                version, seq, created_at, now()
+           FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::text[],
+                       $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::int8[],
+                       $10::timestamptz[])
+                AS t(id, event_id, seat_id, user_id, status, expires_at, confirmed_at,
+                     version, seq, created_at)
+         ON CONFLICT (id) DO UPDATE SET
+             status = EXCLUDED.status, expires_at = EXCLUDED.expires_at,
+             confirmed_at = EXCLUDED.confirmed_at, version = EXCLUDED.version,
+             seq = EXCLUDED.seq, updated_at = now()
+         WHERE bookings.version < EXCLUDED.version",
+        &[
+            &ids, &events, &seats, &users, &statuses, &expires, &confirmed, &versions, &seqs,
+            &created,
+        ],
+    )
+    .await
+}
