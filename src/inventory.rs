@@ -180,6 +180,7 @@ impl Inventory {
                     .await?;
             }
         }
+        self.restore_holds(event.id).await?;
         let starts_at = event.starts_at.to_rfc3339_opts(SecondsFormat::Secs, true);
         redis
             .hset::<(), _, _>(
@@ -194,6 +195,98 @@ impl Inventory {
             )
             .await?;
         Ok(available)
+    }
+}
+
+impl Inventory {
+    /// Puts the live bookings PostgreSQL knows back into Redis: their seat locks
+    /// (expiring with the hold, or never once confirmed), hold state and user
+    /// counts, and moves the change counter past every stored `seq`, so the
+    /// writer keeps ordering new holds after old ones.
+    async fn restore_holds(&self, event_id: i64) -> anyhow::Result<()> {
+        let keys = self.store.keys().event(event_id);
+        let redis = self.store.client();
+        let client = self.pg.get().await?;
+        let max_seq: i64 = client
+            .query_one(
+                "SELECT coalesce(max(seq), 0) FROM bookings WHERE event_id = $1",
+                &[&event_id],
+            )
+            .await?
+            .get(0);
+        let live = client
+            .query(
+                "SELECT id::text, seat_id, user_id, status, version, seq,
+                        (extract(epoch FROM expires_at) * 1000)::bigint AS expires_ms,
+                        (extract(epoch FROM created_at) * 1000)::bigint AS created_ms
+                   FROM bookings
+                  WHERE event_id = $1
+                    AND (status = 'CONFIRMED' OR (status = 'PENDING' AND expires_at > now()))",
+                &[&event_id],
+            )
+            .await?;
+        drop(client);
+        redis
+            .set::<(), _, _>(keys.seq(), max_seq, None, None, false)
+            .await?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for row in &live {
+            let (id, seat, user): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            let status: String = row.get(3);
+            let expires_ms: i64 = row.get("expires_ms");
+            let pending = status == "PENDING";
+            let expiry = pending.then(|| Expiration::PX((expires_ms - now_ms).max(1)));
+            redis
+                .set::<(), _, _>(keys.lock(seat), id.as_str(), expiry, None, false)
+                .await?;
+            redis
+                .hset::<(), _, _>(
+                    keys.hold(&id),
+                    vec![
+                        ("bookingId", id.clone()),
+                        ("seatId", seat.to_string()),
+                        ("userId", user.to_string()),
+                        ("status", status.clone()),
+                        ("version", row.get::<_, i64>("version").to_string()),
+                        ("seq", row.get::<_, i64>("seq").to_string()),
+                        ("expiresAt", expires_ms.to_string()),
+                        ("createdAt", row.get::<_, i64>("created_ms").to_string()),
+                    ],
+                )
+                .await?;
+            redis.zrem::<(), _, _>(keys.available(), seat).await?;
+            if pending {
+                redis
+                    .zadd::<(), _, _>(
+                        keys.holds(),
+                        None,
+                        None,
+                        false,
+                        false,
+                        (expires_ms as f64, id.as_str()),
+                    )
+                    .await?;
+                redis
+                    .zadd::<(), _, _>(
+                        keys.user_holds(user),
+                        None,
+                        None,
+                        false,
+                        false,
+                        (expires_ms as f64, id.as_str()),
+                    )
+                    .await?;
+            }
+        }
+        if !live.is_empty() {
+            tracing::info!(
+                event_id,
+                holds = live.len(),
+                max_seq,
+                "restored live bookings into Redis"
+            );
+        }
+        Ok(())
     }
 }
 

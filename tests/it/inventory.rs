@@ -3,7 +3,9 @@
 use fred::interfaces::{KeysInterface, SortedSetsInterface};
 use herdgate::holds::Keys;
 
-use crate::helpers::{DEMO_SEATS, spawn_app};
+use std::time::Duration;
+
+use crate::helpers::{DEMO_SEATS, assert_problem, eventually, json, scalar, spawn_app, user_ids};
 
 #[tokio::test]
 async fn the_inventory_is_rebuilt_after_redis_is_emptied() {
@@ -44,4 +46,37 @@ async fn a_loaded_event_is_never_loaded_over() {
     tokio::time::sleep(interval * 3).await;
     let still_gone: Option<f64> = redis.zscore(keys.available(), taken[0]).await.unwrap();
     assert_eq!(still_gone, None);
+}
+
+#[tokio::test]
+async fn a_rebuilt_inventory_keeps_the_holds_postgres_knows() {
+    let app = spawn_app().await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    json(app.post_hold(&app.token(users[0]), 1, 5, None).await, 201).await;
+    eventually(Duration::from_secs(10), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == 1
+    })
+    .await;
+    app.iso.flush_redis().await;
+    // Available seats come from Redis only: answered again once it is rebuilt.
+    app.wait_until(|| async {
+        let response = app.get("/api/seats/available?eventId=1&limit=1").await;
+        response.status() == 200
+            && response.json::<serde_json::Value>().await.unwrap()["count"] == DEMO_SEATS - 1
+    })
+    .await;
+    // The seat is still held: nobody else gets it.
+    assert_problem(app.post_hold(&app.token(users[1]), 1, 5, None).await, 409).await;
+    // New holds are ordered after the restored one.
+    json(app.post_hold(&app.token(users[1]), 1, 6, None).await, 201).await;
+    eventually(Duration::from_secs(10), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == 2
+    })
+    .await;
+    assert_eq!(
+        scalar(&pg, "SELECT count(DISTINCT seq) FROM bookings").await,
+        2,
+        "seq was reused after the rebuild"
+    );
 }

@@ -2,10 +2,13 @@
 //! isolated in its own database and key prefix (see `helpers`).
 
 mod bad_input;
+mod faults;
 mod helpers;
 mod holds;
 mod inventory;
 mod lifecycle;
 mod login;
+mod processes;
 mod read_api;
 mod schema;
+mod writer;

@@ -1,0 +1,110 @@
+//! Backends failing under the gateway: it answers fast and honestly (503 with
+//! Retry-After), stays healthy, and recovers by itself. Each test stops only
+//! servers of its own, started on a free port.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::helpers::{Isolation, assert_problem, eventually, json, spawn_app_on, user_ids};
+
+/// A redis-server of this test's own, killed with SIGKILL when dropped.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { child, port }
+    }
+
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn with_redis_gone_holds_and_reads_get_503_fast_and_recover_when_it_returns() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let app = spawn_app_on(Isolation::new().await, move |env| {
+        env.insert("REDIS_URL".into(), url);
+        env.insert("HERDGATE_REDIS_TIMEOUT".into(), "300ms".into());
+    })
+    .await;
+    let users = user_ids(&app.iso.pg().await).await;
+    json(app.post_hold(&app.token(users[0]), 1, 1, None).await, 201).await;
+
+    redis.kill();
+    let started = Instant::now();
+    let response = app.post_hold(&app.token(users[1]), 1, 2, None).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_problem(response, 503).await;
+    assert_problem(app.get("/api/seats/available?eventId=3").await, 503).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let ready = assert_problem(app.get("/readyz").await, 503).await;
+    assert_ne!(ready["checks"]["redis"], "ok");
+
+    // An empty Redis comes back (no AOF here): the inventory is rebuilt, the
+    // scripts are loaded again, and holds work.
+    let _redis = PrivateRedis::start_on(redis.port);
+    eventually(Duration::from_secs(20), || async {
+        app.post_hold(&app.token(users[1]), 1, 2, None)
+            .await
+            .status()
+            == 201
+    })
+    .await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+}

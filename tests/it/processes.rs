@@ -1,0 +1,292 @@
+//! herdgate as separate processes: several gateways and writers at once, and
+//! processes killed with SIGKILL mid-run. No acknowledged hold may be lost or
+//! written twice.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{StreamExt, stream};
+use herdgate::{auth::Auth, config::Config, seed::SeedOptions};
+use tokio::sync::Barrier;
+
+use crate::helpers::{Isolation, eventually, scalar, user_ids};
+
+/// A herdgate child process, killed with SIGKILL when dropped.
+pub struct Herdgate {
+    child: Child,
+    pub base: String,
+}
+
+impl Herdgate {
+    pub fn start(env: &HashMap<String, String>, role: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::env::var("TEST_LOG").is_ok();
+        let child = Command::new(env!("CARGO_BIN_EXE_herdgate"))
+            .arg(role)
+            .envs(env)
+            .env("HERDGATE_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .unwrap();
+        Herdgate {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Waits until the HTTP API answers.
+    pub async fn ready(self) -> Self {
+        let client = reqwest::Client::new();
+        eventually(Duration::from_secs(20), || async {
+            client
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+        self
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Herdgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    iso: Isolation,
+    env: HashMap<String, String>,
+    tokens: Vec<String>,
+    http: reqwest::Client,
+}
+
+async fn setup(seats: u32, users: u32) -> Setup {
+    let iso = Isolation::with_seed(SeedOptions {
+        demo_seats: seats,
+        users,
+    })
+    .await;
+    let mut env = iso.env();
+    env.insert("HERDGATE_RELAY_CLAIM_IDLE".into(), "1s".into());
+    let auth = Auth::new(&Config::from_env(&env).unwrap().auth).unwrap();
+    let tokens = user_ids(&iso.pg().await)
+        .await
+        .iter()
+        .map(|&u| auth.issue(u).unwrap().token)
+        .collect();
+    Setup {
+        iso,
+        env,
+        tokens,
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+    }
+}
+
+impl Setup {
+    /// Holds seat `seat` for the `n`th user through `base`: the status and booking id.
+    async fn hold(&self, base: &str, n: usize, seat: i64) -> (u16, Option<String>) {
+        let response = self
+            .http
+            .post(format!("{base}/api/bookings"))
+            .bearer_auth(&self.tokens[n % self.tokens.len()])
+            .json(&serde_json::json!({"eventId": 1, "seatId": seat}))
+            .send()
+            .await;
+        match response {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                (status, body["bookingId"].as_str().map(str::to_string))
+            }
+            // A killed gateway answers nothing: not an acknowledged hold.
+            Err(_) => (0, None),
+        }
+    }
+
+    /// Waits until PostgreSQL holds every acknowledged booking, each once. A
+    /// request that got no answer (its gateway was killed) may or may not have
+    /// become a hold: its seat may hold one booking the client never heard of.
+    async fn assert_stored(&self, acknowledged: &HashSet<String>, unanswered: &HashSet<i64>) {
+        let pg = self.iso.pg().await;
+        let expected = acknowledged.len() as i64;
+        eventually(Duration::from_secs(60), || async {
+            scalar(&pg, "SELECT count(*) FROM bookings").await >= expected
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rows = pg
+            .query("SELECT id::text, seat_id FROM bookings", &[])
+            .await
+            .unwrap();
+        let stored: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let missing: Vec<_> = acknowledged
+            .iter()
+            .filter(|id| !stored.contains_key(*id))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} acknowledged holds missing, e.g. {:?}",
+            missing.len(),
+            missing.first()
+        );
+        let unexplained: Vec<_> = stored
+            .iter()
+            .filter(|(id, seat)| !acknowledged.contains(*id) && !unanswered.contains(seat))
+            .collect();
+        assert!(
+            unexplained.is_empty(),
+            "{} bookings nobody asked for: {:?}",
+            unexplained.len(),
+            unexplained.first()
+        );
+        let seats: HashSet<i64> = stored.values().copied().collect();
+        assert_eq!(seats.len(), stored.len(), "a seat has two bookings");
+        assert_eq!(
+            scalar(&pg, "SELECT count(*) FROM seats WHERE status = 'HELD'").await,
+            stored.len() as i64
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_and_two_writers_keep_every_guarantee() {
+    let s = Arc::new(setup(2_000, 1_000).await);
+    let gateways = [
+        Herdgate::start(&s.env, "gateway").ready().await,
+        Herdgate::start(&s.env, "gateway").ready().await,
+    ];
+    let _writers = [
+        Herdgate::start(&s.env, "writer"),
+        Herdgate::start(&s.env, "writer"),
+    ];
+    let bases: Vec<String> = gateways.iter().map(|g| g.base.clone()).collect();
+
+    // The herd: 1,000 users on seat 1, half through each gateway.
+    let barrier = Arc::new(Barrier::new(1_000));
+    let herd = (0..1_000).map(|n| {
+        let (s, barrier, base) = (s.clone(), barrier.clone(), bases[n % 2].clone());
+        tokio::spawn(async move {
+            barrier.wait().await;
+            s.hold(&base, n, 1).await
+        })
+    });
+    let herd: Vec<(u16, Option<String>)> = futures::future::join_all(herd)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let winners: Vec<_> = herd.iter().filter(|(s, _)| *s == 201).collect();
+    assert_eq!(winners.len(), 1);
+    assert_eq!(herd.iter().filter(|(s, _)| *s == 409).count(), 999);
+
+    // Distinct seats 2..=2000, alternating gateways.
+    let distinct: Vec<(u16, Option<String>)> = stream::iter(2..=2_000i64)
+        .map(|seat| {
+            let (s, base) = (s.clone(), bases[seat as usize % 2].clone());
+            async move { s.hold(&base, seat as usize, seat).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(distinct.iter().all(|(status, _)| *status == 201));
+    let acknowledged: HashSet<String> = herd
+        .into_iter()
+        .chain(distinct)
+        .filter_map(|(_, id)| id)
+        .collect();
+    assert_eq!(acknowledged.len(), 2_000);
+    s.assert_stored(&acknowledged, &HashSet::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_acknowledged_by_a_gateway_killed_mid_run_all_reach_postgres() {
+    let s = Arc::new(setup(3_000, 600).await);
+    let doomed = Herdgate::start(&s.env, "gateway").ready().await;
+    let base = doomed.base.clone();
+    // No writer yet: the killed gateway's relay dies with entries unrelayed or unconfirmed.
+    let load = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            stream::iter(1..=3_000i64)
+                .map(|seat| {
+                    let (s, base) = (s.clone(), base.clone());
+                    async move { s.hold(&base, seat as usize, seat).await }
+                })
+                .buffered(32)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    doomed.kill();
+    let results = load.await.unwrap();
+    let acknowledged: HashSet<String> = results
+        .iter()
+        .filter(|(status, _)| *status == 201)
+        .filter_map(|(_, id)| id.clone())
+        .collect();
+    assert!(
+        !acknowledged.is_empty() && acknowledged.len() < 3_000,
+        "{}",
+        acknowledged.len()
+    );
+    let unanswered: HashSet<i64> = (1..=3_000i64)
+        .zip(&results)
+        .filter(|(_, (status, _))| *status == 0)
+        .map(|(seat, _)| seat)
+        .collect();
+
+    let _gateway = Herdgate::start(&s.env, "gateway").ready().await;
+    let _writer = Herdgate::start(&s.env, "writer");
+    s.assert_stored(&acknowledged, &unanswered).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_killed_mid_batch_loses_and_doubles_nothing() {
+    let s = Arc::new(setup(3_000, 600).await);
+    let gateway = Herdgate::start(&s.env, "gateway").ready().await;
+    let doomed = Herdgate::start(&s.env, "writer");
+    let base = gateway.base.clone();
+    let load = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            stream::iter(1..=3_000i64)
+                .map(|seat| {
+                    let (s, base) = (s.clone(), base.clone());
+                    async move { s.hold(&base, seat as usize, seat).await }
+                })
+                .buffer_unordered(32)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    let pg = s.iso.pg().await;
+    eventually(Duration::from_secs(30), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await > 0
+    })
+    .await;
+    doomed.kill();
+    let results = load.await.unwrap();
+    assert!(results.iter().all(|(status, _)| *status == 201));
+    let acknowledged: HashSet<String> = results.into_iter().filter_map(|(_, id)| id).collect();
+    let _writer = Herdgate::start(&s.env, "writer");
+    s.assert_stored(&acknowledged, &HashSet::new()).await;
+}
