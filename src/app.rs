@@ -9,6 +9,7 @@ use crate::{
     auth::Auth,
     broker::Broker,
     catalog::Catalog,
+    coalesce::Coalescer,
     config::Config,
     holds::{Keys, Store},
     inventory::Inventory,
@@ -24,6 +25,8 @@ pub struct App {
     pub catalog: Catalog,
     pub inventory: Arc<Inventory>,
     pub load: Load,
+    /// Shares one Redis call among concurrent holds of one seat.
+    pub coalescer: Coalescer,
 }
 
 impl App {
@@ -45,6 +48,7 @@ impl App {
             catalog: Catalog::new(store.clone(), pg.clone(), config.seats_cache_ttl),
             inventory: Arc::new(Inventory::new(store.clone(), pg.clone())),
             load: Load::new(config.http.max_in_flight),
+            coalescer: Coalescer::default(),
             store,
             pg,
             config,

@@ -48,6 +48,8 @@ pub enum AuthError {
     BadToken,
     #[error("too many logins at once")]
     Busy,
+    #[error("the user store is unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -166,17 +168,31 @@ fn verify_password(password: &str, hash: &str) -> bool {
     })
 }
 
-/// `herdgate token --user ID`: prints a token for an existing user, nothing else.
-pub async fn print_token(config: &Config, user_id: i64) -> anyhow::Result<()> {
+/// `herdgate token --user ID [--count N]`: prints a token per existing user,
+/// one per line and nothing else, for scripts and load tests.
+pub async fn print_tokens(config: &Config, first: i64, count: u32) -> anyhow::Result<()> {
     let pg = config.pg.pool()?;
     let client = pg.get().await.context("failed to connect to PostgreSQL")?;
-    let exists = client
-        .query_opt("SELECT 1 FROM users WHERE id = $1", &[&user_id])
+    let last = first + i64::from(count) - 1;
+    let found: i64 = client
+        .query_one(
+            "SELECT count(*) FROM users WHERE id BETWEEN $1 AND $2",
+            &[&first, &last],
+        )
         .await
-        .context("failed to look up user")?
-        .is_some();
-    anyhow::ensure!(exists, "no user with id {user_id}");
-    println!("{}", Auth::new(&config.auth)?.issue(user_id)?.token);
+        .context("failed to look up users")?
+        .get(0);
+    anyhow::ensure!(
+        found == i64::from(count),
+        "users {first}..={last}: only {found} of {count} exist"
+    );
+    let auth = Auth::new(&config.auth)?;
+    let mut out = String::with_capacity(count as usize * 180);
+    for user_id in first..=last {
+        out.push_str(&auth.issue(user_id)?.token);
+        out.push('\n');
+    }
+    print!("{out}");
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    coalesce::{Coalescer, Shared, Turn},
     config::HoldConfig,
     holds::{HoldOutcome, PlaceHold, Store, StoreError},
 };
@@ -54,10 +55,12 @@ pub enum HoldError {
 
 /// Holds `req.seat_id` for `user_id`. `Ok((view, true))` for a new hold,
 /// `Ok((view, false))` for the answer an earlier request with the same
-/// Idempotency-Key got.
+/// Idempotency-Key got. With a `coalescer`, concurrent requests for the same
+/// seat share one Redis call (see [`crate::coalesce`]).
 #[tracing::instrument(skip_all, fields(event_id = req.event_id, seat_id = req.seat_id, user_id))]
 pub async fn place(
     store: &Store,
+    coalescer: Option<&Coalescer>,
     config: &HoldConfig,
     user_id: i64,
     req: &HoldRequest,
@@ -67,6 +70,47 @@ pub async fn place(
     if req.event_id <= 0 || req.seat_id <= 0 {
         return Err(HoldError::InvalidIds);
     }
+    let coalescer = coalescer.filter(|_| idempotency_key.is_none());
+    let Some(coalescer) = coalescer else {
+        return place_alone(store, config, user_id, req, idempotency_key, traceparent).await;
+    };
+    let leader = match coalescer.join(req.event_id, req.seat_id).await {
+        Turn::Lead(leader) => leader,
+        Turn::Follow(Shared::Taken) => {
+            return Err(HoldError::Taken {
+                seat_id: req.seat_id,
+            });
+        }
+        Turn::Follow(Shared::NoEvent) => return Err(HoldError::NoEvent(req.event_id)),
+        Turn::Follow(Shared::NoSeat) => {
+            return Err(HoldError::NoSeat {
+                event_id: req.event_id,
+                seat_id: req.seat_id,
+            });
+        }
+        Turn::Follow(Shared::AskAgain) => {
+            return place_alone(store, config, user_id, req, None, traceparent).await;
+        }
+    };
+    let result = place_alone(store, config, user_id, req, None, traceparent).await;
+    leader.finish(match &result {
+        Ok(_) | Err(HoldError::Taken { .. }) => Shared::Taken,
+        Err(HoldError::NoEvent(_)) => Shared::NoEvent,
+        Err(HoldError::NoSeat { .. }) => Shared::NoSeat,
+        Err(_) => Shared::AskAgain,
+    });
+    result
+}
+
+/// One script call, decided by Redis alone.
+async fn place_alone(
+    store: &Store,
+    config: &HoldConfig,
+    user_id: i64,
+    req: &HoldRequest,
+    idempotency_key: Option<&str>,
+    traceparent: &str,
+) -> Result<(BookingView, bool), HoldError> {
     let booking_id = uuid::Uuid::now_v7().to_string();
     let outcome = store
         .place_hold(&PlaceHold {

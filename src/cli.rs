@@ -41,4 +41,7 @@ pub struct TokenArgs {
     /// The user's id in PostgreSQL.
     #[arg(long)]
     pub user: i64,
+    /// Print tokens for this many users, ids `user`, `user + 1`, ..., one per line.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub count: u32,
 }

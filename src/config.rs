@@ -32,6 +32,7 @@ pub const ENV_OUTBOX_MAX: &str = "HERDGATE_OUTBOX_MAX";
 pub const ENV_AMQP_PREFIX: &str = "HERDGATE_AMQP_PREFIX";
 pub const ENV_RELAY_BATCH: &str = "HERDGATE_RELAY_BATCH";
 pub const ENV_RELAY_CLAIM_IDLE: &str = "HERDGATE_RELAY_CLAIM_IDLE";
+pub const ENV_COALESCE: &str = "HERDGATE_COALESCE";
 pub const ENV_WRITER_BATCH: &str = "HERDGATE_WRITER_BATCH";
 pub const ENV_WRITER_LINGER: &str = "HERDGATE_WRITER_LINGER";
 
@@ -139,6 +140,8 @@ pub struct HoldConfig {
     pub relay_batch: usize,
     /// A relay's unconfirmed entries are taken over by others after this long.
     pub relay_claim_idle: Duration,
+    /// Concurrent requests for one seat share one Redis call (see `coalesce`).
+    pub coalesce: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -228,6 +231,7 @@ impl Config {
                 outbox_max: parse(env, ENV_OUTBOX_MAX, "200000", parse_positive)? as u64,
                 relay_batch: parse(env, ENV_RELAY_BATCH, "500", parse_positive)?,
                 relay_claim_idle: parse(env, ENV_RELAY_CLAIM_IDLE, "15s", parse_duration)?,
+                coalesce: parse(env, ENV_COALESCE, "true", parse_bool)?,
             },
             writer: WriterConfig {
                 batch: parse(env, ENV_WRITER_BATCH, "500", parse_positive)?,
@@ -323,6 +327,14 @@ fn parse<T>(
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|e| format!("{e}; expected host:port such as 0.0.0.0:8080"))
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {

@@ -23,12 +23,11 @@ use lapin::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{broker::Broker, hold_event::HoldEvent, holds::Store, inventory::Inventory};
+use crate::{broker::Broker, hold_event::HoldEvent, holds::Store, inventory::Inventory, retry};
 
 const GROUP: &str = "relay";
 /// Pause between rounds that found nothing to move.
 const IDLE_POLL: Duration = Duration::from_millis(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Relay {
     store: Store,
@@ -64,18 +63,7 @@ impl Relay {
 
     /// Relays until `stop` is cancelled, reconnecting after failures.
     pub async fn run(self, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !stop.is_cancelled() {
-            match self.session(&stop).await {
-                Ok(()) => return,
-                Err(e) => tracing::warn!(error = format!("{e:#}"), ?backoff, "relay session ended"),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+        retry::with_backoff("relay", &stop, || self.session(&stop)).await
     }
 
     async fn session(&self, stop: &CancellationToken) -> anyhow::Result<()> {

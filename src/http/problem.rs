@@ -255,6 +255,10 @@ impl From<AuthError> for Problem {
                 e.to_string(),
             ),
             AuthError::Busy => Problem::unavailable("too many logins at once, try again", 1),
+            AuthError::Unavailable(cause) => {
+                tracing::warn!(cause, "login: postgres unavailable");
+                Problem::unavailable("the user store did not answer, try again", 1)
+            }
             AuthError::Unexpected(e) => {
                 tracing::error!(error = format!("{e:#}"), "login failed");
                 Problem::internal()

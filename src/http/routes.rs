@@ -259,9 +259,11 @@ where
         .to_string();
     let http = &app.config.http;
     let body: bookings::HoldRequest = read_json(req, http.max_body, http.body_timeout).await?;
+    let holds = &app.config.holds;
     let (view, _new) = bookings::place(
         &app.store,
-        &app.config.holds,
+        holds.coalesce.then_some(&app.coalescer),
+        holds,
         user_id,
         &body,
         idempotency_key.as_deref(),

@@ -54,14 +54,16 @@ pub async fn apply(
         .await?;
     }
     let rows = upsert(tx, &latest).await?;
+    // One probe of the live-booking index per seat; unchanged seats are not rewritten.
     tx.execute(
-        "UPDATE seats s SET updated_at = now(), status = CASE
-             WHEN EXISTS (SELECT 1 FROM bookings b WHERE b.seat_id = s.id AND b.status = 'CONFIRMED')
-                 THEN 'BOOKED'
-             WHEN EXISTS (SELECT 1 FROM bookings b WHERE b.seat_id = s.id AND b.status = 'PENDING')
-                 THEN 'HELD'
-             ELSE 'AVAILABLE' END
-          WHERE s.id = ANY($1)",
+        "UPDATE seats s SET status = v.status, updated_at = now()
+           FROM (SELECT x.id, coalesce(
+                        (SELECT CASE b.status WHEN 'CONFIRMED' THEN 'BOOKED' ELSE 'HELD' END
+                           FROM bookings b
+                          WHERE b.seat_id = x.id AND b.status IN ('PENDING', 'CONFIRMED')),
+                        'AVAILABLE') AS status
+                   FROM unnest($1::int8[]) AS x(id)) v
+          WHERE s.id = v.id AND s.status <> v.status",
         &[&seats],
     )
     .await?;

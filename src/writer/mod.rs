@@ -9,7 +9,7 @@
 
 pub mod apply;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -21,9 +21,7 @@ use lapin::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{broker::Broker, config::WriterConfig, hold_event::HoldEvent};
-
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+use crate::{broker::Broker, config::WriterConfig, hold_event::HoldEvent, retry};
 
 pub struct Writer {
     pg: deadpool_postgres::Pool,
@@ -43,20 +41,7 @@ impl Writer {
 
     /// Consumes until `stop` is cancelled, reconnecting after failures.
     pub async fn run(self, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !stop.is_cancelled() {
-            match self.session(&stop).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), ?backoff, "writer session ended")
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+        retry::with_backoff("writer", &stop, || self.session(&stop)).await
     }
 
     async fn session(&self, stop: &CancellationToken) -> anyhow::Result<()> {
@@ -124,6 +109,7 @@ impl Writer {
             return Ok(());
         }
         let events: Vec<HoldEvent> = batch.events.iter().map(|(_, e)| e.clone()).collect();
+        let started = Instant::now();
         match self.apply(&events).await {
             Ok(applied) => {
                 let lag = events
@@ -136,11 +122,12 @@ impl Writer {
                     rows = applied.rows,
                     stale = applied.stale,
                     lag_ms = lag.map(|l| l.num_milliseconds()),
+                    apply_ms = started.elapsed().as_millis() as u64,
                     "batch committed"
                 );
-                for (delivery, _) in &batch.events {
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                }
+                // One ack for the whole batch: everything before it is settled already.
+                let (last, _) = batch.events.last().expect("batch is not empty");
+                last.acker.ack(BasicAckOptions { multiple: true }).await?;
                 Ok(())
             }
             Err(e) if is_permanent(&e) => {

@@ -48,6 +48,18 @@ async fn herdgate_token_prints_a_valid_token_alone_on_stdout() {
     assert!(!token.contains('\n'));
     assert_eq!(app.auth.verify(token).unwrap(), 2);
 
+    let three = Command::new(env!("CARGO_BIN_EXE_herdgate"))
+        .args(["token", "--user", "2", "--count", "3"])
+        .envs(&env)
+        .output()
+        .unwrap();
+    let lines: Vec<i64> = String::from_utf8(three.stdout)
+        .unwrap()
+        .lines()
+        .map(|token| app.auth.verify(token).unwrap())
+        .collect();
+    assert_eq!(lines, vec![2, 3, 4]);
+
     let unknown = Command::new(env!("CARGO_BIN_EXE_herdgate"))
         .args(["token", "--user", "999999"])
         .envs(&env)
