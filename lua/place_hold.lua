@@ -1,6 +1,6 @@
 --[[ place_hold: hold one seat for one user until a deadline, atomically, and
   record the hold.placed event in the event's outbox in the same step.
-  KEYS[1]  event hash          (present = event loaded and on sale)
+  KEYS[1]  event hash          (status ON_SALE = loaded and taking holds)
   KEYS[2]  seats hash          (seat id -> seat JSON: the seat belongs to the event)
   KEYS[3]  available zset      (the seat leaves it)
   KEYS[4]  seat lock string    (SET lock booking_id PX ttl NX, as the prototype)
@@ -17,7 +17,7 @@
   Returns {"ok", booking_id, expires_ms}      placed
           {"replay", booking_id, expires_ms}  same idempotency key and seat as before
           {"mismatch"}                        idempotency key used before for another seat
-          {"no_event"} | {"no_seat"}          unknown or not on sale | seat not in event
+          {"no_event"} | {"no_seat"}          unknown, not loaded or not on sale | seat not in event
           {"taken"}                           seat held or booked by anyone
           {"limit", retry_after_ms}           user holds the maximum already
           {"busy"}                            outbox at its bound: back off
@@ -26,7 +26,7 @@ local booking, seat, user = ARGV[1], ARGV[2], ARGV[3]
 local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local idem = ARGV[7]
 
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('HGET', KEYS[1], 'status') ~= 'ON_SALE' then
   return {'no_event'}
 end
 if idem ~= '' then

@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use fred::{
-    interfaces::{HashesInterface, KeysInterface, SortedSetsInterface},
+    interfaces::{HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface},
     types::{Expiration, SetOptions},
 };
 use tokio_util::sync::CancellationToken;
@@ -52,7 +52,9 @@ impl Inventory {
         self.on_sale.read().expect("on-sale lock").clone()
     }
 
-    /// Reads the on-sale events from PostgreSQL and loads any missing from Redis.
+    /// Reads the events from PostgreSQL, loads the on-sale ones missing from
+    /// Redis, and makes every loaded event's status follow PostgreSQL's, so an
+    /// event taken off sale stops taking holds (and one put back resumes).
     pub async fn sync(&self) -> anyhow::Result<()> {
         let client = self
             .pg
@@ -62,12 +64,14 @@ impl Inventory {
         let rows = client
             .query(
                 "SELECT id, name, venue, starts_at, status,
-                        (SELECT count(*) FROM seats s WHERE s.event_id = e.id) AS total
-                   FROM events e WHERE status = 'ON_SALE' ORDER BY id",
+                        CASE WHEN status = 'ON_SALE'
+                             THEN (SELECT count(*) FROM seats s WHERE s.event_id = e.id)
+                             ELSE 0 END AS total
+                   FROM events e ORDER BY id",
                 &[],
             )
             .await
-            .context("failed to list on-sale events")?;
+            .context("failed to list events")?;
         drop(client);
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -79,9 +83,21 @@ impl Inventory {
                 status: row.get("status"),
                 total_seats: row.get("total"),
             };
-            self.ensure_loaded(&event)
-                .await
-                .with_context(|| format!("failed to load event {} into Redis", event.id))?;
+            if event.status == "ON_SALE" {
+                self.ensure_loaded(&event)
+                    .await
+                    .with_context(|| format!("failed to load event {} into Redis", event.id))?;
+            }
+            if self.store.set_event_status(event.id, &event.status).await? {
+                tracing::info!(
+                    event_id = event.id,
+                    status = event.status,
+                    "event status changed"
+                );
+            }
+            if event.status != "ON_SALE" {
+                continue;
+            }
             events.push(OnSaleEvent {
                 id: event.id,
                 name: event.name,
@@ -181,6 +197,10 @@ impl Inventory {
             }
         }
         self.restore_holds(event.id).await?;
+        // Before the event key: once the event takes holds, its outbox is relayed.
+        redis
+            .sadd::<(), _, _>(self.store.keys().outboxes(), event.id)
+            .await?;
         let starts_at = event.starts_at.to_rfc3339_opts(SecondsFormat::Secs, true);
         redis
             .hset::<(), _, _>(

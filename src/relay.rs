@@ -1,5 +1,7 @@
-//! The relay: moves hold events from each on-sale event's Redis outbox to the
-//! RabbitMQ exchange, and deletes an entry only after the broker confirmed it.
+//! The relay: moves hold events from each event's Redis outbox to the RabbitMQ
+//! exchange, and deletes an entry only after the broker confirmed it. The events
+//! to drain are those in the `outboxes` set, so an event taken off sale is still
+//! drained.
 //!
 //! Relays read through a Redis consumer group, so any number of gateways share
 //! the work. An entry is acked and deleted only after its publisher confirm; a
@@ -14,7 +16,10 @@ use std::{
 };
 
 use anyhow::Context;
-use fred::{interfaces::StreamsInterface, types::Value};
+use fred::{
+    interfaces::{SetsInterface, StreamsInterface},
+    types::Value,
+};
 use lapin::{
     BasicProperties, Channel,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -23,16 +28,18 @@ use lapin::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{broker::Broker, hold_event::HoldEvent, holds::Store, inventory::Inventory, retry};
+use crate::{broker::Broker, hold_event::HoldEvent, holds::Store, retry};
 
 const GROUP: &str = "relay";
-/// Pause between rounds that found nothing to move.
-const IDLE_POLL: Duration = Duration::from_millis(10);
+/// Pause after a round that found nothing to move; doubles while idle, up to the max.
+const IDLE_POLL: Duration = Duration::from_millis(5);
+const MAX_IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often the set of outboxes to drain is read again.
+const EVENTS_REFRESH: Duration = Duration::from_secs(1);
 
 pub struct Relay {
     store: Store,
     broker: Arc<Broker>,
-    inventory: Arc<Inventory>,
     /// This process's name in the consumer group.
     consumer: String,
     batch: usize,
@@ -44,17 +51,10 @@ pub struct Relay {
 type Entry = (String, HashMap<String, String>);
 
 impl Relay {
-    pub fn new(
-        store: Store,
-        broker: Arc<Broker>,
-        inventory: Arc<Inventory>,
-        batch: usize,
-        claim_idle: Duration,
-    ) -> Self {
+    pub fn new(store: Store, broker: Arc<Broker>, batch: usize, claim_idle: Duration) -> Self {
         Relay {
             store,
             broker,
-            inventory,
             consumer: format!("relay-{}", uuid::Uuid::now_v7()),
             batch,
             claim_idle,
@@ -85,6 +85,9 @@ impl Relay {
         // Our own pending entries (a failed round) are retried before new ones.
         let mut retry: HashSet<i64> = HashSet::new();
         let mut next_claim = Instant::now();
+        let mut events: Vec<i64> = Vec::new();
+        let mut next_refresh = Instant::now();
+        let mut idle = IDLE_POLL;
         loop {
             if stop.is_cancelled() {
                 let _ = connection.close(200, "relay stopping".into()).await;
@@ -94,29 +97,40 @@ impl Relay {
             if claim {
                 next_claim = Instant::now() + self.claim_idle / 2;
             }
+            if Instant::now() >= next_refresh {
+                events = self
+                    .store
+                    .client()
+                    .smembers(self.store.keys().outboxes())
+                    .await?;
+                next_refresh = Instant::now() + EVENTS_REFRESH;
+            }
             let mut moved = 0;
-            for event in self.inventory.on_sale().iter() {
-                if groups.insert(event.id) {
-                    self.create_group(event.id).await?;
+            for &event_id in &events {
+                if groups.insert(event_id) {
+                    self.create_group(event_id).await?;
                     // A session that failed may have left entries pending under our name.
-                    retry.insert(event.id);
+                    retry.insert(event_id);
                 }
-                if claim && self.claim(event.id).await? {
-                    retry.insert(event.id);
+                if claim && self.claim(event_id).await? {
+                    retry.insert(event_id);
                 }
-                let pending = retry.remove(&event.id);
-                let entries = self.read(event.id, pending).await?;
+                let pending = retry.remove(&event_id);
+                let entries = self.read(event_id, pending).await?;
                 if pending && !entries.is_empty() {
-                    retry.insert(event.id);
+                    retry.insert(event_id);
                 }
-                self.publish(&channel, event.id, &entries).await?;
+                self.publish(&channel, event_id, &entries).await?;
                 moved += entries.len();
             }
-            if moved == 0 {
+            if moved > 0 {
+                idle = IDLE_POLL;
+            } else {
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = tokio::time::sleep(idle) => {}
                 }
+                idle = (idle * 2).min(MAX_IDLE_POLL);
             }
         }
     }

@@ -68,7 +68,6 @@ pub async fn run(
         Relay::new(
             app.store.clone(),
             app.broker.clone(),
-            app.inventory.clone(),
             config.holds.relay_batch,
             config.holds.relay_claim_idle,
         )

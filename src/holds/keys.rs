@@ -21,6 +21,13 @@ impl Keys {
         &self.prefix
     }
 
+    /// Set of the event ids whose outbox the relay must drain. The only key
+    /// outside an event's slot: written by the loader and read by the relay,
+    /// never touched by a script.
+    pub fn outboxes(&self) -> String {
+        format!("{}outboxes", self.prefix)
+    }
+
     pub fn event(&self, event_id: i64) -> EventKeys {
         EventKeys {
             base: format!("{}{{e:{event_id}}}:", self.prefix),

@@ -40,6 +40,12 @@ const PLACE_HOLD: ScriptDef = ScriptDef {
     keys: 10,
 };
 
+const SET_EVENT_STATUS: ScriptDef = ScriptDef {
+    name: "set_event_status",
+    source: include_str!("../../lua/set_event_status.lua"),
+    keys: 1,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Redis did not answer in time or is unreachable; the caller answers 503.
@@ -118,6 +124,7 @@ pub struct Store {
     list_available: Script,
     read_event: Script,
     place_hold: Script,
+    set_event_status: Script,
 }
 
 impl Store {
@@ -128,6 +135,7 @@ impl Store {
             list_available: Script::from_lua(LIST_AVAILABLE.source),
             read_event: Script::from_lua(READ_EVENT.source),
             place_hold: Script::from_lua(PLACE_HOLD.source),
+            set_event_status: Script::from_lua(SET_EVENT_STATUS.source),
         }
     }
 
@@ -248,6 +256,23 @@ impl Store {
         parse_hold_outcome(&reply).ok_or_else(|| reply_error(&PLACE_HOLD, &reply))
     }
 
+    /// Sets a loaded event's status; true when it changed.
+    pub async fn set_event_status(&self, event_id: i64, status: &str) -> Result<bool, StoreError> {
+        let k = self.keys.event(event_id);
+        let reply = self
+            .eval(
+                &SET_EVENT_STATUS,
+                &self.set_event_status,
+                vec![k.event()],
+                vec![status.to_string()],
+            )
+            .await?;
+        reply
+            .as_i64()
+            .map(|changed| changed == 1)
+            .ok_or_else(|| reply_error(&SET_EVENT_STATUS, &reply))
+    }
+
     async fn eval(
         &self,
         def: &ScriptDef,
@@ -316,7 +341,7 @@ mod tests {
 
     #[test]
     fn each_wrapper_passes_as_many_keys_as_its_header_lists() {
-        for def in [&LIST_AVAILABLE, &READ_EVENT, &PLACE_HOLD] {
+        for def in [&LIST_AVAILABLE, &READ_EVENT, &PLACE_HOLD, &SET_EVENT_STATUS] {
             assert!(def.source.starts_with(&format!("--[[ {}:", def.name)));
             assert_eq!(declared_keys(def.source), def.keys, "{}", def.name);
         }

@@ -108,3 +108,35 @@ async fn with_redis_gone_holds_and_reads_get_503_fast_and_recover_when_it_return
     .await;
     assert_eq!(app.get("/readyz").await.status(), 200);
 }
+
+#[tokio::test]
+async fn past_its_in_flight_limit_the_gateway_answers_503_at_once() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = spawn_app_on(Isolation::new().await, |env| {
+        env.insert("HERDGATE_MAX_IN_FLIGHT".into(), "1".into());
+    })
+    .await;
+    // One request in flight: its body is still on the way.
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(
+        b"POST /api/users/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 60\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(5), || async {
+        app.get("/waiting-room").await.status() == 503
+    })
+    .await;
+    let response = app.get("/api/events/1").await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_problem(response, 503).await;
+    // Health checks are never turned away.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    drop(slow);
+    eventually(Duration::from_secs(5), || async {
+        app.get("/api/events/1").await.status() == 200
+    })
+    .await;
+}

@@ -5,7 +5,15 @@ use herdgate::holds::Keys;
 
 use std::time::Duration;
 
-use crate::helpers::{DEMO_SEATS, assert_problem, eventually, json, scalar, spawn_app, user_ids};
+use herdgate::{
+    config::Config,
+    serve::{self, Role},
+};
+
+use crate::helpers::{
+    DEMO_SEATS, Isolation, assert_problem, eventually, json, scalar, spawn_app, spawn_app_on,
+    user_ids,
+};
 
 #[tokio::test]
 async fn the_inventory_is_rebuilt_after_redis_is_emptied() {
@@ -79,4 +87,72 @@ async fn a_rebuilt_inventory_keeps_the_holds_postgres_knows() {
         2,
         "seq was reused after the rebuild"
     );
+}
+
+#[tokio::test]
+async fn an_event_taken_off_sale_stops_taking_holds_and_its_outbox_is_still_relayed() {
+    // RabbitMQ unreachable: the hold stays in the outbox.
+    let app = spawn_app_on(Isolation::new().await, |env| {
+        env.insert(
+            "AMQP_URL".into(),
+            "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+        );
+    })
+    .await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    let seat: i64 = pg
+        .query_one("SELECT min(id) FROM seats WHERE event_id = 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let held = json(
+        app.post_hold(&app.token(users[0]), 3, seat, None).await,
+        201,
+    )
+    .await;
+
+    pg.execute("UPDATE events SET status = 'CLOSED' WHERE id = 3", &[])
+        .await
+        .unwrap();
+    app.wait_until(|| async {
+        json(app.get("/api/events/3").await, 200).await["status"] == "CLOSED"
+    })
+    .await;
+    assert_problem(
+        app.post_hold(&app.token(users[1]), 3, seat + 1, None).await,
+        404,
+    )
+    .await;
+
+    // A second gateway that reaches RabbitMQ drains the closed event's outbox.
+    let config = Config::from_env(&app.iso.env()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(serve::run(
+        config,
+        Role::All,
+        listener,
+        std::future::pending(),
+    ));
+    let booking: uuid::Uuid = held["bookingId"].as_str().unwrap().parse().unwrap();
+    eventually(Duration::from_secs(10), || async {
+        pg.query_opt("SELECT 1 FROM bookings WHERE id = $1", &[&booking])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert_eq!(scalar(&pg, "SELECT count(*) FROM bookings").await, 1);
+
+    // Back on sale: holds are taken again.
+    pg.execute("UPDATE events SET status = 'ON_SALE' WHERE id = 3", &[])
+        .await
+        .unwrap();
+    app.wait_until(|| async {
+        app.post_hold(&app.token(users[1]), 3, seat + 1, None)
+            .await
+            .status()
+            == 201
+    })
+    .await;
 }
