@@ -132,6 +132,21 @@ impl Broker {
         Connection::connect(self.url.expose_secret(), ConnectionProperties::default()).await
     }
 
+    /// A connection of its own and a channel on it, with the topology declared.
+    pub async fn open_channel(&self) -> anyhow::Result<(Connection, Channel)> {
+        use anyhow::Context;
+        let connection = self
+            .connect()
+            .await
+            .context("failed to connect to RabbitMQ")?;
+        let channel = connection.create_channel().await?;
+        self.topology
+            .declare(&channel)
+            .await
+            .context("failed to declare topology")?;
+        Ok((connection, channel))
+    }
+
     /// Ok when a connection to RabbitMQ is open, connecting first if needed.
     pub async fn check(&self, timeout: Duration) -> Result<(), String> {
         let mut connection = self.connection.lock().await;

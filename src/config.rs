@@ -33,6 +33,7 @@ pub const ENV_AMQP_PREFIX: &str = "HERDGATE_AMQP_PREFIX";
 pub const ENV_RELAY_BATCH: &str = "HERDGATE_RELAY_BATCH";
 pub const ENV_RELAY_CLAIM_IDLE: &str = "HERDGATE_RELAY_CLAIM_IDLE";
 pub const ENV_COALESCE: &str = "HERDGATE_COALESCE";
+pub const ENV_SWEEP_INTERVAL: &str = "HERDGATE_SWEEP_INTERVAL";
 pub const ENV_WRITER_BATCH: &str = "HERDGATE_WRITER_BATCH";
 pub const ENV_WRITER_LINGER: &str = "HERDGATE_WRITER_LINGER";
 
@@ -142,6 +143,8 @@ pub struct HoldConfig {
     pub relay_claim_idle: Duration,
     /// Concurrent requests for one seat share one Redis call (see `coalesce`).
     pub coalesce: bool,
+    /// How often the sweeper looks for holds whose time is up.
+    pub sweep_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +235,7 @@ impl Config {
                 relay_batch: parse(env, ENV_RELAY_BATCH, "500", parse_positive)?,
                 relay_claim_idle: parse(env, ENV_RELAY_CLAIM_IDLE, "15s", parse_duration)?,
                 coalesce: parse(env, ENV_COALESCE, "true", parse_bool)?,
+                sweep_interval: parse(env, ENV_SWEEP_INTERVAL, "500ms", parse_duration)?,
             },
             writer: WriterConfig {
                 batch: parse(env, ENV_WRITER_BATCH, "500", parse_positive)?,

@@ -6,6 +6,8 @@
 //! - [`auth`]: argon2 password checks and signed bearer tokens.
 //! - [`holds`]: Redis key layout and the Lua scripts, one typed call per `lua/*.lua`.
 //! - [`inventory`]: loads each on-sale event's seats from PostgreSQL into Redis.
+//! - [`relay`], [`writer`]: hold events from the Redis outbox to RabbitMQ, then PostgreSQL.
+//! - [`sweeper`]: releases holds whose time is up.
 //! - [`waiting_room`]: admission state per event.
 //! - [`migrate`], [`seed`]: schema and demo data.
 //! - [`serve`]: wires the parts into one process.
@@ -30,6 +32,7 @@ pub mod retry;
 pub mod seed;
 pub mod serve;
 pub mod shutdown;
+pub mod sweeper;
 pub mod telemetry;
 pub mod waiting_room;
 pub mod writer;

@@ -67,17 +67,7 @@ impl Relay {
     }
 
     async fn session(&self, stop: &CancellationToken) -> anyhow::Result<()> {
-        let connection = self
-            .broker
-            .connect()
-            .await
-            .context("failed to connect to RabbitMQ")?;
-        let channel = connection.create_channel().await?;
-        self.broker
-            .topology
-            .declare(&channel)
-            .await
-            .context("failed to declare topology")?;
+        let (connection, channel) = self.broker.open_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;

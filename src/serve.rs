@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    app::App, broker::Broker, config::Config, http, relay::Relay, shutdown, writer::Writer,
+    app::App, broker::Broker, config::Config, http, relay::Relay, shutdown, sweeper::Sweeper,
+    writer::Writer,
 };
 
 /// Which parts a process runs.
@@ -17,7 +18,7 @@ use crate::{
 pub enum Role {
     /// Gateway and writer together: the single-machine default.
     All,
-    /// HTTP API, inventory loader and relay.
+    /// HTTP API, inventory loader, relay and sweeper.
     Gateway,
     /// Consumes hold events and writes them to PostgreSQL.
     Writer,
@@ -73,6 +74,7 @@ pub async fn run(
         )
         .run(token.clone()),
     );
+    tasks.spawn(Sweeper::new(app.store.clone(), config.holds.sweep_interval).run(token.clone()));
     if role == Role::All {
         tasks.spawn(
             Writer::new(app.pg.clone(), app.broker.clone(), config.writer.clone())

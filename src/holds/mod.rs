@@ -8,7 +8,7 @@ pub mod keys;
 
 use bytes::Bytes;
 use fred::{
-    interfaces::ClientLike,
+    interfaces::{ClientLike, HashesInterface, SortedSetsInterface},
     prelude::{Client, Pool},
     types::{Value, scripts::Script},
 };
@@ -44,6 +44,12 @@ const SET_EVENT_STATUS: ScriptDef = ScriptDef {
     name: "set_event_status",
     source: include_str!("../../lua/set_event_status.lua"),
     keys: 1,
+};
+
+const EXPIRE_HOLD: ScriptDef = ScriptDef {
+    name: "expire_hold",
+    source: include_str!("../../lua/expire_hold.lua"),
+    keys: 7,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +131,7 @@ pub struct Store {
     read_event: Script,
     place_hold: Script,
     set_event_status: Script,
+    expire_hold: Script,
 }
 
 impl Store {
@@ -136,6 +143,7 @@ impl Store {
             read_event: Script::from_lua(READ_EVENT.source),
             place_hold: Script::from_lua(PLACE_HOLD.source),
             set_event_status: Script::from_lua(SET_EVENT_STATUS.source),
+            expire_hold: Script::from_lua(EXPIRE_HOLD.source),
         }
     }
 
@@ -256,6 +264,70 @@ impl Store {
         parse_hold_outcome(&reply).ok_or_else(|| reply_error(&PLACE_HOLD, &reply))
     }
 
+    /// Up to `limit` booking ids of the event whose hold is due at `now_ms`.
+    pub async fn due_holds(
+        &self,
+        event_id: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .client()
+            .zrangebyscore(
+                self.keys.event(event_id).holds(),
+                f64::NEG_INFINITY,
+                now_ms as f64,
+                false,
+                Some((0, i64::from(limit))),
+            )
+            .await?)
+    }
+
+    /// Releases one due hold (see `expire_hold.lua`); true when this call expired it.
+    pub async fn expire_hold(
+        &self,
+        event_id: i64,
+        booking_id: &str,
+        now_ms: i64,
+        retention_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let k = self.keys.event(event_id);
+        // The seat and user name the other keys; a vanished hold names none.
+        let owner: Vec<Option<i64>> = self
+            .client()
+            .hmget(k.hold(booking_id), vec!["seatId", "userId"])
+            .await?;
+        let (seat, user) = match owner.as_slice() {
+            [Some(seat), Some(user)] => (*seat, *user),
+            _ => (0, 0),
+        };
+        let keys = vec![
+            k.hold(booking_id),
+            k.lock(seat),
+            k.holds(),
+            k.user_holds(user),
+            k.available(),
+            k.outbox(),
+            k.seq(),
+        ];
+        let args = vec![
+            booking_id.to_string(),
+            now_ms.to_string(),
+            retention_ms.to_string(),
+        ];
+        let reply = self
+            .eval(&EXPIRE_HOLD, &self.expire_hold, keys, args)
+            .await?;
+        let Value::Array(items) = &reply else {
+            return Err(reply_error(&EXPIRE_HOLD, &reply));
+        };
+        match items.first().and_then(Value::as_str).as_deref() {
+            Some("expired") => Ok(true),
+            Some("skip") => Ok(false),
+            _ => Err(reply_error(&EXPIRE_HOLD, &reply)),
+        }
+    }
+
     /// Sets a loaded event's status; true when it changed.
     pub async fn set_event_status(&self, event_id: i64, status: &str) -> Result<bool, StoreError> {
         let k = self.keys.event(event_id);
@@ -341,7 +413,13 @@ mod tests {
 
     #[test]
     fn each_wrapper_passes_as_many_keys_as_its_header_lists() {
-        for def in [&LIST_AVAILABLE, &READ_EVENT, &PLACE_HOLD, &SET_EVENT_STATUS] {
+        for def in [
+            &LIST_AVAILABLE,
+            &READ_EVENT,
+            &PLACE_HOLD,
+            &SET_EVENT_STATUS,
+            &EXPIRE_HOLD,
+        ] {
             assert!(def.source.starts_with(&format!("--[[ {}:", def.name)));
             assert_eq!(declared_keys(def.source), def.keys, "{}", def.name);
         }

@@ -45,17 +45,8 @@ impl Writer {
     }
 
     async fn session(&self, stop: &CancellationToken) -> anyhow::Result<()> {
-        let connection = self
-            .broker
-            .connect()
-            .await
-            .context("failed to connect to RabbitMQ")?;
-        let channel = connection.create_channel().await?;
+        let (connection, channel) = self.broker.open_channel().await?;
         let topology = &self.broker.topology;
-        topology
-            .declare(&channel)
-            .await
-            .context("failed to declare topology")?;
         let prefetch = (self.config.batch * 2).min(u16::MAX as usize) as u16;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())

@@ -121,6 +121,19 @@ impl Setup {
         }
     }
 
+    /// Holds seats 1..=`seats` through `base`, 32 at a time, one user each;
+    /// the answers in seat order.
+    async fn hold_seats(self: Arc<Self>, base: String, seats: i64) -> Vec<(u16, Option<String>)> {
+        stream::iter(1..=seats)
+            .map(|seat| {
+                let (s, base) = (self.clone(), base.clone());
+                async move { s.hold(&base, seat as usize, seat).await }
+            })
+            .buffered(32)
+            .collect()
+            .await
+    }
+
     /// Waits until PostgreSQL holds every acknowledged booking, each once. A
     /// request that got no answer (its gateway was killed) may or may not have
     /// become a hold: its seat may hold one booking the client never heard of.
@@ -222,19 +235,7 @@ async fn holds_acknowledged_by_a_gateway_killed_mid_run_all_reach_postgres() {
     let doomed = Herdgate::start(&s.env, "gateway").ready().await;
     let base = doomed.base.clone();
     // No writer yet: the killed gateway's relay dies with entries unrelayed or unconfirmed.
-    let load = {
-        let s = s.clone();
-        tokio::spawn(async move {
-            stream::iter(1..=3_000i64)
-                .map(|seat| {
-                    let (s, base) = (s.clone(), base.clone());
-                    async move { s.hold(&base, seat as usize, seat).await }
-                })
-                .buffered(32)
-                .collect::<Vec<_>>()
-                .await
-        })
-    };
+    let load = tokio::spawn(s.clone().hold_seats(base, 3_000));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     doomed.kill();
     let results = load.await.unwrap();
@@ -265,19 +266,7 @@ async fn a_writer_killed_mid_batch_loses_and_doubles_nothing() {
     let gateway = Herdgate::start(&s.env, "gateway").ready().await;
     let doomed = Herdgate::start(&s.env, "writer");
     let base = gateway.base.clone();
-    let load = {
-        let s = s.clone();
-        tokio::spawn(async move {
-            stream::iter(1..=3_000i64)
-                .map(|seat| {
-                    let (s, base) = (s.clone(), base.clone());
-                    async move { s.hold(&base, seat as usize, seat).await }
-                })
-                .buffer_unordered(32)
-                .collect::<Vec<_>>()
-                .await
-        })
-    };
+    let load = tokio::spawn(s.clone().hold_seats(base, 3_000));
     let pg = s.iso.pg().await;
     eventually(Duration::from_secs(30), || async {
         scalar(&pg, "SELECT count(*) FROM bookings").await > 0
@@ -289,4 +278,60 @@ async fn a_writer_killed_mid_batch_loses_and_doubles_nothing() {
     let acknowledged: HashSet<String> = results.into_iter().filter_map(|(_, id)| id).collect();
     let _writer = Herdgate::start(&s.env, "writer");
     s.assert_stored(&acknowledged, &HashSet::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_holds_due_at_once_with_two_gateways_sweeping_expire_once_each() {
+    let mut s = setup(1_000, 200).await;
+    s.env.insert("HERDGATE_HOLD_TTL".into(), "2s".into());
+    s.env
+        .insert("HERDGATE_SWEEP_INTERVAL".into(), "50ms".into());
+    let s = Arc::new(s);
+    let gateways = [
+        Herdgate::start(&s.env, "gateway").ready().await,
+        Herdgate::start(&s.env, "gateway").ready().await,
+    ];
+    let _writer = Herdgate::start(&s.env, "writer");
+    let held = s.clone().hold_seats(gateways[0].base.clone(), 1_000).await;
+    assert!(held.iter().all(|(status, _)| *status == 201));
+
+    let pg = s.iso.pg().await;
+    eventually(Duration::from_secs(30), || async {
+        scalar(
+            &pg,
+            "SELECT count(*) FROM bookings WHERE status = 'EXPIRED'",
+        )
+        .await
+            == 1_000
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Expired once: a second expiry would have raised the version to 3.
+    assert_eq!(scalar(&pg, "SELECT max(version) FROM bookings").await, 2);
+    assert_eq!(
+        scalar(
+            &pg,
+            "SELECT count(*) FROM bookings WHERE status <> 'EXPIRED'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            &pg,
+            "SELECT count(*) FROM seats WHERE event_id = 1 AND status = 'AVAILABLE'"
+        )
+        .await,
+        1_000
+    );
+    let event: serde_json::Value = s
+        .http
+        .get(format!("{}/api/events/1", gateways[1].base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(event["availableSeats"], 1_000);
 }

@@ -1,0 +1,88 @@
+//! The sweeper: releases holds whose time is up.
+//!
+//! Every `interval` it takes each loaded event's due holds (the `holds` sorted
+//! set, scored by expiry) and runs `expire_hold.lua` on each: the seat goes back
+//! to `available`, the booking becomes EXPIRED, and a `hold.expired` event goes
+//! to the outbox for the writer. Every gateway runs one; the script expires a
+//! hold only while it is PENDING, so each hold expires exactly once.
+
+use std::time::Duration;
+
+use fred::interfaces::SetsInterface;
+use futures::{StreamExt, stream};
+use tokio_util::sync::CancellationToken;
+
+use crate::holds::{Store, StoreError};
+
+/// Due holds taken per event per round.
+const BATCH: u32 = 1_000;
+/// Scripts in flight at once; fred pipelines them.
+const CONCURRENCY: usize = 64;
+/// How long an ended hold's state stays in Redis for status reads.
+const RETENTION: Duration = Duration::from_secs(3_600);
+
+pub struct Sweeper {
+    store: Store,
+    interval: Duration,
+}
+
+impl Sweeper {
+    pub fn new(store: Store, interval: Duration) -> Self {
+        Sweeper { store, interval }
+    }
+
+    /// Sweeps every `interval` until `stop` is cancelled; failures are logged and retried.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(expired) => tracing::debug!(expired, "holds expired"),
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+        }
+    }
+
+    /// One round over every loaded event; how many holds this call expired.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        let events: Vec<i64> = self
+            .store
+            .client()
+            .smembers(self.store.keys().outboxes())
+            .await?;
+        let mut expired = 0;
+        for event_id in events {
+            expired += self.sweep_event(event_id).await?;
+        }
+        Ok(expired)
+    }
+
+    async fn sweep_event(&self, event_id: i64) -> Result<usize, StoreError> {
+        let mut expired = 0;
+        loop {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let due = self.store.due_holds(event_id, now_ms, BATCH).await?;
+            let retention_ms = RETENTION.as_millis() as i64;
+            let expiries: Vec<_> = due
+                .iter()
+                .map(|booking| {
+                    self.store
+                        .expire_hold(event_id, booking, now_ms, retention_ms)
+                })
+                .collect();
+            let results: Vec<Result<bool, StoreError>> = stream::iter(expiries)
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            for result in results {
+                expired += usize::from(result?);
+            }
+            if due.len() < BATCH as usize {
+                return Ok(expired);
+            }
+        }
+    }
+}
