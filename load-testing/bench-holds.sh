@@ -27,8 +27,10 @@ CEILING_PORT=${CEILING_PORT:-18181}
 
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
+# shellcheck source=load-testing/bench-lib.sh
+source load-testing/bench-lib.sh
 ensure_services
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+ensure_wrk
 
 cargo build --release --bin herdgate --example ceiling
 bin=target/release/herdgate
@@ -45,17 +47,13 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    psql -qX "postgres://postgres:postgres@127.0.0.1:5432/postgres" \
-        -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-    redis-cli --scan --pattern 'bench:*' | xargs -r -n 1000 redis-cli del >/dev/null || true
-    for q in bench.writer bench.dead; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+    remove_bench_resources "$db" bench: bench
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-psql -qX "postgres://postgres:postgres@127.0.0.1:5432/postgres" \
-    -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
-redis-cli --scan --pattern 'bench:*' | xargs -r -n 1000 redis-cli del >/dev/null
+# Leftovers of an interrupted run.
+remove_bench_resources "$db" bench: bench
 $bin migrate >/dev/null
 $bin seed --seats "$SEATS" --users "$USERS"
 $bin token --user 2 --count "$USERS" >"$work/tokens.txt"

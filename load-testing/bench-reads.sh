@@ -16,8 +16,10 @@ PORT=${PORT:-18182}
 
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
+# shellcheck source=load-testing/bench-lib.sh
+source load-testing/bench-lib.sh
 ensure_services
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+ensure_wrk
 cargo build --release --bin herdgate
 bin=target/release/herdgate
 
@@ -29,10 +31,7 @@ pid=
 
 cleanup() {
     [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-    psql -qX "postgres://postgres:postgres@127.0.0.1:5432/postgres" \
-        -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-    redis-cli --scan --pattern 'benchreads:*' | xargs -r -n 1000 redis-cli del >/dev/null || true
-    for q in benchreads.writer benchreads.dead; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+    remove_bench_resources "$db" benchreads: benchreads
 }
 trap cleanup EXIT
 

@@ -83,25 +83,19 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let result = match Route::resolve(req.method(), req.uri().path()) {
-        Ok(route) => {
-            let admitted = if route.counts_as_load() {
-                match app.load.try_enter() {
-                    Some(admitted) => Some(admitted),
-                    None => {
-                        return Problem::unavailable("the gateway is at capacity", 1)
-                            .into_response();
-                    }
-                }
-            } else {
-                None
-            };
-            let result = dispatch(app, route, req).await;
-            drop(admitted);
-            result
-        }
-        Err(problem) => Err(problem),
+    let route = match Route::resolve(req.method(), req.uri().path()) {
+        Ok(route) => route,
+        Err(problem) => return problem.into_response(),
     };
+    // Held until the answer is ready; health checks are never turned away.
+    let _admitted = match route.counts_as_load() {
+        false => None,
+        true => match app.load.try_enter() {
+            Some(admitted) => Some(admitted),
+            None => return Problem::unavailable("the gateway is at capacity", 1).into_response(),
+        },
+    };
+    let result = dispatch(app, route, req).await;
     result.unwrap_or_else(Problem::into_response)
 }
 

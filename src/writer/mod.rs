@@ -29,11 +29,6 @@ pub struct Writer {
     config: WriterConfig,
 }
 
-/// The messages of one batch: parsed ones, and those to dead-letter with why.
-struct Batch {
-    events: Vec<(Delivery, HoldEvent)>,
-}
-
 impl Writer {
     pub fn new(pg: deadpool_postgres::Pool, broker: Arc<Broker>, config: WriterConfig) -> Self {
         Writer { pg, broker, config }
@@ -87,19 +82,17 @@ impl Writer {
 
     /// Applies one batch and acks it, or dead-letters what can never apply.
     async fn settle(&self, deliveries: Vec<Delivery>) -> anyhow::Result<()> {
-        let mut batch = Batch {
-            events: Vec::with_capacity(deliveries.len()),
-        };
+        let mut parsed: Vec<(Delivery, HoldEvent)> = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             match parse(&delivery.data) {
-                Ok(event) => batch.events.push((delivery, event)),
+                Ok(event) => parsed.push((delivery, event)),
                 Err(reason) => dead_letter(&delivery, &reason).await?,
             }
         }
-        if batch.events.is_empty() {
+        if parsed.is_empty() {
             return Ok(());
         }
-        let events: Vec<HoldEvent> = batch.events.iter().map(|(_, e)| e.clone()).collect();
+        let events: Vec<HoldEvent> = parsed.iter().map(|(_, e)| e.clone()).collect();
         let started = Instant::now();
         match self.apply(&events).await {
             Ok(applied) => {
@@ -117,13 +110,13 @@ impl Writer {
                     "batch committed"
                 );
                 // One ack for the whole batch: everything before it is settled already.
-                let (last, _) = batch.events.last().expect("batch is not empty");
+                let (last, _) = parsed.last().expect("batch is not empty");
                 last.acker.ack(BasicAckOptions { multiple: true }).await?;
                 Ok(())
             }
             Err(e) if is_permanent(&e) => {
                 // One bad message spoiled the batch: find it by applying one at a time.
-                for (delivery, event) in &batch.events {
+                for (delivery, event) in &parsed {
                     match self.apply(std::slice::from_ref(event)).await {
                         Ok(_) => {
                             delivery.acker.ack(BasicAckOptions::default()).await?;
