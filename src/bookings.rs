@@ -1,15 +1,19 @@
-//! Placing holds (`POST /api/bookings`): validate, then one Redis script call.
-//! Redis alone decides; PostgreSQL hears of it later through the outbox.
+//! Bookings: placing holds (`POST /api/bookings`: validate, then one Redis
+//! script call), reading them, confirming and cancelling them. Redis alone
+//! decides; PostgreSQL hears of it later through the outbox, and answers for a
+//! booking only once Redis has let it go.
 
 use std::time::Duration;
 
 use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::{
+    booking_id,
     coalesce::{Coalescer, Shared, Turn},
     config::HoldConfig,
-    holds::{HoldOutcome, PlaceHold, Store, StoreError},
+    holds::{HoldOutcome, PlaceHold, Store, StoreError, Transition},
 };
 
 /// The longest Idempotency-Key accepted.
@@ -26,11 +30,30 @@ pub struct HoldRequest {
 #[serde(rename_all = "camelCase")]
 pub struct BookingView {
     pub booking_id: String,
-    pub status: &'static str,
+    pub status: String,
     pub event_id: i64,
     pub seat_id: i64,
     pub user_id: i64,
     pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<String>,
+}
+
+/// Why a booking cannot be shown, confirmed or cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum BookingError {
+    #[error("no booking {0} of yours")]
+    NotFound(Uuid),
+    #[error("booking {id} is {status}: it can no longer be confirmed or cancelled")]
+    Gone { id: Uuid, status: String },
+    #[error("booking {0} is confirmed and cannot be cancelled")]
+    Confirmed(Uuid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +134,10 @@ async fn place_alone(
     idempotency_key: Option<&str>,
     traceparent: &str,
 ) -> Result<(BookingView, bool), HoldError> {
-    let booking_id = uuid::Uuid::now_v7().to_string();
+    let Some(booking_id) = booking_id::new(req.event_id) else {
+        return Err(HoldError::NoEvent(req.event_id));
+    };
+    let booking_id = booking_id.to_string();
     let outcome = store
         .place_hold(&PlaceHold {
             event_id: req.event_id,
@@ -129,15 +155,12 @@ async fn place_alone(
         .await?;
     let view = |booking_id: String, expires_ms: i64| BookingView {
         booking_id,
-        status: "PENDING",
+        status: "PENDING".to_string(),
         event_id: req.event_id,
         seat_id: req.seat_id,
         user_id,
-        expires_at: Utc
-            .timestamp_millis_opt(expires_ms)
-            .single()
-            .unwrap_or_default()
-            .to_rfc3339_opts(SecondsFormat::Millis, true),
+        expires_at: timestamp(expires_ms),
+        confirmed_at: None,
     };
     match outcome {
         HoldOutcome::Placed {
@@ -162,6 +185,136 @@ async fn place_alone(
         }),
         HoldOutcome::Busy => Err(HoldError::Busy),
         HoldOutcome::IdempotencyMismatch => Err(HoldError::IdempotencyMismatch),
+    }
+}
+
+fn timestamp(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A user's booking: from Redis while it has it, from PostgreSQL after.
+pub async fn status(
+    store: &Store,
+    pg: &deadpool_postgres::Pool,
+    user_id: i64,
+    id: Uuid,
+) -> Result<BookingView, BookingError> {
+    let event_id = booking_id::event_of(&id);
+    match store.read_hold(event_id, &id.to_string()).await? {
+        Some(hold) if hold.user_id == user_id => Ok(BookingView {
+            booking_id: id.to_string(),
+            status: hold.status,
+            event_id,
+            seat_id: hold.seat_id,
+            user_id,
+            expires_at: timestamp(hold.expires_ms),
+            confirmed_at: hold.confirmed_ms.map(timestamp),
+        }),
+        Some(_) => Err(BookingError::NotFound(id)),
+        None => stored(pg, user_id, id).await,
+    }
+}
+
+/// The booking as PostgreSQL has it, once Redis has let it go.
+async fn stored(
+    pg: &deadpool_postgres::Pool,
+    user_id: i64,
+    id: Uuid,
+) -> Result<BookingView, BookingError> {
+    let client = pg.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT status, event_id, seat_id, expires_at, confirmed_at
+               FROM bookings WHERE id = $1 AND user_id = $2",
+            &[&id, &user_id],
+        )
+        .await?
+        .ok_or(BookingError::NotFound(id))?;
+    let at = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+    Ok(BookingView {
+        booking_id: id.to_string(),
+        status: row.get(0),
+        event_id: row.get(1),
+        seat_id: row.get(2),
+        user_id,
+        expires_at: at(row.get(3)),
+        confirmed_at: row.get::<_, Option<chrono::DateTime<Utc>>>(4).map(at),
+    })
+}
+
+/// PENDING -> CONFIRMED (the checkout step); confirming again answers the same.
+pub async fn confirm(
+    store: &Store,
+    pg: &deadpool_postgres::Pool,
+    user_id: i64,
+    id: Uuid,
+    traceparent: &str,
+) -> Result<BookingView, BookingError> {
+    let event_id = booking_id::event_of(&id);
+    let now_ms = Utc::now().timestamp_millis();
+    let transition = store
+        .confirm_hold(event_id, &id.to_string(), user_id, now_ms, traceparent)
+        .await?;
+    settle(pg, user_id, id, event_id, transition, "CONFIRMED").await
+}
+
+/// PENDING -> CANCELLED, the seat free at once; cancelling again answers the same.
+pub async fn cancel(
+    store: &Store,
+    pg: &deadpool_postgres::Pool,
+    user_id: i64,
+    id: Uuid,
+    traceparent: &str,
+) -> Result<BookingView, BookingError> {
+    let event_id = booking_id::event_of(&id);
+    let now_ms = Utc::now().timestamp_millis();
+    let transition = store
+        .cancel_hold(event_id, &id.to_string(), user_id, now_ms, traceparent)
+        .await?;
+    settle(pg, user_id, id, event_id, transition, "CANCELLED").await
+}
+
+/// Turns a script's decision into the answer; a booking Redis no longer has is
+/// judged from PostgreSQL: already in `target` answers it, anything else is gone.
+async fn settle(
+    pg: &deadpool_postgres::Pool,
+    user_id: i64,
+    id: Uuid,
+    event_id: i64,
+    transition: Transition,
+    target: &str,
+) -> Result<BookingView, BookingError> {
+    match transition {
+        Transition::Done {
+            status,
+            seat_id,
+            expires_ms,
+            confirmed_ms,
+        } => Ok(BookingView {
+            booking_id: id.to_string(),
+            status,
+            event_id,
+            seat_id,
+            user_id,
+            expires_at: timestamp(expires_ms),
+            confirmed_at: confirmed_ms.map(timestamp),
+        }),
+        Transition::Confirmed => Err(BookingError::Confirmed(id)),
+        Transition::Gone(status) => Err(BookingError::Gone { id, status }),
+        Transition::NotFound => {
+            let view = stored(pg, user_id, id).await?;
+            match view.status.as_str() {
+                s if s == target => Ok(view),
+                "CONFIRMED" => Err(BookingError::Confirmed(id)),
+                _ => Err(BookingError::Gone {
+                    id,
+                    status: view.status,
+                }),
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod booking_id;
 pub mod bookings;
 pub mod broker;
 pub mod catalog;

@@ -12,14 +12,12 @@ use fred::interfaces::SetsInterface;
 use futures::{StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
-use crate::holds::{Store, StoreError};
+use crate::holds::{HOLD_RETENTION_MS, Store, StoreError};
 
 /// Due holds taken per event per round.
 const BATCH: u32 = 1_000;
 /// Scripts in flight at once; fred pipelines them.
 const CONCURRENCY: usize = 64;
-/// How long an ended hold's state stays in Redis for status reads.
-const RETENTION: Duration = Duration::from_secs(3_600);
 
 pub struct Sweeper {
     store: Store,
@@ -65,7 +63,7 @@ impl Sweeper {
         loop {
             let now_ms = chrono::Utc::now().timestamp_millis();
             let due = self.store.due_holds(event_id, now_ms, BATCH).await?;
-            let retention_ms = RETENTION.as_millis() as i64;
+            let retention_ms = HOLD_RETENTION_MS;
             let expiries: Vec<_> = due
                 .iter()
                 .map(|booking| {

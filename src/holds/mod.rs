@@ -52,6 +52,21 @@ const EXPIRE_HOLD: ScriptDef = ScriptDef {
     keys: 7,
 };
 
+const CONFIRM_HOLD: ScriptDef = ScriptDef {
+    name: "confirm_hold",
+    source: include_str!("../../lua/confirm_hold.lua"),
+    keys: 6,
+};
+
+const CANCEL_HOLD: ScriptDef = ScriptDef {
+    name: "cancel_hold",
+    source: include_str!("../../lua/cancel_hold.lua"),
+    keys: 7,
+};
+
+/// How long an ended hold's state stays in Redis for status reads; PostgreSQL answers after.
+pub const HOLD_RETENTION_MS: i64 = 3_600_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Redis did not answer in time or is unreachable; the caller answers 503.
@@ -122,6 +137,34 @@ pub enum HoldOutcome {
     Busy,
 }
 
+/// A booking as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldState {
+    pub status: String,
+    pub seat_id: i64,
+    pub user_id: i64,
+    pub expires_ms: i64,
+    pub confirmed_ms: Option<i64>,
+}
+
+/// What `confirm_hold.lua` or `cancel_hold.lua` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Now (or already) in `status`.
+    Done {
+        status: String,
+        seat_id: i64,
+        expires_ms: i64,
+        confirmed_ms: Option<i64>,
+    },
+    /// No booking of this user with this id in Redis.
+    NotFound,
+    /// Cancelling a CONFIRMED booking.
+    Confirmed,
+    /// The hold ended otherwise (EXPIRED, CANCELLED).
+    Gone(String),
+}
+
 /// The Redis side of herdgate: a connection pool, the key layout and the scripts.
 #[derive(Clone)]
 pub struct Store {
@@ -132,6 +175,8 @@ pub struct Store {
     place_hold: Script,
     set_event_status: Script,
     expire_hold: Script,
+    confirm_hold: Script,
+    cancel_hold: Script,
 }
 
 impl Store {
@@ -144,6 +189,8 @@ impl Store {
             place_hold: Script::from_lua(PLACE_HOLD.source),
             set_event_status: Script::from_lua(SET_EVENT_STATUS.source),
             expire_hold: Script::from_lua(EXPIRE_HOLD.source),
+            confirm_hold: Script::from_lua(CONFIRM_HOLD.source),
+            cancel_hold: Script::from_lua(CANCEL_HOLD.source),
         }
     }
 
@@ -292,15 +339,7 @@ impl Store {
         retention_ms: i64,
     ) -> Result<bool, StoreError> {
         let k = self.keys.event(event_id);
-        // The seat and user name the other keys; a vanished hold names none.
-        let owner: Vec<Option<i64>> = self
-            .client()
-            .hmget(k.hold(booking_id), vec!["seatId", "userId"])
-            .await?;
-        let (seat, user) = match owner.as_slice() {
-            [Some(seat), Some(user)] => (*seat, *user),
-            _ => (0, 0),
-        };
+        let (seat, user) = self.hold_owner(&k, booking_id).await?;
         let keys = vec![
             k.hold(booking_id),
             k.lock(seat),
@@ -326,6 +365,112 @@ impl Store {
             Some("skip") => Ok(false),
             _ => Err(reply_error(&EXPIRE_HOLD, &reply)),
         }
+    }
+
+    /// The seat and user of a hold, which name its other keys; (0, 0) when
+    /// there is no such hold (the scripts then find nothing and say so).
+    async fn hold_owner(&self, k: &EventKeys, booking_id: &str) -> Result<(i64, i64), StoreError> {
+        let owner: Vec<Option<i64>> = self
+            .client()
+            .hmget(k.hold(booking_id), vec!["seatId", "userId"])
+            .await?;
+        Ok(match owner.as_slice() {
+            [Some(seat), Some(user)] => (*seat, *user),
+            _ => (0, 0),
+        })
+    }
+
+    /// A booking's state while Redis still has it.
+    pub async fn read_hold(
+        &self,
+        event_id: i64,
+        booking_id: &str,
+    ) -> Result<Option<HoldState>, StoreError> {
+        let k = self.keys.event(event_id);
+        let fields: std::collections::HashMap<String, String> =
+            self.client().hgetall(k.hold(booking_id)).await?;
+        let int = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
+        Ok(
+            match (
+                fields.get("status"),
+                int("seatId"),
+                int("userId"),
+                int("expiresAt"),
+            ) {
+                (Some(status), Some(seat_id), Some(user_id), Some(expires_ms)) => Some(HoldState {
+                    status: status.clone(),
+                    seat_id,
+                    user_id,
+                    expires_ms,
+                    confirmed_ms: int("confirmedAt"),
+                }),
+                _ => None,
+            },
+        )
+    }
+
+    /// Confirms a user's PENDING hold (see `confirm_hold.lua`).
+    pub async fn confirm_hold(
+        &self,
+        event_id: i64,
+        booking_id: &str,
+        user_id: i64,
+        now_ms: i64,
+        traceparent: &str,
+    ) -> Result<Transition, StoreError> {
+        let k = self.keys.event(event_id);
+        let (seat, _) = self.hold_owner(&k, booking_id).await?;
+        let keys = vec![
+            k.hold(booking_id),
+            k.lock(seat),
+            k.holds(),
+            k.user_holds(user_id),
+            k.outbox(),
+            k.seq(),
+        ];
+        let args = vec![
+            booking_id.to_string(),
+            user_id.to_string(),
+            now_ms.to_string(),
+            traceparent.to_string(),
+        ];
+        let reply = self
+            .eval(&CONFIRM_HOLD, &self.confirm_hold, keys, args)
+            .await?;
+        parse_transition(&reply).ok_or_else(|| reply_error(&CONFIRM_HOLD, &reply))
+    }
+
+    /// Cancels a user's PENDING hold (see `cancel_hold.lua`).
+    pub async fn cancel_hold(
+        &self,
+        event_id: i64,
+        booking_id: &str,
+        user_id: i64,
+        now_ms: i64,
+        traceparent: &str,
+    ) -> Result<Transition, StoreError> {
+        let k = self.keys.event(event_id);
+        let (seat, _) = self.hold_owner(&k, booking_id).await?;
+        let keys = vec![
+            k.hold(booking_id),
+            k.lock(seat),
+            k.holds(),
+            k.user_holds(user_id),
+            k.available(),
+            k.outbox(),
+            k.seq(),
+        ];
+        let args = vec![
+            booking_id.to_string(),
+            user_id.to_string(),
+            now_ms.to_string(),
+            traceparent.to_string(),
+            HOLD_RETENTION_MS.to_string(),
+        ];
+        let reply = self
+            .eval(&CANCEL_HOLD, &self.cancel_hold, keys, args)
+            .await?;
+        parse_transition(&reply).ok_or_else(|| reply_error(&CANCEL_HOLD, &reply))
     }
 
     /// Sets a loaded event's status; true when it changed.
@@ -387,6 +532,24 @@ fn parse_hold_outcome(reply: &Value) -> Option<HoldOutcome> {
     })
 }
 
+fn parse_transition(reply: &Value) -> Option<Transition> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    Some(match &*items.first()?.as_str()? {
+        "ok" => Transition::Done {
+            status: items.get(1)?.as_string()?,
+            seat_id: items.get(2)?.as_i64()?,
+            expires_ms: items.get(3)?.as_i64()?,
+            confirmed_ms: items.get(4).and_then(Value::as_i64),
+        },
+        "not_found" => Transition::NotFound,
+        "confirmed" => Transition::Confirmed,
+        "gone" => Transition::Gone(items.get(1)?.as_string()?),
+        _ => return None,
+    })
+}
+
 fn reply_error(def: &ScriptDef, reply: &Value) -> StoreError {
     StoreError::Reply {
         script: def.name,
@@ -419,6 +582,8 @@ mod tests {
             &PLACE_HOLD,
             &SET_EVENT_STATUS,
             &EXPIRE_HOLD,
+            &CONFIRM_HOLD,
+            &CANCEL_HOLD,
         ] {
             assert!(def.source.starts_with(&format!("--[[ {}:", def.name)));
             assert_eq!(declared_keys(def.source), def.keys, "{}", def.name);

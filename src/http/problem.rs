@@ -9,7 +9,11 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use serde_json::{Map, Value, json};
 
-use crate::{auth::AuthError, bookings::HoldError, holds::StoreError};
+use crate::{
+    auth::AuthError,
+    bookings::{BookingError, HoldError},
+    holds::StoreError,
+};
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
@@ -222,6 +226,27 @@ impl From<HoldError> for Problem {
                 detail,
             ),
             HoldError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<BookingError> for Problem {
+    fn from(e: BookingError) -> Self {
+        let detail = e.to_string();
+        match e {
+            BookingError::NotFound(_) => Problem::not_found(detail),
+            BookingError::Gone { .. } => {
+                Problem::new(StatusCode::CONFLICT, "hold-expired", "Hold ended", detail)
+            }
+            BookingError::Confirmed(_) => Problem::new(
+                StatusCode::CONFLICT,
+                "booking-confirmed",
+                "Booking confirmed",
+                detail,
+            ),
+            BookingError::Store(e) => e.into(),
+            BookingError::Pool(e) => e.into(),
+            BookingError::Query(e) => e.into(),
         }
     }
 }

@@ -8,6 +8,9 @@
 //! | `GET /api/seats/available?eventId=&limit=&after=` | one page of available seats, from Redis |
 //! | `POST /api/users/login` | `{token, userId, expiresAt}` |
 //! | `POST /api/bookings` + Bearer | 201 PENDING hold; 409 taken; 429 limit; 503 overload |
+//! | `GET /api/bookings/:id` + Bearer | the booking, owner only |
+//! | `POST /api/bookings/:id/confirm` + Bearer | 200 CONFIRMED; 409 hold-expired |
+//! | `DELETE /api/bookings/:id` + Bearer | 200 CANCELLED; 409 booking-confirmed |
 //! | `GET /waiting-room[?eventId=]` | admission state per on-sale event |
 //!
 //! Every failure is a [`Problem`]; handlers return `Result<Response, Problem>`.
@@ -21,6 +24,7 @@ use http_body_util::Full;
 use hyper::body::Body;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use uuid::Uuid;
 
 use super::{body::read_json, problem::Problem};
 use crate::{
@@ -41,6 +45,9 @@ pub enum Route {
     AvailableSeats,
     Login,
     PlaceHold,
+    Booking(Uuid),
+    ConfirmBooking(Uuid),
+    CancelBooking(Uuid),
     WaitingRoom,
 }
 
@@ -54,10 +61,13 @@ impl Route {
                 "GET"
             }
             ["waiting-room"] => "GET",
-            ["api", "users", "login"] | ["api", "bookings"] => "POST",
+            ["api", "users", "login"] | ["api", "bookings"] | ["api", "bookings", _, "confirm"] => {
+                "POST"
+            }
+            ["api", "bookings", _] => "GET, DELETE",
             _ => return Err(Problem::not_found(format!("no resource at {path}"))),
         };
-        if method.as_str() != allow {
+        if !allow.split(", ").any(|m| m == method.as_str()) {
             return Err(Problem::method_not_allowed(allow));
         }
         Ok(match segments.as_slice() {
@@ -67,6 +77,9 @@ impl Route {
             ["api", "seats", "available"] => Route::AvailableSeats,
             ["api", "users", "login"] => Route::Login,
             ["api", "bookings"] => Route::PlaceHold,
+            ["api", "bookings", id] if method == Method::GET => Route::Booking(parse_uuid(id)?),
+            ["api", "bookings", id] => Route::CancelBooking(parse_uuid(id)?),
+            ["api", "bookings", id, "confirm"] => Route::ConfirmBooking(parse_uuid(id)?),
             _ => Route::WaitingRoom,
         })
     }
@@ -115,6 +128,23 @@ where
         Route::AvailableSeats => available_seats(app, req.uri().query()).await,
         Route::Login => login(app, req).await,
         Route::PlaceHold => place_hold(app, req).await,
+        Route::Booking(id) => {
+            let user_id = authenticate(app, &req)?;
+            let view = bookings::status(&app.store, &app.pg, user_id, id).await?;
+            Ok(json_response(StatusCode::OK, &view))
+        }
+        Route::ConfirmBooking(id) => {
+            let user_id = authenticate(app, &req)?;
+            let traceparent = traceparent(&req);
+            let view = bookings::confirm(&app.store, &app.pg, user_id, id, &traceparent).await?;
+            Ok(json_response(StatusCode::OK, &view))
+        }
+        Route::CancelBooking(id) => {
+            let user_id = authenticate(app, &req)?;
+            let traceparent = traceparent(&req);
+            let view = bookings::cancel(&app.store, &app.pg, user_id, id, &traceparent).await?;
+            Ok(json_response(StatusCode::OK, &view))
+        }
         Route::WaitingRoom => waiting_room(app, req.uri().query()).await,
     }
 }
@@ -245,12 +275,7 @@ where
             }
         },
     };
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| bookings::valid_traceparent(v))
-        .unwrap_or("")
-        .to_string();
+    let traceparent = traceparent(&req);
     let http = &app.config.http;
     let body: bookings::HoldRequest = read_json(req, http.max_body, http.body_timeout).await?;
     let holds = &app.config.holds;
@@ -271,6 +296,16 @@ where
         HeaderValue::from_str(&location).expect("uuid is a valid header"),
     );
     Ok(response)
+}
+
+/// The request's W3C `traceparent`, or "" when it has none of the right shape.
+fn traceparent<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| bookings::valid_traceparent(v))
+        .unwrap_or("")
+        .to_string()
 }
 
 /// The user id of a valid `Authorization: Bearer` token, or 401.
@@ -355,6 +390,12 @@ impl Query {
             })
             .transpose()
     }
+}
+
+fn parse_uuid(value: &str) -> Result<Uuid, Problem> {
+    value
+        .parse()
+        .map_err(|_| Problem::bad_request(format!("a booking id is a UUID, not {value:?}")))
 }
 
 fn parse_id(name: &str, value: &str) -> Result<i64, Problem> {

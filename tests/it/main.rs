@@ -2,6 +2,7 @@
 //! isolated in its own database and key prefix (see `helpers`).
 
 mod bad_input;
+mod checkout;
 mod expiry;
 mod faults;
 mod helpers;

@@ -1,0 +1,43 @@
+--[[ cancel_hold: the user gives a PENDING hold back at once; the seat is
+  available to others immediately. Cancelling a CANCELLED booking again answers
+  it again (idempotent); a CONFIRMED booking cannot be cancelled (no refunds).
+  KEYS[1] hold hash   KEYS[2] seat lock string   KEYS[3] holds zset
+  KEYS[4] user holds zset   KEYS[5] available zset   KEYS[6] outbox stream
+  KEYS[7] sequence string
+  ARGV[1] booking id   ARGV[2] user id   ARGV[3] now, ms since epoch
+  ARGV[4] W3C traceparent or ""   ARGV[5] retention of the ended hold's hash, ms
+  Returns {"ok", status, seat_id, expires_ms}   cancelled (now or before)
+          {"not_found"}                         no such booking of this user
+          {"confirmed"}                         CONFIRMED: not cancellable
+          {"gone", status}                      EXPIRED (or due)
+  Events: hold.cancelled (version + 1) on KEYS[6]. ]]
+local booking, user, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local hold = redis.call('HMGET', KEYS[1], 'status', 'userId', 'seatId', 'expiresAt')
+local status, owner, seat, expires = hold[1], hold[2], hold[3], tonumber(hold[4])
+if not status or owner ~= user then
+  return {'not_found'}
+end
+if status == 'CANCELLED' then
+  return {'ok', status, tonumber(seat), expires}
+end
+if status == 'CONFIRMED' then
+  return {'confirmed'}
+end
+if status ~= 'PENDING' or expires <= now then
+  return {'gone', 'EXPIRED'}
+end
+
+if redis.call('GET', KEYS[2]) == booking then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZADD', KEYS[5], tonumber(seat), seat)
+end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local seq = redis.call('INCR', KEYS[7])
+redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'seq', seq)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('ZREM', KEYS[3], booking)
+redis.call('ZREM', KEYS[4], booking)
+redis.call('XADD', KEYS[6], '*', 'type', 'hold.cancelled', 'bookingId', booking, 'seatId', seat,
+  'userId', user, 'status', 'CANCELLED', 'version', version, 'seq', seq, 'expiresAt', expires,
+  'occurredAt', now, 'traceparent', ARGV[4])
+return {'ok', 'CANCELLED', tonumber(seat), expires}

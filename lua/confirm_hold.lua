@@ -1,0 +1,38 @@
+--[[ confirm_hold: the checkout step. A PENDING hold of this user, not yet due,
+  becomes CONFIRMED: the seat is BOOKED for good (its lock no longer expires).
+  Confirming a CONFIRMED booking again answers it again (idempotent).
+  KEYS[1] hold hash   KEYS[2] seat lock string   KEYS[3] holds zset
+  KEYS[4] user holds zset   KEYS[5] outbox stream   KEYS[6] sequence string
+  ARGV[1] booking id   ARGV[2] user id   ARGV[3] now, ms since epoch
+  ARGV[4] W3C traceparent or ""
+  Returns {"ok", status, seat_id, expires_ms, confirmed_ms}   confirmed (now or before)
+          {"not_found"}                                       no such booking of this user
+          {"gone", status}                                    CANCELLED or EXPIRED (or due)
+  Events: hold.confirmed (version + 1) on KEYS[5]. ]]
+local booking, user, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local hold = redis.call('HMGET', KEYS[1], 'status', 'userId', 'seatId', 'expiresAt', 'confirmedAt')
+local status, owner, seat, expires = hold[1], hold[2], hold[3], tonumber(hold[4])
+if not status or owner ~= user then
+  return {'not_found'}
+end
+if status == 'CONFIRMED' then
+  return {'ok', status, tonumber(seat), expires, tonumber(hold[5])}
+end
+if status ~= 'PENDING' then
+  return {'gone', status}
+end
+-- Due but not swept yet: the sweeper will expire it; confirming now would race it.
+if expires <= now or redis.call('GET', KEYS[2]) ~= booking then
+  return {'gone', 'EXPIRED'}
+end
+
+redis.call('PERSIST', KEYS[2])
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local seq = redis.call('INCR', KEYS[6])
+redis.call('HSET', KEYS[1], 'status', 'CONFIRMED', 'confirmedAt', now, 'seq', seq)
+redis.call('ZREM', KEYS[3], booking)
+redis.call('ZREM', KEYS[4], booking)
+redis.call('XADD', KEYS[5], '*', 'type', 'hold.confirmed', 'bookingId', booking, 'seatId', seat,
+  'userId', user, 'status', 'CONFIRMED', 'version', version, 'seq', seq, 'expiresAt', expires,
+  'confirmedAt', now, 'occurredAt', now, 'traceparent', ARGV[4])
+return {'ok', 'CONFIRMED', tonumber(seat), expires, now}
