@@ -24,6 +24,15 @@ pub enum Command {
     Seed(SeedArgs),
     /// Print a signed bearer token for an existing user, alone on standard output.
     Token(TokenArgs),
+    /// Compare every seat and live hold in Redis with PostgreSQL; exit 1 on any difference.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// How long to wait for the writer to drain and the stores to agree (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
+    pub wait: std::time::Duration,
 }
 
 #[derive(Debug, clap::Args)]

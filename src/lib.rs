@@ -9,7 +9,7 @@
 //! - [`relay`], [`writer`]: hold events from the Redis outbox to RabbitMQ, then PostgreSQL.
 //! - [`sweeper`]: releases holds whose time is up.
 //! - [`waiting_room`]: admission state per event.
-//! - [`migrate`], [`seed`]: schema and demo data.
+//! - [`migrate`], [`seed`]: schema and demo data; [`check`]: Redis against PostgreSQL.
 //! - [`serve`]: wires the parts into one process.
 #![forbid(unsafe_code)]
 
@@ -19,6 +19,7 @@ pub mod booking_id;
 pub mod bookings;
 pub mod broker;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod coalesce;
 pub mod config;

@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
         Command::Writer => serve::run_until_signal(config, Role::Writer).await,
         Command::Migrate => migrate::run_cli(&config).await,
         Command::Seed(args) => seed::run_cli(&config, &args).await,
+        Command::Check(args) => herdgate::check::run_cli(&config, args.wait).await,
         Command::Token(args) => herdgate::auth::print_tokens(&config, args.user, args.count).await,
     };
     match result {

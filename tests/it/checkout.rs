@@ -93,6 +93,7 @@ async fn a_confirmed_booking_keeps_its_seat_for_good_in_both_stores() {
     )
     .await;
     wait_stored(&app, id, "CONFIRMED", "BOOKED").await;
+    app.assert_stores_agree().await;
 }
 
 #[tokio::test]
@@ -123,6 +124,7 @@ async fn a_cancelled_hold_frees_its_seat_at_once_and_cannot_be_confirmed() {
         json(app.get("/api/events/1").await, 200).await["availableSeats"],
         299
     );
+    app.assert_stores_agree().await;
 }
 
 /// Confirms racing their own expiry, many at once: each has exactly one
@@ -190,4 +192,37 @@ async fn a_confirm_racing_its_expiry_has_exactly_one_winner_in_both_stores() {
             "booking {id} answered {answer}"
         );
     }
+    app.assert_stores_agree().await;
+}
+
+#[tokio::test]
+async fn herdgate_check_finds_a_seat_the_stores_disagree_on() {
+    let app = spawn_app().await;
+    let users = user_ids(&app.iso.pg().await).await;
+    json(app.post_hold(&app.token(users[0]), 1, 8, None).await, 201).await;
+    // The app runs on this test's runtime: wait for the command without blocking it.
+    let check = |wait: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_herdgate"))
+            .args(["check", "--wait", wait])
+            .envs(app.iso.env())
+            .output()
+    };
+    let agreed = check("10s").await.unwrap();
+    assert!(
+        agreed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&agreed.stdout)
+    );
+    assert!(String::from_utf8_lossy(&agreed.stdout).contains("0 differences"));
+    // The seat's lock vanishes from Redis only.
+    let redis = app.iso.redis().await;
+    redis
+        .del::<(), _>(Keys::new(app.iso.prefix.clone()).event(1).lock(8))
+        .await
+        .unwrap();
+    let output = check("1s").await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("event 1 seat 8:"), "{stdout}");
+    assert!(stdout.contains("1 differences"), "{stdout}");
 }

@@ -80,6 +80,7 @@ async fn a_hold_past_its_ttl_is_released_in_redis_and_expired_in_postgres() {
         (row.get::<_, String>(0), row.get::<_, String>(1)),
         ("PENDING".into(), "HELD".into())
     );
+    app.assert_stores_agree().await;
 }
 
 #[tokio::test]
@@ -125,4 +126,5 @@ async fn an_expired_hold_ends_as_available_in_both_stores() {
         json(app.get("/api/events/1").await, 200).await["availableSeats"],
         300
     );
+    app.assert_stores_agree().await;
 }

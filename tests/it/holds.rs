@@ -136,6 +136,7 @@ async fn ten_thousand_holds_on_distinct_seats_all_reach_postgres_matching_redis(
     }
     let available = json(app.get("/api/events/1").await, 200).await["availableSeats"].clone();
     assert_eq!(available, 0);
+    app.assert_stores_agree().await;
 }
 
 #[tokio::test]
