@@ -321,20 +321,7 @@ impl TestApp {
     /// `herdgate check`: once the writer has drained, Redis and PostgreSQL
     /// agree on every seat and live hold.
     pub async fn assert_stores_agree(&self) {
-        let redis = self.config.redis.connect().await.unwrap();
-        let store =
-            herdgate::holds::Store::new(redis, herdgate::holds::Keys::new(self.iso.prefix.clone()));
-        let pg = self.config.pg.pool().unwrap();
-        let report = herdgate::check::reconcile(&store, &pg, Duration::from_secs(30))
-            .await
-            .unwrap();
-        assert!(
-            report.differences.is_empty(),
-            "{} differences, e.g. {:?}",
-            report.differences.len(),
-            &report.differences[..report.differences.len().min(5)]
-        );
-        assert!(report.seats > 0);
+        assert_stores_agree(&self.config).await
     }
 
     /// Polls `check` until it holds, failing the test after 10 s.
@@ -356,6 +343,25 @@ impl Drop for TestApp {
             server.abort();
         }
     }
+}
+
+/// `herdgate check` for the deployment `config` describes: once the writer has
+/// drained, Redis and PostgreSQL agree on every seat and live hold.
+pub async fn assert_stores_agree(config: &Config) {
+    let redis = config.redis.connect().await.unwrap();
+    let keys = herdgate::holds::Keys::new(config.redis.prefix.clone());
+    let store = herdgate::holds::Store::new(redis, keys);
+    let pg = config.pg.pool().unwrap();
+    let report = herdgate::check::reconcile(&store, &pg, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        report.differences.is_empty(),
+        "{} differences, e.g. {:?}",
+        report.differences.len(),
+        &report.differences[..report.differences.len().min(5)]
+    );
+    assert!(report.seats > 0);
 }
 
 /// Polls `check` until it holds, failing the test after `within`.

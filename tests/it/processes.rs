@@ -14,7 +14,7 @@ use futures::{StreamExt, stream};
 use herdgate::{auth::Auth, config::Config, seed::SeedOptions};
 use tokio::sync::Barrier;
 
-use crate::helpers::{Isolation, eventually, scalar, user_ids};
+use crate::helpers::{Isolation, assert_stores_agree, eventually, scalar, user_ids};
 
 /// A herdgate child process, killed with SIGKILL when dropped.
 pub struct Herdgate {
@@ -176,6 +176,7 @@ impl Setup {
             scalar(&pg, "SELECT count(*) FROM seats WHERE status = 'HELD'").await,
             stored.len() as i64
         );
+        assert_stores_agree(&Config::from_env(&self.env).unwrap()).await;
     }
 }
 
@@ -334,4 +335,5 @@ async fn a_thousand_holds_due_at_once_with_two_gateways_sweeping_expire_once_eac
         .await
         .unwrap();
     assert_eq!(event["availableSeats"], 1_000);
+    assert_stores_agree(&Config::from_env(&s.env).unwrap()).await;
 }
