@@ -7,7 +7,8 @@ use crate::helpers::{Isolation, assert_problem, eventually, json, scalar, spawn_
 #[tokio::test]
 async fn a_hold_past_its_ttl_is_released_in_redis_and_expired_in_postgres() {
     let app = spawn_app_on(Isolation::new().await, |env| {
-        env.insert("HERDGATE_HOLD_TTL".into(), "1s".into());
+        // Long enough for the checks before it expires, even on a busy machine.
+        env.insert("HERDGATE_HOLD_TTL".into(), "3s".into());
         env.insert("HERDGATE_SWEEP_INTERVAL".into(), "100ms".into());
         env.insert("HERDGATE_MAX_HOLDS_PER_USER".into(), "1".into());
     })

@@ -43,6 +43,8 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let mut child = herdgate(&iso)
         .arg("serve")
         .env("HERDGATE_ADDR", format!("127.0.0.1:{port}"))
+        // Long enough that only the drain, never the body timeout, ends the request.
+        .env("HERDGATE_BODY_TIMEOUT", "30s")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -70,9 +72,15 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         .status()
         .unwrap();
     assert!(kill.success());
-    std::thread::sleep(Duration::from_millis(300));
     // New connections are refused while the old one drains.
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "still accepting 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     stream.write_all(tail.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();

@@ -232,11 +232,15 @@ async fn two_gateways_and_two_writers_keep_every_guarantee() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_acknowledged_by_a_gateway_killed_mid_run_all_reach_postgres() {
-    let s = Arc::new(setup(3_000, 600).await);
+    // More seats than the run can hold before the kill, whatever the machine's speed.
+    let mut s = setup(20_000, 600).await;
+    s.env
+        .insert("HERDGATE_MAX_HOLDS_PER_USER".into(), "1000".into());
+    let s = Arc::new(s);
     let doomed = Herdgate::start(&s.env, "gateway").ready().await;
     let base = doomed.base.clone();
     // No writer yet: the killed gateway's relay dies with entries unrelayed or unconfirmed.
-    let load = tokio::spawn(s.clone().hold_seats(base, 3_000));
+    let load = tokio::spawn(s.clone().hold_seats(base, 20_000));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     doomed.kill();
     let results = load.await.unwrap();
@@ -246,11 +250,11 @@ async fn holds_acknowledged_by_a_gateway_killed_mid_run_all_reach_postgres() {
         .filter_map(|(_, id)| id.clone())
         .collect();
     assert!(
-        !acknowledged.is_empty() && acknowledged.len() < 3_000,
+        !acknowledged.is_empty() && acknowledged.len() < 20_000,
         "{}",
         acknowledged.len()
     );
-    let unanswered: HashSet<i64> = (1..=3_000i64)
+    let unanswered: HashSet<i64> = (1..=20_000i64)
         .zip(&results)
         .filter(|(_, (status, _))| *status == 0)
         .map(|(seat, _)| seat)
