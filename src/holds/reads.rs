@@ -1,0 +1,140 @@
+//! Reading from Redis: pages of available seats, an event, a booking.
+
+use bytes::Bytes;
+use fred::{interfaces::HashesInterface, types::Value};
+
+use super::{LIST_AVAILABLE, READ_EVENT, Store, StoreError, reply_error};
+
+/// One page of available seats.
+#[derive(Debug, Clone)]
+pub struct SeatPage {
+    /// Every available seat of the event, not just this page.
+    pub count: u64,
+    /// Each seat's JSON object, ready to be joined into a response.
+    pub seats: Vec<Bytes>,
+    /// The id of the page's last seat: `after` for the next page.
+    pub last_id: Option<i64>,
+}
+
+/// An on-sale event as Redis holds it.
+#[derive(Debug, Clone)]
+pub struct EventInfo {
+    pub name: String,
+    pub venue: String,
+    pub starts_at: String,
+    pub total_seats: u64,
+    pub status: String,
+    pub available: u64,
+}
+
+/// A booking as Redis holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldState {
+    pub status: String,
+    pub seat_id: i64,
+    pub user_id: i64,
+    pub expires_ms: i64,
+    pub confirmed_ms: Option<i64>,
+}
+
+impl Store {
+    /// One page of an event's available seats; `None` when the event is not loaded.
+    pub async fn list_available(
+        &self,
+        event_id: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Option<SeatPage>, StoreError> {
+        let k = self.keys.event(event_id);
+        let reply = self
+            .eval(
+                &LIST_AVAILABLE,
+                &self.list_available,
+                vec![k.event(), k.available(), k.seats()],
+                vec![after.to_string(), limit.to_string()],
+            )
+            .await?;
+        let bad = || reply_error(&LIST_AVAILABLE, &reply);
+        let Value::Array(items) = &reply else {
+            return Err(bad());
+        };
+        match items.first().and_then(Value::as_i64) {
+            Some(0) => return Ok(None),
+            Some(1) if items.len() >= 3 => {}
+            _ => return Err(bad()),
+        }
+        let count = items[1].as_u64().ok_or_else(bad)?;
+        let last_id = items[2].as_i64().ok_or_else(bad)?;
+        let seats = items[3..]
+            .iter()
+            .map(|v| v.as_bytes().map(Bytes::copy_from_slice).ok_or_else(bad))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(SeatPage {
+            count,
+            seats,
+            last_id: (last_id > 0).then_some(last_id),
+        }))
+    }
+
+    /// The event as loaded into Redis with its live available count; `None` when
+    /// it is not loaded (unknown, or not on sale).
+    pub async fn read_event(&self, event_id: i64) -> Result<Option<EventInfo>, StoreError> {
+        let k = self.keys.event(event_id);
+        let reply = self
+            .eval(
+                &READ_EVENT,
+                &self.read_event,
+                vec![k.event(), k.available()],
+                Vec::new(),
+            )
+            .await?;
+        let bad = || reply_error(&READ_EVENT, &reply);
+        let Value::Array(items) = &reply else {
+            return Err(bad());
+        };
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let [name, venue, starts_at, total, status, available] = &items[..] else {
+            return Err(bad());
+        };
+        let text = |v: &Value| v.as_string().ok_or_else(bad);
+        Ok(Some(EventInfo {
+            name: text(name)?,
+            venue: text(venue)?,
+            starts_at: text(starts_at)?,
+            total_seats: total.as_u64().ok_or_else(bad)?,
+            status: text(status)?,
+            available: available.as_u64().ok_or_else(bad)?,
+        }))
+    }
+
+    /// A booking's state while Redis still has it.
+    pub async fn read_hold(
+        &self,
+        event_id: i64,
+        booking_id: &str,
+    ) -> Result<Option<HoldState>, StoreError> {
+        let k = self.keys.event(event_id);
+        let fields: std::collections::HashMap<String, String> =
+            self.client().hgetall(k.hold(booking_id)).await?;
+        let int = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
+        Ok(
+            match (
+                fields.get("status"),
+                int("seatId"),
+                int("userId"),
+                int("expiresAt"),
+            ) {
+                (Some(status), Some(seat_id), Some(user_id), Some(expires_ms)) => Some(HoldState {
+                    status: status.clone(),
+                    seat_id,
+                    user_id,
+                    expires_ms,
+                    confirmed_ms: int("confirmedAt"),
+                }),
+                _ => None,
+            },
+        )
+    }
+}

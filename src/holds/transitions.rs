@@ -1,0 +1,298 @@
+//! Changing a hold: every state change is one script, decided in Redis alone.
+
+use fred::{
+    interfaces::{HashesInterface, SortedSetsInterface},
+    types::Value,
+};
+
+use super::{
+    CANCEL_HOLD, CONFIRM_HOLD, EXPIRE_HOLD, EventKeys, HOLD_RETENTION_MS, PLACE_HOLD,
+    SET_EVENT_STATUS, Store, StoreError, reply_error,
+};
+
+/// A request to hold a seat, in the order of `place_hold.lua`'s ARGV.
+#[derive(Debug, Clone)]
+pub struct PlaceHold<'a> {
+    pub event_id: i64,
+    pub seat_id: i64,
+    pub user_id: i64,
+    pub booking_id: &'a str,
+    pub now_ms: i64,
+    pub ttl_ms: i64,
+    pub max_per_user: u32,
+    pub idempotency_key: Option<&'a str>,
+    pub idempotency_ttl_ms: i64,
+    pub outbox_max: u64,
+    pub traceparent: &'a str,
+}
+
+/// What `place_hold.lua` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    Placed {
+        booking_id: String,
+        expires_ms: i64,
+    },
+    /// The same Idempotency-Key and seat as an earlier request: its answer again.
+    Replayed {
+        booking_id: String,
+        expires_ms: i64,
+    },
+    IdempotencyMismatch,
+    NoEvent,
+    NoSeat,
+    Taken,
+    UserLimit {
+        retry_after_ms: i64,
+    },
+    Busy,
+}
+
+/// What `confirm_hold.lua` or `cancel_hold.lua` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Now (or already) in `status`.
+    Done {
+        status: String,
+        seat_id: i64,
+        expires_ms: i64,
+        confirmed_ms: Option<i64>,
+    },
+    /// No booking of this user with this id in Redis.
+    NotFound,
+    /// Cancelling a CONFIRMED booking.
+    Confirmed,
+    /// The hold ended otherwise (EXPIRED, CANCELLED).
+    Gone(String),
+}
+
+impl Store {
+    /// Holds a seat in one atomic step (one round-trip), or says why not.
+    #[tracing::instrument(skip_all, fields(event_id = req.event_id, seat_id = req.seat_id))]
+    pub async fn place_hold(&self, req: &PlaceHold<'_>) -> Result<HoldOutcome, StoreError> {
+        let k = self.keys.event(req.event_id);
+        let idem = req.idempotency_key.unwrap_or("");
+        let keys = vec![
+            k.event(),
+            k.seats(),
+            k.available(),
+            k.lock(req.seat_id),
+            k.holds(),
+            k.hold(req.booking_id),
+            k.user_holds(req.user_id),
+            k.idempotency(req.user_id, if idem.is_empty() { "-" } else { idem }),
+            k.outbox(),
+            k.seq(),
+        ];
+        let args = vec![
+            req.booking_id.to_string(),
+            req.seat_id.to_string(),
+            req.user_id.to_string(),
+            req.now_ms.to_string(),
+            req.ttl_ms.to_string(),
+            req.max_per_user.to_string(),
+            idem.to_string(),
+            req.idempotency_ttl_ms.to_string(),
+            req.outbox_max.to_string(),
+            req.traceparent.to_string(),
+        ];
+        let reply = self.eval(&PLACE_HOLD, &self.place_hold, keys, args).await?;
+        parse_hold_outcome(&reply).ok_or_else(|| reply_error(&PLACE_HOLD, &reply))
+    }
+
+    /// Up to `limit` booking ids of the event whose hold is due at `now_ms`.
+    pub async fn due_holds(
+        &self,
+        event_id: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .client()
+            .zrangebyscore(
+                self.keys.event(event_id).holds(),
+                f64::NEG_INFINITY,
+                now_ms as f64,
+                false,
+                Some((0, i64::from(limit))),
+            )
+            .await?)
+    }
+
+    /// Releases one due hold (see `expire_hold.lua`); true when this call expired it.
+    pub async fn expire_hold(
+        &self,
+        event_id: i64,
+        booking_id: &str,
+        now_ms: i64,
+        retention_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let k = self.keys.event(event_id);
+        let (seat, user) = self.hold_owner(&k, booking_id).await?;
+        let keys = vec![
+            k.hold(booking_id),
+            k.lock(seat),
+            k.holds(),
+            k.user_holds(user),
+            k.available(),
+            k.outbox(),
+            k.seq(),
+        ];
+        let args = vec![
+            booking_id.to_string(),
+            now_ms.to_string(),
+            retention_ms.to_string(),
+        ];
+        let reply = self
+            .eval(&EXPIRE_HOLD, &self.expire_hold, keys, args)
+            .await?;
+        let Value::Array(items) = &reply else {
+            return Err(reply_error(&EXPIRE_HOLD, &reply));
+        };
+        match items.first().and_then(Value::as_str).as_deref() {
+            Some("expired") => Ok(true),
+            Some("skip") => Ok(false),
+            _ => Err(reply_error(&EXPIRE_HOLD, &reply)),
+        }
+    }
+
+    /// The seat and user of a hold, which name its other keys; (0, 0) when
+    /// there is no such hold (the scripts then find nothing and say so).
+    async fn hold_owner(&self, k: &EventKeys, booking_id: &str) -> Result<(i64, i64), StoreError> {
+        let owner: Vec<Option<i64>> = self
+            .client()
+            .hmget(k.hold(booking_id), vec!["seatId", "userId"])
+            .await?;
+        Ok(match owner.as_slice() {
+            [Some(seat), Some(user)] => (*seat, *user),
+            _ => (0, 0),
+        })
+    }
+
+    /// Confirms a user's PENDING hold (see `confirm_hold.lua`).
+    pub async fn confirm_hold(
+        &self,
+        event_id: i64,
+        booking_id: &str,
+        user_id: i64,
+        now_ms: i64,
+        traceparent: &str,
+    ) -> Result<Transition, StoreError> {
+        let k = self.keys.event(event_id);
+        let (seat, _) = self.hold_owner(&k, booking_id).await?;
+        let keys = vec![
+            k.hold(booking_id),
+            k.lock(seat),
+            k.holds(),
+            k.user_holds(user_id),
+            k.outbox(),
+            k.seq(),
+        ];
+        let args = vec![
+            booking_id.to_string(),
+            user_id.to_string(),
+            now_ms.to_string(),
+            traceparent.to_string(),
+        ];
+        let reply = self
+            .eval(&CONFIRM_HOLD, &self.confirm_hold, keys, args)
+            .await?;
+        parse_transition(&reply).ok_or_else(|| reply_error(&CONFIRM_HOLD, &reply))
+    }
+
+    /// Cancels a user's PENDING hold (see `cancel_hold.lua`).
+    pub async fn cancel_hold(
+        &self,
+        event_id: i64,
+        booking_id: &str,
+        user_id: i64,
+        now_ms: i64,
+        traceparent: &str,
+    ) -> Result<Transition, StoreError> {
+        let k = self.keys.event(event_id);
+        let (seat, _) = self.hold_owner(&k, booking_id).await?;
+        let keys = vec![
+            k.hold(booking_id),
+            k.lock(seat),
+            k.holds(),
+            k.user_holds(user_id),
+            k.available(),
+            k.outbox(),
+            k.seq(),
+        ];
+        let args = vec![
+            booking_id.to_string(),
+            user_id.to_string(),
+            now_ms.to_string(),
+            traceparent.to_string(),
+            HOLD_RETENTION_MS.to_string(),
+        ];
+        let reply = self
+            .eval(&CANCEL_HOLD, &self.cancel_hold, keys, args)
+            .await?;
+        parse_transition(&reply).ok_or_else(|| reply_error(&CANCEL_HOLD, &reply))
+    }
+
+    /// Sets a loaded event's status; true when it changed.
+    pub async fn set_event_status(&self, event_id: i64, status: &str) -> Result<bool, StoreError> {
+        let k = self.keys.event(event_id);
+        let reply = self
+            .eval(
+                &SET_EVENT_STATUS,
+                &self.set_event_status,
+                vec![k.event()],
+                vec![status.to_string()],
+            )
+            .await?;
+        reply
+            .as_i64()
+            .map(|changed| changed == 1)
+            .ok_or_else(|| reply_error(&SET_EVENT_STATUS, &reply))
+    }
+}
+
+fn parse_hold_outcome(reply: &Value) -> Option<HoldOutcome> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let tag = items.first()?.as_str()?;
+    let booking = || items.get(1)?.as_string();
+    let number = |i: usize| items.get(i)?.as_i64();
+    Some(match &*tag {
+        "ok" => HoldOutcome::Placed {
+            booking_id: booking()?,
+            expires_ms: number(2)?,
+        },
+        "replay" => HoldOutcome::Replayed {
+            booking_id: booking()?,
+            expires_ms: number(2)?,
+        },
+        "mismatch" => HoldOutcome::IdempotencyMismatch,
+        "no_event" => HoldOutcome::NoEvent,
+        "no_seat" => HoldOutcome::NoSeat,
+        "taken" => HoldOutcome::Taken,
+        "limit" => HoldOutcome::UserLimit {
+            retry_after_ms: number(1)?,
+        },
+        "busy" => HoldOutcome::Busy,
+        _ => return None,
+    })
+}
+
+fn parse_transition(reply: &Value) -> Option<Transition> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    Some(match &*items.first()?.as_str()? {
+        "ok" => Transition::Done {
+            status: items.get(1)?.as_string()?,
+            seat_id: items.get(2)?.as_i64()?,
+            expires_ms: items.get(3)?.as_i64()?,
+            confirmed_ms: items.get(4).and_then(Value::as_i64),
+        },
+        "not_found" => Transition::NotFound,
+        "confirmed" => Transition::Confirmed,
+        "gone" => Transition::Gone(items.get(1)?.as_string()?),
+        _ => return None,
+    })
+}
