@@ -27,6 +27,8 @@ pub struct App {
     pub load: Load,
     /// Shares one Redis call among concurrent holds of one seat.
     pub coalescer: Coalescer,
+    /// Renders `GET /metrics`.
+    pub metrics: &'static metrics_exporter_prometheus::PrometheusHandle,
 }
 
 impl App {
@@ -49,6 +51,7 @@ impl App {
             inventory: Arc::new(Inventory::new(store.clone(), pg.clone())),
             load: Load::new(config.http.max_in_flight),
             coalescer: Coalescer::default(),
+            metrics: crate::prometheus::install(),
             store,
             pg,
             config,

@@ -14,6 +14,7 @@ use crate::{
     coalesce::{Coalescer, Shared, Turn},
     config::HoldConfig,
     holds::{HoldOutcome, PlaceHold, Store, StoreError, Transition},
+    prometheus,
 };
 
 /// The longest Idempotency-Key accepted.
@@ -93,36 +94,71 @@ pub async fn place(
     if req.event_id <= 0 || req.seat_id <= 0 {
         return Err(HoldError::InvalidIds);
     }
+    let result = place_coalesced(
+        store,
+        coalescer,
+        config,
+        user_id,
+        req,
+        idempotency_key,
+        traceparent,
+    )
+    .await;
+    let outcome = match &result {
+        Ok((_, true)) => "placed",
+        Ok((_, false)) => "replayed",
+        Err(HoldError::Taken { .. }) => "taken",
+        Err(HoldError::UserLimit { .. }) => "limited",
+        Err(HoldError::Busy) => "busy",
+        Err(HoldError::NoEvent(_) | HoldError::NoSeat { .. }) => "not_found",
+        Err(HoldError::IdempotencyMismatch) => "mismatch",
+        Err(HoldError::InvalidIds) => "invalid",
+        Err(HoldError::Store(_)) => "unavailable",
+    };
+    metrics::counter!(prometheus::HOLDS, "outcome" => outcome).increment(1);
+    result
+}
+
+async fn place_coalesced(
+    store: &Store,
+    coalescer: Option<&Coalescer>,
+    config: &HoldConfig,
+    user_id: i64,
+    req: &HoldRequest,
+    idempotency_key: Option<&str>,
+    traceparent: &str,
+) -> Result<(BookingView, bool), HoldError> {
     let coalescer = coalescer.filter(|_| idempotency_key.is_none());
     let Some(coalescer) = coalescer else {
         return place_alone(store, config, user_id, req, idempotency_key, traceparent).await;
     };
-    let leader = match coalescer.join(req.event_id, req.seat_id).await {
-        Turn::Lead(leader) => leader,
-        Turn::Follow(Shared::Taken) => {
-            return Err(HoldError::Taken {
-                seat_id: req.seat_id,
+    let shared = match coalescer.join(req.event_id, req.seat_id).await {
+        Turn::Lead(leader) => {
+            let result = place_alone(store, config, user_id, req, None, traceparent).await;
+            leader.finish(match &result {
+                Ok(_) | Err(HoldError::Taken { .. }) => Shared::Taken,
+                Err(HoldError::NoEvent(_)) => Shared::NoEvent,
+                Err(HoldError::NoSeat { .. }) => Shared::NoSeat,
+                Err(_) => Shared::AskAgain,
             });
-        }
-        Turn::Follow(Shared::NoEvent) => return Err(HoldError::NoEvent(req.event_id)),
-        Turn::Follow(Shared::NoSeat) => {
-            return Err(HoldError::NoSeat {
-                event_id: req.event_id,
-                seat_id: req.seat_id,
-            });
+            return result;
         }
         Turn::Follow(Shared::AskAgain) => {
             return place_alone(store, config, user_id, req, None, traceparent).await;
         }
+        Turn::Follow(shared) => shared,
     };
-    let result = place_alone(store, config, user_id, req, None, traceparent).await;
-    leader.finish(match &result {
-        Ok(_) | Err(HoldError::Taken { .. }) => Shared::Taken,
-        Err(HoldError::NoEvent(_)) => Shared::NoEvent,
-        Err(HoldError::NoSeat { .. }) => Shared::NoSeat,
-        Err(_) => Shared::AskAgain,
-    });
-    result
+    metrics::counter!(prometheus::HOLDS_COALESCED).increment(1);
+    Err(match shared {
+        Shared::NoEvent => HoldError::NoEvent(req.event_id),
+        Shared::NoSeat => HoldError::NoSeat {
+            event_id: req.event_id,
+            seat_id: req.seat_id,
+        },
+        _ => HoldError::Taken {
+            seat_id: req.seat_id,
+        },
+    })
 }
 
 /// One script call, decided by Redis alone.
@@ -258,7 +294,9 @@ pub async fn confirm(
     let transition = store
         .confirm_hold(event_id, &id.to_string(), user_id, now_ms, traceparent)
         .await?;
-    settle(pg, user_id, id, event_id, transition, "CONFIRMED").await
+    let view = settle(pg, user_id, id, event_id, transition, "CONFIRMED").await?;
+    metrics::counter!(prometheus::HOLDS, "outcome" => "confirmed").increment(1);
+    Ok(view)
 }
 
 /// PENDING -> CANCELLED, the seat free at once; cancelling again answers the same.
@@ -274,7 +312,9 @@ pub async fn cancel(
     let transition = store
         .cancel_hold(event_id, &id.to_string(), user_id, now_ms, traceparent)
         .await?;
-    settle(pg, user_id, id, event_id, transition, "CANCELLED").await
+    let view = settle(pg, user_id, id, event_id, transition, "CANCELLED").await?;
+    metrics::counter!(prometheus::HOLDS, "outcome" => "cancelled").increment(1);
+    Ok(view)
 }
 
 /// Turns a script's decision into the answer; a booking Redis no longer has is

@@ -29,6 +29,7 @@ pub mod holds;
 pub mod http;
 pub mod inventory;
 pub mod migrate;
+pub mod prometheus;
 pub mod relay;
 pub mod retry;
 pub mod seed;

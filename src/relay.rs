@@ -28,7 +28,7 @@ use lapin::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{broker::Broker, hold_event::HoldEvent, holds::Store, retry};
+use crate::{broker::Broker, hold_event::HoldEvent, holds::Store, prometheus, retry};
 
 const GROUP: &str = "relay";
 /// Pause after a round that found nothing to move; doubles while idle, up to the max.
@@ -94,6 +94,12 @@ impl Relay {
                     .smembers(self.store.keys().outboxes())
                     .await?;
                 next_refresh = Instant::now() + EVENTS_REFRESH;
+                for &event_id in &events {
+                    let outbox = self.store.keys().event(event_id).outbox();
+                    let depth: u64 = self.store.client().xlen(outbox).await?;
+                    metrics::gauge!(prometheus::OUTBOX_DEPTH, "event" => event_id.to_string())
+                        .set(depth as f64);
+                }
             }
             let mut moved = 0;
             for &event_id in &events {
@@ -226,6 +232,7 @@ impl Relay {
                 .await?;
             confirms.push((id.clone(), confirm));
         }
+        let malformed_count = malformed.len();
         let mut done = malformed;
         let mut refused = 0;
         for (id, confirm) in confirms {
@@ -235,6 +242,9 @@ impl Relay {
                 refused += 1;
             }
         }
+        metrics::counter!(prometheus::RELAY_CONFIRMED)
+            .increment((done.len() - malformed_count) as u64);
+        metrics::counter!(prometheus::RELAY_REFUSED).increment(refused);
         if !done.is_empty() {
             let outbox = self.store.keys().event(event_id).outbox();
             let client = self.store.client();

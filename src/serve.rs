@@ -74,6 +74,17 @@ pub async fn run(
         )
         .run(token.clone()),
     );
+    let metrics = app.metrics;
+    let upkeep = token.clone();
+    tasks.spawn(async move {
+        // Histograms drain into their buckets here, not on the request path.
+        while !upkeep.is_cancelled() {
+            tokio::select! {
+                _ = upkeep.cancelled() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => metrics.run_upkeep(),
+            }
+        }
+    });
     tasks.spawn(Sweeper::new(app.store.clone(), config.holds.sweep_interval).run(token.clone()));
     if role == Role::All {
         tasks.spawn(

@@ -75,9 +75,12 @@ impl Sweeper {
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
+            let before = expired;
             for result in results {
                 expired += usize::from(result?);
             }
+            metrics::counter!(crate::prometheus::HOLDS, "outcome" => "expired")
+                .increment((expired - before) as u64);
             if due.len() < BATCH as usize {
                 return Ok(expired);
             }

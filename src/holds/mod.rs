@@ -107,9 +107,13 @@ impl Store {
         args: Vec<String>,
     ) -> Result<Value, StoreError> {
         debug_assert_eq!(keys.len(), def.keys, "{} takes {} keys", def.name, def.keys);
-        Ok(script
+        let started = std::time::Instant::now();
+        let reply = script
             .evalsha_with_reload::<Value, _, _>(self.client(), keys, args)
-            .await?)
+            .await;
+        metrics::histogram!(crate::prometheus::SCRIPT_DURATION, "script" => def.name)
+            .record(started.elapsed());
+        Ok(reply?)
     }
 }
 

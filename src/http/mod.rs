@@ -53,9 +53,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
+            let open = metrics::gauge!(crate::prometheus::HTTP_CONNECTIONS);
+            open.increment(1);
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            open.decrement(1);
         });
     }
     drop(listener);

@@ -12,6 +12,7 @@
 //! | `POST /api/bookings/:id/confirm` + Bearer | 200 CONFIRMED; 409 hold-expired |
 //! | `DELETE /api/bookings/:id` + Bearer | 200 CANCELLED; 409 booking-confirmed |
 //! | `GET /waiting-room[?eventId=]` | admission state per on-sale event |
+//! | `GET /metrics` | Prometheus text format |
 //!
 //! Every failure is a [`Problem`]; handlers return `Result<Response, Problem>`.
 
@@ -31,7 +32,7 @@ use crate::{
     app::App,
     bookings,
     catalog::{CatalogError, DEFAULT_PAGE, MAX_PAGE},
-    waiting_room,
+    prometheus, waiting_room,
 };
 
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -41,6 +42,7 @@ const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum Route {
     Healthz,
     Readyz,
+    Metrics,
     Event(i64),
     AvailableSeats,
     Login,
@@ -60,7 +62,7 @@ impl Route {
             ["healthz"] | ["readyz"] | ["api", "events", _] | ["api", "seats", "available"] => {
                 "GET"
             }
-            ["waiting-room"] => "GET",
+            ["waiting-room"] | ["metrics"] => "GET",
             ["api", "users", "login"] | ["api", "bookings"] | ["api", "bookings", _, "confirm"] => {
                 "POST"
             }
@@ -73,6 +75,7 @@ impl Route {
         Ok(match segments.as_slice() {
             ["healthz"] => Route::Healthz,
             ["readyz"] => Route::Readyz,
+            ["metrics"] => Route::Metrics,
             ["api", "events", id] => Route::Event(parse_id("event id", id)?),
             ["api", "seats", "available"] => Route::AvailableSeats,
             ["api", "users", "login"] => Route::Login,
@@ -84,9 +87,25 @@ impl Route {
         })
     }
 
-    /// Health checks must answer even when the gateway is full.
+    /// Health checks and metrics must answer even when the gateway is full.
     fn counts_as_load(&self) -> bool {
-        !matches!(self, Route::Healthz | Route::Readyz)
+        !matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+    }
+
+    /// The route's label in metrics: the path pattern, never the ids in it.
+    fn name(&self) -> &'static str {
+        match self {
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::Event(_) => "/api/events/:id",
+            Route::AvailableSeats => "/api/seats/available",
+            Route::Login => "/api/users/login",
+            Route::PlaceHold => "/api/bookings",
+            Route::Booking(_) | Route::CancelBooking(_) => "/api/bookings/:id",
+            Route::ConfirmBooking(_) => "/api/bookings/:id/confirm",
+            Route::WaitingRoom => "/waiting-room",
+        }
     }
 }
 
@@ -96,20 +115,37 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let started = std::time::Instant::now();
     let route = match Route::resolve(req.method(), req.uri().path()) {
         Ok(route) => route,
-        Err(problem) => return problem.into_response(),
+        Err(problem) => return record("unmatched", started, problem.into_response()),
     };
+    let name = route.name();
     // Held until the answer is ready; health checks are never turned away.
     let _admitted = match route.counts_as_load() {
         false => None,
         true => match app.load.try_enter() {
             Some(admitted) => Some(admitted),
-            None => return Problem::unavailable("the gateway is at capacity", 1).into_response(),
+            None => {
+                let full = Problem::unavailable("the gateway is at capacity", 1);
+                return record(name, started, full.into_response());
+            }
         },
     };
     let result = dispatch(app, route, req).await;
-    result.unwrap_or_else(Problem::into_response)
+    record(name, started, result.unwrap_or_else(Problem::into_response))
+}
+
+/// Counts and times one answer.
+fn record(
+    route: &'static str,
+    started: std::time::Instant,
+    response: Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    let status = response.status().as_str().to_string();
+    metrics::counter!(prometheus::HTTP_REQUESTS, "route" => route, "status" => status).increment(1);
+    metrics::histogram!(prometheus::HTTP_DURATION, "route" => route).record(started.elapsed());
+    response
 }
 
 async fn dispatch<B>(
@@ -124,6 +160,14 @@ where
     match route {
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "up"}))),
         Route::Readyz => readyz(app).await,
+        Route::Metrics => {
+            let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            Ok(response)
+        }
         Route::Event(id) => event(app, id).await,
         Route::AvailableSeats => available_seats(app, req.uri().query()).await,
         Route::Login => login(app, req).await,

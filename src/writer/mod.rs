@@ -21,7 +21,7 @@ use lapin::{
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{broker::Broker, config::WriterConfig, hold_event::HoldEvent, retry};
+use crate::{broker::Broker, config::WriterConfig, hold_event::HoldEvent, prometheus, retry};
 
 pub struct Writer {
     pg: deadpool_postgres::Pool,
@@ -101,6 +101,11 @@ impl Writer {
                     .map(|e| e.occurred_at)
                     .min()
                     .map(|t| chrono::Utc::now() - t);
+                metrics::histogram!(prometheus::WRITER_BATCH).record(events.len() as f64);
+                metrics::counter!(prometheus::WRITER_ROWS).increment(applied.rows);
+                if let Some(lag) = lag.and_then(|l| l.to_std().ok()) {
+                    metrics::histogram!(prometheus::WRITER_LAG).record(lag);
+                }
                 tracing::debug!(
                     messages = events.len(),
                     rows = applied.rows,
@@ -177,6 +182,7 @@ fn parse(data: &[u8]) -> Result<HoldEvent, String> {
 }
 
 async fn dead_letter(delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
+    metrics::counter!(prometheus::DEAD_LETTERED).increment(1);
     tracing::error!(
         reason,
         routing_key = %delivery.routing_key,

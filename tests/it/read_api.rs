@@ -150,3 +150,31 @@ async fn readiness_fails_honestly_when_a_backend_is_gone() {
     assert_eq!(problem["checks"]["redis"], "ok");
     assert_ne!(problem["checks"]["rabbitmq"], "ok");
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text_format() {
+    let app = spawn_app().await;
+    let users = crate::helpers::user_ids(&app.iso.pg().await).await;
+    json(app.post_hold(&app.token(users[0]), 1, 2, None).await, 201).await;
+    assert_problem(app.post_hold(&app.token(users[1]), 1, 2, None).await, 409).await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let body = response.text().await.unwrap();
+    for expected in [
+        r#"herdgate_http_requests_total{route="/api/bookings",status="201"}"#,
+        r#"herdgate_http_requests_total{route="/api/bookings",status="409"}"#,
+        r#"herdgate_holds_total{outcome="placed"}"#,
+        r#"herdgate_holds_total{outcome="taken"}"#,
+        r#"herdgate_redis_script_duration_seconds_bucket{script="place_hold",le="0.001"}"#,
+        r#"herdgate_http_request_duration_seconds_bucket{route="/api/bookings",le="+Inf"}"#,
+        "herdgate_http_connections_open",
+    ] {
+        assert!(body.contains(expected), "no {expected} in:\n{body}");
+    }
+}
