@@ -27,8 +27,13 @@ if status ~= 'PENDING' or expires <= now then
   return {'gone', 'EXPIRED'}
 end
 
-if redis.call('GET', KEYS[2]) == booking then
+-- The lock may have lapsed a moment early (gateway clocks differ): the seat is
+-- free then, and must be listed again all the same.
+local owner = redis.call('GET', KEYS[2])
+if owner == booking then
   redis.call('DEL', KEYS[2])
+end
+if owner == booking or not owner then
   redis.call('ZADD', KEYS[5], tonumber(seat), seat)
 end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)

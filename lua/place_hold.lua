@@ -21,6 +21,7 @@
           {"taken"}                           seat held or booked by anyone
           {"limit", retry_after_ms}           user holds the maximum already
           {"busy"}                            outbox at its bound: back off
+          {"collision"}                       a hold with this booking id exists: draw another id
   Events: hold.placed (version 1) on KEYS[9]. ]]
 local booking, seat, user = ARGV[1], ARGV[2], ARGV[3]
 local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -52,6 +53,9 @@ if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[6]) then
 end
 if redis.call('XLEN', KEYS[9]) >= tonumber(ARGV[9]) then
   return {'busy'}
+end
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  return {'collision'}
 end
 
 local expires = now + ttl

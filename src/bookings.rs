@@ -170,25 +170,33 @@ async fn place_alone(
     idempotency_key: Option<&str>,
     traceparent: &str,
 ) -> Result<(BookingView, bool), HoldError> {
-    let Some(booking_id) = booking_id::new(req.event_id) else {
-        return Err(HoldError::NoEvent(req.event_id));
+    // A fresh id for each attempt; a second collision in a row is beyond belief.
+    let mut attempts = 0;
+    let outcome = loop {
+        let Some(booking_id) = booking_id::new(req.event_id) else {
+            return Err(HoldError::NoEvent(req.event_id));
+        };
+        let outcome = store
+            .place_hold(&PlaceHold {
+                event_id: req.event_id,
+                seat_id: req.seat_id,
+                user_id,
+                booking_id: &booking_id.to_string(),
+                now_ms: Utc::now().timestamp_millis(),
+                ttl_ms: config.ttl.as_millis() as i64,
+                max_per_user: config.max_per_user,
+                idempotency_key,
+                idempotency_ttl_ms: config.idempotency_ttl.as_millis() as i64,
+                outbox_max: config.outbox_max,
+                traceparent,
+            })
+            .await?;
+        attempts += 1;
+        if outcome != HoldOutcome::IdCollision || attempts == 3 {
+            break outcome;
+        }
+        tracing::warn!(%booking_id, "booking id collision, drawing another");
     };
-    let booking_id = booking_id.to_string();
-    let outcome = store
-        .place_hold(&PlaceHold {
-            event_id: req.event_id,
-            seat_id: req.seat_id,
-            user_id,
-            booking_id: &booking_id,
-            now_ms: Utc::now().timestamp_millis(),
-            ttl_ms: config.ttl.as_millis() as i64,
-            max_per_user: config.max_per_user,
-            idempotency_key,
-            idempotency_ttl_ms: config.idempotency_ttl.as_millis() as i64,
-            outbox_max: config.outbox_max,
-            traceparent,
-        })
-        .await?;
     let view = |booking_id: String, expires_ms: i64| BookingView {
         booking_id,
         status: "PENDING".to_string(),
@@ -219,7 +227,7 @@ async fn place_alone(
             max: config.max_per_user,
             retry_after: Duration::from_millis(retry_after_ms.max(0) as u64),
         }),
-        HoldOutcome::Busy => Err(HoldError::Busy),
+        HoldOutcome::Busy | HoldOutcome::IdCollision => Err(HoldError::Busy),
         HoldOutcome::IdempotencyMismatch => Err(HoldError::IdempotencyMismatch),
     }
 }

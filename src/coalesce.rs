@@ -4,9 +4,12 @@
 //! The first request for a seat (the leader) runs the script; requests for the
 //! same seat that arrive while it is in flight (waiters) wait for its outcome.
 //! Only outcomes that hold for anyone are shared: the seat was taken (by the
-//! leader or before it), or the event or seat does not exist. Each of those was
-//! true at the instant the leader's script ran, which lies inside every
-//! waiter's own request, so answering the waiters with it is exact. Any other
+//! leader or before it), or the event or seat does not exist. Each was true at
+//! the instant the leader's script ran. For a waiter that arrived before that
+//! instant the answer is exact; one that arrived while the reply was on its way
+//! back gets an answer at most one Redis round-trip old (bounded by
+//! HERDGATE_REDIS_TIMEOUT; well under a millisecond on a local Redis), and only
+//! ever a 409 or 404, never a 201. Nothing is kept once the leader is done. Any other
 //! outcome (the leader's own limit, an error) sends the waiters to Redis
 //! themselves. Requests with an Idempotency-Key never wait: their answer is
 //! their own.

@@ -22,6 +22,10 @@ use crate::holds::Store;
 
 /// Seats written to Redis per command while loading.
 const LOAD_CHUNK: usize = 5_000;
+/// A rebuilt counter starts this far past PostgreSQL's highest `seq`: events
+/// Redis made before it lost its data may still be on their way to the writer,
+/// and new holds must be ordered after them, not reuse their numbers.
+const SEQ_GAP: i64 = 1_000_000_000;
 /// A loader that died keeps others out for at most this long.
 const LOADING_LOCK: Duration = Duration::from_secs(120);
 
@@ -131,7 +135,7 @@ impl Inventory {
         let locked: Option<String> = redis
             .set(
                 keys.loading(),
-                token,
+                token.as_str(),
                 Some(Expiration::PX(LOADING_LOCK.as_millis() as i64)),
                 Some(SetOptions::NX),
                 false,
@@ -141,9 +145,15 @@ impl Inventory {
             tracing::debug!(event_id = event.id, "another process is loading this event");
             return Ok(());
         }
+        // Another process may have finished loading between our look and our lock:
+        // loading over a live event would undo its holds.
+        if redis.exists::<u32, _>(keys.event()).await? == 1 {
+            self.store.release_lock(keys.loading(), &token).await?;
+            return Ok(());
+        }
         let started = Instant::now();
         let result = self.load(event).await;
-        redis.del::<(), _>(keys.loading()).await?;
+        self.store.release_lock(keys.loading(), &token).await?;
         let available = result?;
         tracing::info!(
             event_id = event.id,
@@ -238,7 +248,8 @@ impl Inventory {
             .query(
                 "SELECT id::text, seat_id, user_id, status, version, seq,
                         (extract(epoch FROM expires_at) * 1000)::bigint AS expires_ms,
-                        (extract(epoch FROM created_at) * 1000)::bigint AS created_ms
+                        (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
+                        (extract(epoch FROM confirmed_at) * 1000)::bigint AS confirmed_ms
                    FROM bookings
                   WHERE event_id = $1
                     AND (status = 'CONFIRMED' OR (status = 'PENDING' AND expires_at > now()))",
@@ -247,7 +258,7 @@ impl Inventory {
             .await?;
         drop(client);
         redis
-            .set::<(), _, _>(keys.seq(), max_seq, None, None, false)
+            .set::<(), _, _>(keys.seq(), max_seq + SEQ_GAP, None, None, false)
             .await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         for row in &live {
@@ -271,6 +282,11 @@ impl Inventory {
                         ("seq", row.get::<_, i64>("seq").to_string()),
                         ("expiresAt", expires_ms.to_string()),
                         ("createdAt", row.get::<_, i64>("created_ms").to_string()),
+                        (
+                            "confirmedAt",
+                            row.get::<_, Option<i64>>("confirmed_ms")
+                                .map_or(String::new(), |ms| ms.to_string()),
+                        ),
                     ],
                 )
                 .await?;

@@ -248,10 +248,11 @@ impl Relay {
         if !done.is_empty() {
             let outbox = self.store.keys().event(event_id).outbox();
             let client = self.store.client();
-            client
-                .xack::<(), _, _, _>(&outbox, GROUP, done.clone())
-                .await?;
-            client.xdel::<(), _, _>(&outbox, done).await?;
+            // Delete first: an entry acked but not deleted would stay in the stream
+            // for good, while one deleted but still pending comes back without fields
+            // and is cleaned up as such.
+            client.xdel::<(), _, _>(&outbox, done.clone()).await?;
+            client.xack::<(), _, _, _>(&outbox, GROUP, done).await?;
         }
         anyhow::ensure!(refused == 0, "RabbitMQ refused {refused} hold events");
         Ok(())

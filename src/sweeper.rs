@@ -53,7 +53,11 @@ impl Sweeper {
             .await?;
         let mut expired = 0;
         for event_id in events {
-            expired += self.sweep_event(event_id).await?;
+            // One event's failure must not keep the others' holds from expiring.
+            match self.sweep_event(event_id).await {
+                Ok(n) => expired += n,
+                Err(e) => tracing::warn!(event_id, error = %e, "sweeping an event failed"),
+            }
         }
         Ok(expired)
     }

@@ -43,6 +43,7 @@ const SET_EVENT_STATUS: ScriptDef = script!("set_event_status", 1);
 const EXPIRE_HOLD: ScriptDef = script!("expire_hold", 7);
 const CONFIRM_HOLD: ScriptDef = script!("confirm_hold", 6);
 const CANCEL_HOLD: ScriptDef = script!("cancel_hold", 7);
+const RELEASE_LOCK: ScriptDef = script!("release_lock", 1);
 
 /// How long an ended hold's state stays in Redis for status reads; PostgreSQL answers after.
 pub const HOLD_RETENTION_MS: i64 = 3_600_000;
@@ -69,6 +70,7 @@ pub struct Store {
     expire_hold: Script,
     confirm_hold: Script,
     cancel_hold: Script,
+    release_lock: Script,
 }
 
 impl Store {
@@ -83,6 +85,7 @@ impl Store {
             expire_hold: Script::from_lua(EXPIRE_HOLD.source),
             confirm_hold: Script::from_lua(CONFIRM_HOLD.source),
             cancel_hold: Script::from_lua(CANCEL_HOLD.source),
+            release_lock: Script::from_lua(RELEASE_LOCK.source),
         }
     }
 
@@ -97,6 +100,19 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.client().ping::<()>(None).await?;
         Ok(())
+    }
+
+    /// Deletes `key` only while it still holds `token`; true when released.
+    pub async fn release_lock(&self, key: String, token: &str) -> Result<bool, StoreError> {
+        let reply = self
+            .eval(
+                &RELEASE_LOCK,
+                &self.release_lock,
+                vec![key],
+                vec![token.to_string()],
+            )
+            .await?;
+        Ok(reply.as_i64() == Some(1))
     }
 
     async fn eval(
@@ -151,6 +167,7 @@ mod tests {
             &EXPIRE_HOLD,
             &CONFIRM_HOLD,
             &CANCEL_HOLD,
+            &RELEASE_LOCK,
         ] {
             assert!(def.source.starts_with(&format!("--[[ {}:", def.name)));
             assert_eq!(declared_keys(def.source), def.keys, "{}", def.name);

@@ -46,6 +46,8 @@ pub enum HoldOutcome {
         retry_after_ms: i64,
     },
     Busy,
+    /// The booking id is taken by another hold (vanishingly rare): draw another.
+    IdCollision,
 }
 
 /// What `confirm_hold.lua` or `cancel_hold.lua` decided.
@@ -275,6 +277,7 @@ fn parse_hold_outcome(reply: &Value) -> Option<HoldOutcome> {
             retry_after_ms: number(1)?,
         },
         "busy" => HoldOutcome::Busy,
+        "collision" => HoldOutcome::IdCollision,
         _ => return None,
     })
 }

@@ -380,3 +380,39 @@ async fn a_full_outbox_turns_holds_away_with_503() {
         .unwrap();
     assert_eq!(lock, None);
 }
+
+#[tokio::test]
+async fn a_booking_id_already_in_use_is_refused_not_overwritten() {
+    use herdgate::holds::{HoldOutcome, PlaceHold, Store};
+
+    let app = spawn_app().await;
+    let users = user_ids(&app.iso.pg().await).await;
+    let redis = app.config.redis.connect().await.unwrap();
+    let store = Store::new(redis, Keys::new(app.iso.prefix.clone()));
+    let id = herdgate::booking_id::new(1).unwrap().to_string();
+    let hold = |seat_id, user_id| PlaceHold {
+        event_id: 1,
+        seat_id,
+        user_id,
+        booking_id: &id,
+        now_ms: chrono::Utc::now().timestamp_millis(),
+        ttl_ms: 60_000,
+        max_per_user: 8,
+        idempotency_key: None,
+        idempotency_ttl_ms: 60_000,
+        outbox_max: 1_000,
+        traceparent: "",
+    };
+    assert!(matches!(
+        store.place_hold(&hold(20, users[0])).await.unwrap(),
+        HoldOutcome::Placed { .. }
+    ));
+    assert_eq!(
+        store.place_hold(&hold(21, users[1])).await.unwrap(),
+        HoldOutcome::IdCollision
+    );
+    // The first hold is untouched, and seat 21 was not taken.
+    let first = store.read_hold(1, &id).await.unwrap().unwrap();
+    assert_eq!((first.seat_id, first.user_id), (20, users[0]));
+    json(app.post_hold(&app.token(users[1]), 1, 21, None).await, 201).await;
+}
