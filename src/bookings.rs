@@ -289,39 +289,57 @@ async fn stored(
     })
 }
 
-/// PENDING -> CONFIRMED (the checkout step); confirming again answers the same.
-pub async fn confirm(
-    store: &Store,
-    pg: &deadpool_postgres::Pool,
-    user_id: i64,
-    id: Uuid,
-    traceparent: &str,
-) -> Result<BookingView, BookingError> {
-    let event_id = booking_id::event_of(&id);
-    let now_ms = Utc::now().timestamp_millis();
-    let transition = store
-        .confirm_hold(event_id, &id.to_string(), user_id, now_ms, traceparent)
-        .await?;
-    let view = settle(pg, user_id, id, event_id, transition, "CONFIRMED").await?;
-    metrics::counter!(prometheus::HOLDS, "outcome" => "confirmed").increment(1);
-    Ok(view)
+/// The two ways a user ends a PENDING hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// PENDING -> CONFIRMED (the checkout step): the seat is sold.
+    Confirm,
+    /// PENDING -> CANCELLED: the seat is free at once.
+    Cancel,
 }
 
-/// PENDING -> CANCELLED, the seat free at once; cancelling again answers the same.
-pub async fn cancel(
+impl Ending {
+    fn status(self) -> &'static str {
+        match self {
+            Ending::Confirm => "CONFIRMED",
+            Ending::Cancel => "CANCELLED",
+        }
+    }
+
+    fn outcome(self) -> &'static str {
+        match self {
+            Ending::Confirm => "confirmed",
+            Ending::Cancel => "cancelled",
+        }
+    }
+}
+
+/// Confirms or cancels a user's hold; doing it again answers the same.
+pub async fn end(
     store: &Store,
     pg: &deadpool_postgres::Pool,
     user_id: i64,
     id: Uuid,
     traceparent: &str,
+    ending: Ending,
 ) -> Result<BookingView, BookingError> {
     let event_id = booking_id::event_of(&id);
     let now_ms = Utc::now().timestamp_millis();
-    let transition = store
-        .cancel_hold(event_id, &id.to_string(), user_id, now_ms, traceparent)
-        .await?;
-    let view = settle(pg, user_id, id, event_id, transition, "CANCELLED").await?;
-    metrics::counter!(prometheus::HOLDS, "outcome" => "cancelled").increment(1);
+    let booking = id.to_string();
+    let transition = match ending {
+        Ending::Confirm => {
+            store
+                .confirm_hold(event_id, &booking, user_id, now_ms, traceparent)
+                .await?
+        }
+        Ending::Cancel => {
+            store
+                .cancel_hold(event_id, &booking, user_id, now_ms, traceparent)
+                .await?
+        }
+    };
+    let view = settle(pg, user_id, id, event_id, transition, ending.status()).await?;
+    metrics::counter!(prometheus::HOLDS, "outcome" => ending.outcome()).increment(1);
     Ok(view)
 }
 

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use super::{body::read_json, problem::Problem};
 use crate::{
     app::App,
-    bookings,
+    bookings::{self, Ending},
     catalog::{CatalogError, DEFAULT_PAGE, MAX_PAGE},
     prometheus, waiting_room,
 };
@@ -177,18 +177,8 @@ where
             let view = bookings::status(&app.store, &app.pg, user_id, id).await?;
             Ok(json_response(StatusCode::OK, &view))
         }
-        Route::ConfirmBooking(id) => {
-            let user_id = authenticate(app, &req)?;
-            let traceparent = traceparent(&req);
-            let view = bookings::confirm(&app.store, &app.pg, user_id, id, &traceparent).await?;
-            Ok(json_response(StatusCode::OK, &view))
-        }
-        Route::CancelBooking(id) => {
-            let user_id = authenticate(app, &req)?;
-            let traceparent = traceparent(&req);
-            let view = bookings::cancel(&app.store, &app.pg, user_id, id, &traceparent).await?;
-            Ok(json_response(StatusCode::OK, &view))
-        }
+        Route::ConfirmBooking(id) => end_booking(app, &req, id, Ending::Confirm).await,
+        Route::CancelBooking(id) => end_booking(app, &req, id, Ending::Cancel).await,
         Route::WaitingRoom => waiting_room(app, req.uri().query()).await,
     }
 }
@@ -340,6 +330,18 @@ where
         HeaderValue::from_str(&location).expect("uuid is a valid header"),
     );
     Ok(response)
+}
+
+async fn end_booking<B>(
+    app: &App,
+    req: &Request<B>,
+    id: Uuid,
+    ending: Ending,
+) -> Result<Response<Full<Bytes>>, Problem> {
+    let user_id = authenticate(app, req)?;
+    let traceparent = traceparent(req);
+    let view = bookings::end(&app.store, &app.pg, user_id, id, &traceparent, ending).await?;
+    Ok(json_response(StatusCode::OK, &view))
 }
 
 /// The request's W3C `traceparent`, or "" when it has none of the right shape.
