@@ -94,16 +94,18 @@ pub async fn place(
     if req.event_id <= 0 || req.seat_id <= 0 {
         return Err(HoldError::InvalidIds);
     }
-    let result = place_coalesced(
+    let attempt = Attempt {
         store,
-        coalescer,
         config,
         user_id,
         req,
         idempotency_key,
         traceparent,
-    )
-    .await;
+    };
+    let result = match coalescer.filter(|_| idempotency_key.is_none()) {
+        Some(coalescer) => attempt.coalesced(coalescer).await,
+        None => attempt.alone().await,
+    };
     let outcome = match &result {
         Ok((_, true)) => "placed",
         Ok((_, false)) => "replayed",
@@ -119,116 +121,120 @@ pub async fn place(
     result
 }
 
-async fn place_coalesced(
-    store: &Store,
-    coalescer: Option<&Coalescer>,
-    config: &HoldConfig,
+/// One hold request, on its way to Redis.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    store: &'a Store,
+    config: &'a HoldConfig,
     user_id: i64,
-    req: &HoldRequest,
-    idempotency_key: Option<&str>,
-    traceparent: &str,
-) -> Result<(BookingView, bool), HoldError> {
-    let coalescer = coalescer.filter(|_| idempotency_key.is_none());
-    let Some(coalescer) = coalescer else {
-        return place_alone(store, config, user_id, req, idempotency_key, traceparent).await;
-    };
-    let shared = match coalescer.join(req.event_id, req.seat_id).await {
-        Turn::Lead(leader) => {
-            let result = place_alone(store, config, user_id, req, None, traceparent).await;
-            leader.finish(match &result {
-                Ok(_) | Err(HoldError::Taken { .. }) => Shared::Taken,
-                Err(HoldError::NoEvent(_)) => Shared::NoEvent,
-                Err(HoldError::NoSeat { .. }) => Shared::NoSeat,
-                Err(_) => Shared::AskAgain,
-            });
-            return result;
-        }
-        Turn::Follow(Shared::AskAgain) => {
-            return place_alone(store, config, user_id, req, None, traceparent).await;
-        }
-        Turn::Follow(shared) => shared,
-    };
-    metrics::counter!(prometheus::HOLDS_COALESCED).increment(1);
-    Err(match shared {
-        Shared::NoEvent => HoldError::NoEvent(req.event_id),
-        Shared::NoSeat => HoldError::NoSeat {
-            event_id: req.event_id,
-            seat_id: req.seat_id,
-        },
-        _ => HoldError::Taken {
-            seat_id: req.seat_id,
-        },
-    })
+    req: &'a HoldRequest,
+    idempotency_key: Option<&'a str>,
+    traceparent: &'a str,
 }
 
-/// One script call, decided by Redis alone.
-async fn place_alone(
-    store: &Store,
-    config: &HoldConfig,
-    user_id: i64,
-    req: &HoldRequest,
-    idempotency_key: Option<&str>,
-    traceparent: &str,
-) -> Result<(BookingView, bool), HoldError> {
-    // A fresh id for each attempt; a second collision in a row is beyond belief.
-    let mut attempts = 0;
-    let outcome = loop {
-        let Some(booking_id) = booking_id::new(req.event_id) else {
-            return Err(HoldError::NoEvent(req.event_id));
+impl Attempt<'_> {
+    /// Leads the script call for this seat, or shares the outcome of the one in flight.
+    async fn coalesced(&self, coalescer: &Coalescer) -> Result<(BookingView, bool), HoldError> {
+        let req = self.req;
+        let shared = match coalescer.join(req.event_id, req.seat_id).await {
+            Turn::Lead(leader) => {
+                let result = self.alone().await;
+                leader.finish(match &result {
+                    Ok(_) | Err(HoldError::Taken { .. }) => Shared::Taken,
+                    Err(HoldError::NoEvent(_)) => Shared::NoEvent,
+                    Err(HoldError::NoSeat { .. }) => Shared::NoSeat,
+                    Err(_) => Shared::AskAgain,
+                });
+                return result;
+            }
+            Turn::Follow(Shared::AskAgain) => {
+                return self.alone().await;
+            }
+            Turn::Follow(shared) => shared,
         };
-        let outcome = store
-            .place_hold(&PlaceHold {
+        metrics::counter!(prometheus::HOLDS_COALESCED).increment(1);
+        Err(match shared {
+            Shared::NoEvent => HoldError::NoEvent(req.event_id),
+            Shared::NoSeat => HoldError::NoSeat {
                 event_id: req.event_id,
                 seat_id: req.seat_id,
-                user_id,
-                booking_id: &booking_id.to_string(),
-                now_ms: Utc::now().timestamp_millis(),
-                ttl_ms: config.ttl.as_millis() as i64,
-                max_per_user: config.max_per_user,
-                idempotency_key,
-                idempotency_ttl_ms: config.idempotency_ttl.as_millis() as i64,
-                outbox_max: config.outbox_max,
-                traceparent,
-            })
-            .await?;
-        attempts += 1;
-        if outcome != HoldOutcome::IdCollision || attempts == 3 {
-            break outcome;
-        }
-        tracing::warn!(%booking_id, "booking id collision, drawing another");
-    };
-    let view = |booking_id: String, expires_ms: i64| BookingView {
-        booking_id,
-        status: "PENDING".to_string(),
-        event_id: req.event_id,
-        seat_id: req.seat_id,
-        user_id,
-        expires_at: timestamp(expires_ms),
-        confirmed_at: None,
-    };
-    match outcome {
-        HoldOutcome::Placed {
+            },
+            _ => HoldError::Taken {
+                seat_id: req.seat_id,
+            },
+        })
+    }
+
+    /// One script call, decided by Redis alone.
+    async fn alone(&self) -> Result<(BookingView, bool), HoldError> {
+        let Attempt {
+            store,
+            config,
+            user_id,
+            req,
+            idempotency_key,
+            traceparent,
+        } = *self;
+        // A fresh id for each attempt; a second collision in a row is beyond belief.
+        let mut attempts = 0;
+        let outcome = loop {
+            let Some(booking_id) = booking_id::new(req.event_id) else {
+                return Err(HoldError::NoEvent(req.event_id));
+            };
+            let outcome = store
+                .place_hold(&PlaceHold {
+                    event_id: req.event_id,
+                    seat_id: req.seat_id,
+                    user_id,
+                    booking_id: &booking_id.to_string(),
+                    now_ms: Utc::now().timestamp_millis(),
+                    ttl_ms: config.ttl.as_millis() as i64,
+                    max_per_user: config.max_per_user,
+                    idempotency_key,
+                    idempotency_ttl_ms: config.idempotency_ttl.as_millis() as i64,
+                    outbox_max: config.outbox_max,
+                    traceparent,
+                })
+                .await?;
+            attempts += 1;
+            if outcome != HoldOutcome::IdCollision || attempts == 3 {
+                break outcome;
+            }
+            tracing::warn!(%booking_id, "booking id collision, drawing another");
+        };
+        let view = |booking_id: String, expires_ms: i64| BookingView {
             booking_id,
-            expires_ms,
-        } => Ok((view(booking_id, expires_ms), true)),
-        HoldOutcome::Replayed {
-            booking_id,
-            expires_ms,
-        } => Ok((view(booking_id, expires_ms), false)),
-        HoldOutcome::Taken => Err(HoldError::Taken {
-            seat_id: req.seat_id,
-        }),
-        HoldOutcome::NoEvent => Err(HoldError::NoEvent(req.event_id)),
-        HoldOutcome::NoSeat => Err(HoldError::NoSeat {
+            status: "PENDING".to_string(),
             event_id: req.event_id,
             seat_id: req.seat_id,
-        }),
-        HoldOutcome::UserLimit { retry_after_ms } => Err(HoldError::UserLimit {
-            max: config.max_per_user,
-            retry_after: Duration::from_millis(retry_after_ms.max(0) as u64),
-        }),
-        HoldOutcome::Busy | HoldOutcome::IdCollision => Err(HoldError::Busy),
-        HoldOutcome::IdempotencyMismatch => Err(HoldError::IdempotencyMismatch),
+            user_id,
+            expires_at: timestamp(expires_ms),
+            confirmed_at: None,
+        };
+        match outcome {
+            HoldOutcome::Placed {
+                booking_id,
+                expires_ms,
+            } => Ok((view(booking_id, expires_ms), true)),
+            HoldOutcome::Replayed {
+                booking_id,
+                expires_ms,
+            } => Ok((view(booking_id, expires_ms), false)),
+            HoldOutcome::Taken => Err(HoldError::Taken {
+                seat_id: req.seat_id,
+            }),
+            HoldOutcome::NoEvent => Err(HoldError::NoEvent(req.event_id)),
+            HoldOutcome::NoSeat => Err(HoldError::NoSeat {
+                event_id: req.event_id,
+                seat_id: req.seat_id,
+            }),
+            HoldOutcome::UserLimit { retry_after_ms } => Err(HoldError::UserLimit {
+                max: config.max_per_user,
+                retry_after: Duration::from_millis(retry_after_ms.max(0) as u64),
+            }),
+            HoldOutcome::Busy | HoldOutcome::IdCollision => Err(HoldError::Busy),
+            HoldOutcome::IdempotencyMismatch => Err(HoldError::IdempotencyMismatch),
+        }
     }
 }
 
