@@ -11,6 +11,7 @@
 //! - [`waiting_room`]: admission state per event.
 //! - [`migrate`], [`seed`]: schema and demo data; [`check`]: Redis against PostgreSQL.
 //! - [`serve`]: wires the parts into one process.
+//! - [`load`]: the load generator (`herdgate load`), with its invariant checks.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -28,6 +29,8 @@ pub mod hold_event;
 pub mod holds;
 pub mod http;
 pub mod inventory;
+pub mod limits;
+pub mod load;
 pub mod migrate;
 pub mod prometheus;
 pub mod relay;

@@ -34,6 +34,7 @@ async fn main() -> ExitCode {
         Command::Seed(args) => seed::run_cli(&config, &args).await,
         Command::Check(args) => herdgate::check::run_cli(&config, args.wait).await,
         Command::Token(args) => herdgate::auth::print_tokens(&config, args.user, args.count).await,
+        Command::Load(args) => herdgate::load::run_cli(&config, &args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

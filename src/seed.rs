@@ -116,7 +116,26 @@ pub async fn run(
     ));
 
     let started = Instant::now();
-    let load = &seed.load_users;
+    let added = add_load_users(client, &seed.load_users, options.users).await?;
+    report.lines.push(format!(
+        "load-test users: {added} added of {} in {:.2?}",
+        options.users,
+        started.elapsed()
+    ));
+    Ok(report)
+}
+
+/// Makes sure load-test users 1..=`count` exist; how many were added.
+pub async fn ensure_load_users(client: &tokio_postgres::Client, count: u32) -> anyhow::Result<u64> {
+    let seed: SeedFile = serde_json::from_str(SEED).context("seed/events.json is malformed")?;
+    add_load_users(client, &seed.load_users, count).await
+}
+
+async fn add_load_users(
+    client: &tokio_postgres::Client,
+    load: &LoadUsers,
+    count: u32,
+) -> anyhow::Result<u64> {
     anyhow::ensure!(
         load_user_email(1).ends_with(&format!("@{}", load.email_domain)),
         "seed/events.json loadUsers.emailDomain must match load_user_email()"
@@ -130,16 +149,11 @@ pub async fn run(
             &[
                 &load.email_domain,
                 &hash_password(&load.password)?,
-                &(options.users as i32),
+                &(count as i32),
             ],
         )
         .await?;
-    report.lines.push(format!(
-        "load-test users: {added} added of {} in {:.2?}",
-        options.users,
-        started.elapsed()
-    ));
-    Ok(report)
+    Ok(added)
 }
 
 /// Inserts the event and its seats; `None` when the event already has seats.

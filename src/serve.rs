@@ -35,6 +35,13 @@ pub async fn run_until_signal(config: Config, role: Role) -> anyhow::Result<()> 
             "HERDGATE_TOKEN_SECRET is not set: tokens are signed with the public development secret"
         );
     }
+    // Every in-flight request holds a socket; the usual soft limit of 1,024 is far too few.
+    if let Err(e) = crate::limits::raise_open_files(config.http.max_in_flight) {
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "the open-files limit caps connections"
+        );
+    }
     let addr = config.http.addr;
     let listener = TcpListener::bind(addr)
         .await

@@ -9,6 +9,7 @@ mod helpers;
 mod holds;
 mod inventory;
 mod lifecycle;
+mod load;
 mod login;
 mod processes;
 mod read_api;

@@ -1,0 +1,177 @@
+//! `herdgate load`: the project's own load generator, for machines without k6.
+//!
+//! A run resolves its plan (`plan`), finds its users and seats in PostgreSQL and
+//! signs their tokens (`users`), opens its connections and releases them all at
+//! once (`run`, over `client`), measures every answer (`stats`), then waits for
+//! the writer and checks the invariants (`invariants`), and reports (`report`,
+//! with a latency picture from `svg`). It talks to the `--base` server only, and
+//! every run stops by itself.
+
+pub mod client;
+pub mod invariants;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod svg;
+pub mod users;
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+
+pub use plan::Scenario;
+use plan::{Shared, Sizes};
+use report::{Sellout, Summary, thousands};
+use stats::{Percentiles, Recorder};
+
+use crate::{
+    auth::Auth,
+    cli::LoadArgs,
+    config::Config,
+    holds::{Keys, Store},
+};
+
+/// Latency shards: enough that workers rarely wait on each other.
+const SHARDS: usize = 16;
+
+/// Runs a scenario to its end and checks the invariants; progress goes to
+/// standard error, nothing to standard output.
+pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
+    let sizes = Sizes::resolve(args).map_err(anyhow::Error::msg)?;
+    let target = client::Target::resolve(&args.base).await?;
+    crate::limits::raise_open_files(sizes.connections)?;
+    let pg = config.pg.pool()?;
+    let db = pg
+        .get()
+        .await
+        .context("failed to connect to PostgreSQL (DATABASE_URL)")?;
+    let user_ids = users::load_users(&db, args.users).await?;
+    let seats = users::free_seats(&db, args.event, sizes.seats).await?;
+    anyhow::ensure!(
+        !seats.is_empty(),
+        "event {} has no available seats in PostgreSQL (seeded? sold out already?)",
+        args.event
+    );
+    let seat_count = seats.len();
+    let tokens = Arc::new(users::Tokens::new(Auth::new(&config.auth)?, user_ids));
+    let recorder = Arc::new(Recorder::new(SHARDS));
+    let shared = Arc::new(Shared::new(args.scenario, sizes.users, seats));
+    eprintln!(
+        "load: {} against {}: {} users, {} seats of event {}, {} connections",
+        args.scenario.name(),
+        args.base,
+        thousands(sizes.users as u64),
+        thousands(seat_count as u64),
+        args.event,
+        thousands(sizes.connections as u64)
+    );
+    let driver = Arc::new(run::Driver {
+        target,
+        event: args.event,
+        sizes: sizes.clone(),
+        shared: shared.clone(),
+        tokens,
+        recorder: recorder.clone(),
+        timeout: args.timeout,
+    });
+    let timeline = driver.run().await?;
+    let snapshot = recorder.snapshot();
+    let latency = Percentiles::of(&snapshot.latency);
+    let secs = timeline.elapsed.as_secs_f64();
+    let throughput = snapshot.requests as f64 / secs.max(1e-9);
+
+    let picture = args
+        .svg
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("herdgate-load-{}.svg", args.scenario.name())));
+    let title = format!(
+        "herdgate load {}: {} requests, {} req/s, {} connections",
+        args.scenario.name(),
+        thousands(snapshot.requests),
+        thousands(throughput as u64),
+        thousands(timeline.connections as u64)
+    );
+    let subtitle = format!(
+        "p50 {}  p99 {}  p99.9 {}  max {}   {}",
+        report::millis(latency.p50),
+        report::millis(latency.p99),
+        report::millis(latency.p999),
+        report::millis(latency.max),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    std::fs::write(&picture, svg::render(&snapshot.latency, &title, &subtitle))
+        .with_context(|| format!("failed to write {}", picture.display()))?;
+
+    let created = invariants::Created::parse(&recorder.created());
+    let mut summary = Summary {
+        scenario: args.scenario,
+        base: args.base.clone(),
+        event: args.event,
+        users: sizes.users,
+        seats: seat_count,
+        connections: timeline.connections,
+        rate: sizes.rate,
+        requests: snapshot.requests,
+        duration_secs: secs,
+        throughput,
+        statuses: snapshot
+            .statuses
+            .iter()
+            .map(|(code, n)| (code.to_string(), *n))
+            .collect(),
+        failures: snapshot.failures,
+        errors: snapshot.errors,
+        latency_ms: latency,
+        histogram: Some(picture.display().to_string()),
+        sellout: (args.scenario == Scenario::Sellout).then(|| Sellout {
+            seats: seat_count,
+            held: created.ids.len() as u64,
+            all_held_secs: (shared.left() == 0)
+                .then_some(timeline.last_created)
+                .flatten()
+                .map(|d| d.as_secs_f64()),
+            in_postgres_secs: None,
+        }),
+        writer_lag_secs: None,
+        invariants: Vec::new(),
+        passed: true,
+    };
+    if args.no_check {
+        return Ok(summary);
+    }
+
+    eprintln!(
+        "load: waiting for PostgreSQL to hold {} acknowledged bookings",
+        thousands(created.ids.len() as u64)
+    );
+    let drained = invariants::drain(&db, &created, args.drain_timeout).await?;
+    if let Some(at) = drained {
+        let last_answer = timeline.started + timeline.last_answer;
+        summary.writer_lag_secs = Some(at.saturating_duration_since(last_answer).as_secs_f64());
+        if let Some(sellout) = &mut summary.sellout {
+            sellout.in_postgres_secs = Some((at - timeline.started).as_secs_f64());
+        }
+    }
+    let redis = config
+        .redis
+        .connect()
+        .await
+        .context("failed to connect to Redis (REDIS_URL)")?;
+    let store = Store::new(redis, Keys::new(config.redis.prefix.clone()));
+    summary.invariants =
+        invariants::check(&pg, &store, args.event, &created, args.drain_timeout).await?;
+    summary.passed = summary.invariants.iter().all(|v| v.pass);
+    Ok(summary)
+}
+
+/// `herdgate load`: runs, prints the summary (and `--json`), fails when an invariant did.
+pub async fn run_cli(config: &Config, args: &LoadArgs) -> anyhow::Result<()> {
+    let summary = run(config, args).await?;
+    print!("{}", summary.render());
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    anyhow::ensure!(summary.passed, "an invariant failed");
+    Ok(())
+}
