@@ -37,6 +37,40 @@ pub const ENV_SWEEP_INTERVAL: &str = "HERDGATE_SWEEP_INTERVAL";
 pub const ENV_WRITER_BATCH: &str = "HERDGATE_WRITER_BATCH";
 pub const ENV_WRITER_LINGER: &str = "HERDGATE_WRITER_LINGER";
 
+/// Every variable [`Config::from_env`] reads, so deployment files can be checked against
+/// it (tests/it/compose.rs). Logging also honours `RUST_LOG`, and trace export the
+/// standard OpenTelemetry variables (`telemetry::OTEL_VARS`).
+pub const ENV_VARS: &[&str] = &[
+    ENV_DATABASE_URL,
+    ENV_REDIS_URL,
+    ENV_AMQP_URL,
+    ENV_ADDR,
+    ENV_TOKEN_SECRET,
+    ENV_TOKEN_TTL,
+    ENV_REDIS_PREFIX,
+    ENV_REDIS_POOL,
+    ENV_REDIS_TIMEOUT,
+    ENV_DB_POOL,
+    ENV_HOLD_TTL,
+    ENV_MAX_BODY,
+    ENV_BODY_TIMEOUT,
+    ENV_SEATS_CACHE_TTL,
+    ENV_SHUTDOWN_GRACE,
+    ENV_LOGIN_CONCURRENCY,
+    ENV_MAX_IN_FLIGHT,
+    ENV_INVENTORY_INTERVAL,
+    ENV_MAX_HOLDS_PER_USER,
+    ENV_IDEMPOTENCY_TTL,
+    ENV_OUTBOX_MAX,
+    ENV_AMQP_PREFIX,
+    ENV_RELAY_BATCH,
+    ENV_RELAY_CLAIM_IDLE,
+    ENV_COALESCE,
+    ENV_SWEEP_INTERVAL,
+    ENV_WRITER_BATCH,
+    ENV_WRITER_LINGER,
+];
+
 /// Signs development tokens only; `Config::from_env` warns whenever it is in use.
 pub const DEV_TOKEN_SECRET: &str = "herdgate-development-secret-do-not-use-in-production";
 
@@ -430,6 +464,46 @@ mod tests {
             .to_string();
         assert!(err.contains(ENV_DATABASE_URL), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    /// Remembers every name asked for.
+    #[derive(Default)]
+    struct Recorder(std::cell::RefCell<Vec<String>>);
+
+    impl Strings for Recorder {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.borrow_mut().push(name.to_string());
+            None
+        }
+    }
+
+    #[test]
+    fn env_vars_lists_exactly_what_from_env_reads() {
+        let recorder = Recorder::default();
+        Config::from_env(&recorder).unwrap();
+        let mut read = recorder.0.into_inner();
+        read.sort();
+        let mut listed: Vec<String> = ENV_VARS.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        let unique = listed
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        assert_eq!(unique, listed.len(), "ENV_VARS names a variable twice");
+        assert_eq!(
+            read, listed,
+            "Config::from_env reads these, ENV_VARS lists those"
+        );
+    }
+
+    #[test]
+    fn every_listed_variable_is_checked() {
+        // Invalid for every kind of value: not a URL, number, duration, bool or address,
+        // too short for a secret, and braces are refused in prefixes.
+        for &name in ENV_VARS {
+            let err = config(&[(name, "{bad}")]).expect_err(name).to_string();
+            assert!(err.starts_with(&format!("{name}=")), "{name}: {err}");
+        }
     }
 
     #[test]

@@ -25,3 +25,13 @@ pub fn init() {
     // Already installed: keep the first one.
     let _ = result;
 }
+
+/// The standard OpenTelemetry variables that configure trace export.
+pub const OTEL_VARS: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES",
+];

@@ -1,8 +1,10 @@
 //! Integration tests against the real Redis, PostgreSQL and RabbitMQ, each test
-//! isolated in its own database and key prefix (see `helpers`).
+//! isolated in its own database and key prefix (see `helpers`); `compose` needs none
+//! of them.
 
 mod bad_input;
 mod checkout;
+mod compose;
 mod expiry;
 mod faults;
 mod helpers;
