@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the benchmarks in load-testing/: source it after scripts/services.sh.
 
 # Removes what a benchmark created: its database, its Redis keys, its RabbitMQ
@@ -15,4 +16,46 @@ remove_bench_resources() { # database redis_prefix amqp_prefix
 # wrk, installed from Debian's packages when missing.
 ensure_wrk() {
     command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+}
+
+# The same for a benchmark named NAME on the PostgreSQL at PG_BASE: database NAME,
+# Redis prefix "NAME:", RabbitMQ names "NAME.*".
+remove_bench_resources_at() { # pg_base name
+    psql -qX "$1/postgres" -c "DROP DATABASE IF EXISTS \"$2\" WITH (FORCE)" >/dev/null 2>&1 || true
+    redis-cli --scan --pattern "$2:*" | xargs -r -n 1000 redis-cli del >/dev/null || true
+    for q in "$2.writer" "$2.dead"; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+    for e in "$2.holds" "$2.dead"; do
+        curl -s -o /dev/null -u guest:guest -X DELETE "http://127.0.0.1:15672/api/exchanges/%2f/$e" || true
+    done
+}
+
+# A PostgreSQL cluster of the benchmark's own in DIR on PORT (trust auth, local
+# only), so it can be configured without touching the shared one.
+start_private_postgres() { # dir port [postgres options...]
+    local dir=$1 port=$2 bin
+    shift 2
+    bin=$(postgres_bin)
+    mkdir -p "$dir"
+    local as=()
+    if ((EUID == 0)); then
+        chown postgres: "$dir"
+        chmod 755 "$(dirname "$dir")"
+        as=(runuser -u postgres --)
+    fi
+    "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust >/dev/null
+    "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w start \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir $*" >/dev/null
+}
+
+stop_private_postgres() { # dir
+    [[ -d $1/data ]] || return 0
+    local bin as=()
+    bin=$(postgres_bin)
+    ((EUID == 0)) && as=(runuser -u postgres --)
+    "${as[@]}" "$bin/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# The newest installed PostgreSQL's bin directory.
+postgres_bin() {
+    printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1
 }

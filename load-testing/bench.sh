@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The benchmark, in one run on this machine: herdgate against the HTTP ceiling
+# and against the prototype's seed-style design, at 64, 256 and 1,024
+# connections, then the on-sale itself. Builds release binaries and starts what
+# it needs; about 10 minutes on 2 cores.
+#
+#   load-testing/bench.sh
+#   DURATION=5 CONNECTIONS="64 256" load-testing/bench.sh
+#
+# Each row is one `herdgate load` run (or pgbench), each on a fresh herdgate with
+# its own database, Redis prefix and RabbitMQ names:
+#   ceiling     examples/ceiling.rs: the same hyper stack answering a fixed 201
+#   herd        every request on one seat: one 201, then 409s
+#   distinct    every request a new seat: all 201
+#   seed-style  pgbench: the prototype's PostgreSQL transaction per booking
+#               (insert a PENDING booking, set the seat HELD), same concurrency
+# then `sellout`: SELLOUT_USERS users race for the SEATS seats of event 1,
+# against seed-style's time to book the same seats one transaction each; and a
+# herd of HERD_USERS users, one connection each, on one seat.
+#
+# PostgreSQL is a private cluster started here (max_connections 1,200, so
+# pgbench's 1,024 clients can connect), used by herdgate and pgbench alike.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64 256 1024}
+SEATS=${SEATS:-50000}
+DISTINCT_SEATS=${DISTINCT_SEATS:-400000}
+SELLOUT_USERS=${SELLOUT_USERS:-200000}
+SELLOUT_CONNECTIONS=${SELLOUT_CONNECTIONS:-250} # seed-style books SEATS / this per client
+HERD_USERS=${HERD_USERS:-10000}
+PG_PORT=${PG_PORT:-55432}
+BENCH_PORT=${BENCH_PORT:-18280}
+CEILING_PORT=${CEILING_PORT:-18281}
+OUT=${OUT:-load-testing/results}
+
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+# shellcheck source=load-testing/bench-lib.sh
+source load-testing/bench-lib.sh
+# shellcheck disable=SC2119 # our arguments are not for it
+ensure_services
+
+cargo build --release --bin herdgate --example ceiling
+bin=target/release/herdgate
+work=$(mktemp -d)
+mkdir -p "$OUT"
+pids=()
+export RUST_LOG=${RUST_LOG:-warn}
+export HERDGATE_ADDR=127.0.0.1:$BENCH_PORT
+# The bench measures the hot path, not the per-user limit or backpressure.
+export HERDGATE_MAX_HOLDS_PER_USER=1000000 HERDGATE_OUTBOX_MAX=10000000
+export HERDGATE_MAX_IN_FLIGHT=16384
+pg_base=postgres://postgres@127.0.0.1:$PG_PORT
+current=""
+
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [[ -z $current ]] || remove_bench_resources_at "$pg_base" "$current"
+    stop_private_postgres "$work/pg"
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+((SEATS % SELLOUT_CONNECTIONS == 0)) || { echo "SEATS must be a multiple of SELLOUT_CONNECTIONS" >&2; exit 64; }
+start_private_postgres "$work/pg" "$PG_PORT" -c max_connections=1200 -c shared_buffers=512MB
+
+# A fresh herdgate on its own database, Redis prefix and RabbitMQ names.
+start_stack() { # name seats users
+    current=bench_$1
+    export DATABASE_URL=$pg_base/$current HERDGATE_REDIS_PREFIX=$current: HERDGATE_AMQP_PREFIX=$current
+    remove_bench_resources_at "$pg_base" "$current"
+    $bin migrate >/dev/null
+    $bin seed --seats "$2" --users "$3" >/dev/null
+    $bin serve &
+    pids+=($!)
+    wait_http "http://127.0.0.1:$BENCH_PORT/readyz"
+    wait_http "http://127.0.0.1:$BENCH_PORT/api/seats/available?eventId=1&limit=1"
+}
+stop_stack() {
+    kill -TERM "${pids[-1]}"
+    wait "${pids[-1]}" || true
+    unset 'pids[-1]'
+    remove_bench_resources_at "$pg_base" "$current"
+    current=""
+}
+wait_http() {
+    for _ in $(seq 1 1200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "no answer from $1" >&2
+    return 1
+}
+# `herdgate load ... --json`: the summary goes to the terminal, its JSON to $work/<name>.json.
+load() { # name args...
+    local name=$1
+    shift
+    echo "== $name: herdgate load $*"
+    $bin load "$@" --json --svg "$OUT/$name.svg" | tee "$work/$name.out"
+    tail -n 1 "$work/$name.out" >"$work/$name.json"
+}
+# pgbench's figures as the same JSON fields.
+seed_style() { # name clients script [pgbench args...]
+    local name=$1 clients=$2 script=$3
+    shift 3
+    echo "== $name: pgbench -c $clients $*"
+    psql -qX "$pg_base/bench_seed_style" -f load-testing/seed-style/schema.sql >/dev/null
+    pgbench -n -r -P 5 -c "$clients" -j 2 "$@" -f "$script" --log --log-prefix="$work/pgbench" \
+        "$pg_base/bench_seed_style" | tee "$work/$name.out"
+    python3 load-testing/pgbench-summary.py "$work"/pgbench.* >"$work/$name.json"
+    rm -f "$work"/pgbench.*
+    cat "$work/$name.json"
+}
+psql -qX "$pg_base/postgres" -c "CREATE DATABASE bench_seed_style" >/dev/null
+
+target/release/examples/ceiling "127.0.0.1:$CEILING_PORT" 2>/dev/null &
+ceiling_pid=$!
+pids+=("$ceiling_pid")
+export DATABASE_URL=$pg_base/bench_ceiling
+$bin migrate >/dev/null && $bin seed --seats 1 --users "$SELLOUT_USERS" >/dev/null
+
+for c in $CONNECTIONS; do
+    export DATABASE_URL=$pg_base/bench_ceiling
+    load "ceiling-$c" herd --base "http://127.0.0.1:$CEILING_PORT" --users "$SELLOUT_USERS" \
+        --connections "$c" --duration "${DURATION}s" --no-check
+    start_stack "herd-$c" "$SEATS" "$SELLOUT_USERS"
+    load "herd-$c" herd --base "http://127.0.0.1:$BENCH_PORT" --users "$SELLOUT_USERS" \
+        --connections "$c" --duration "${DURATION}s"
+    stop_stack
+    start_stack "distinct-$c" "$DISTINCT_SEATS" "$SELLOUT_USERS"
+    load "distinct-$c" distinct --base "http://127.0.0.1:$BENCH_PORT" --users "$SELLOUT_USERS" \
+        --connections "$c" --duration "${DURATION}s"
+    stop_stack
+    seed_style "seed-style-$c" "$c" load-testing/seed-style/booking.sql -T "$DURATION"
+done
+kill "$ceiling_pid"
+
+start_stack sellout "$SEATS" "$SELLOUT_USERS"
+load sellout sellout --base "http://127.0.0.1:$BENCH_PORT" --users "$SELLOUT_USERS" \
+    --connections "$SELLOUT_CONNECTIONS"
+stop_stack
+seed_style seed-style-sellout "$SELLOUT_CONNECTIONS" load-testing/seed-style/sellout.sql \
+    -t $((SEATS / SELLOUT_CONNECTIONS))
+
+start_stack herd-users "$SEATS" "$HERD_USERS"
+load "herd-$HERD_USERS-users" herd --base "http://127.0.0.1:$BENCH_PORT" --users "$HERD_USERS"
+stop_stack
+
+python3 load-testing/bench-table.py "$work" "$CONNECTIONS" "$HERD_USERS" | tee "$OUT/bench.txt"
