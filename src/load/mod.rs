@@ -78,7 +78,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
     let timeline = driver.run().await?;
     let snapshot = recorder.snapshot();
     let latency = Percentiles::of(&snapshot.latency);
-    let secs = timeline.elapsed.as_secs_f64();
+    let secs = timeline.last_answer.as_secs_f64();
     let throughput = snapshot.requests as f64 / secs.max(1e-9);
 
     let picture = args

@@ -48,8 +48,7 @@ pub struct Driver {
 #[derive(Debug, Clone, Copy)]
 pub struct Timeline {
     pub started: Instant,
-    pub elapsed: Duration,
-    /// The last answer of the run.
+    /// Until the last answer: how long the run took.
     pub last_answer: Duration,
     /// The last 201.
     pub last_created: Option<Duration>,
@@ -147,7 +146,6 @@ impl Driver {
         let last_created = marks.created.load(Ordering::Relaxed);
         Ok(Timeline {
             started,
-            elapsed: started.elapsed(),
             last_answer: micros(&marks.answer),
             last_created: (last_created > 0).then(|| Duration::from_micros(last_created)),
             connections: connections - refused,
