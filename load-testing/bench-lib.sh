@@ -44,7 +44,8 @@ start_private_postgres() { # dir port [postgres options...]
     fi
     "${as[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust >/dev/null
     "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w start \
-        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir $*" >/dev/null
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir $*" >/dev/null ||
+        { tail -n 20 "$dir/log" >&2; return 1; }
 }
 
 stop_private_postgres() { # dir

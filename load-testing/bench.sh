@@ -33,7 +33,7 @@ HERD_USERS=${HERD_USERS:-10000}
 PG_PORT=${PG_PORT:-55432}
 BENCH_PORT=${BENCH_PORT:-18280}
 CEILING_PORT=${CEILING_PORT:-18281}
-OUT=${OUT:-load-testing/results}
+OUT=${OUT:-load-testing/results} # each run's JSON summary and latency picture, and the table
 
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
@@ -46,6 +46,7 @@ cargo build --release --bin herdgate --example ceiling
 bin=target/release/herdgate
 work=$(mktemp -d)
 mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.svg
 pids=()
 export RUST_LOG=${RUST_LOG:-warn}
 export HERDGATE_ADDR=127.0.0.1:$BENCH_PORT
@@ -91,13 +92,13 @@ wait_http() {
     echo "no answer from $1" >&2
     return 1
 }
-# `herdgate load ... --json`: the summary goes to the terminal, its JSON to $work/<name>.json.
+# `herdgate load ... --json`: the summary goes to the terminal, its JSON to $OUT/<name>.json.
 load() { # name args...
     local name=$1
     shift
     echo "== $name: herdgate load $*"
     $bin load "$@" --json --svg "$OUT/$name.svg" | tee "$work/$name.out"
-    tail -n 1 "$work/$name.out" >"$work/$name.json"
+    tail -n 1 "$work/$name.out" >"$OUT/$name.json"
 }
 # pgbench's figures as the same JSON fields.
 seed_style() { # name clients script [pgbench args...]
@@ -107,9 +108,9 @@ seed_style() { # name clients script [pgbench args...]
     psql -qX "$pg_base/bench_seed_style" -f load-testing/seed-style/schema.sql >/dev/null
     pgbench -n -r -P 5 -c "$clients" -j 2 "$@" -f "$script" --log --log-prefix="$work/pgbench" \
         "$pg_base/bench_seed_style" | tee "$work/$name.out"
-    python3 load-testing/pgbench-summary.py "$work"/pgbench.* >"$work/$name.json"
+    python3 load-testing/pgbench-summary.py "$work"/pgbench.* >"$OUT/$name.json"
     rm -f "$work"/pgbench.*
-    cat "$work/$name.json"
+    cat "$OUT/$name.json"
 }
 psql -qX "$pg_base/postgres" -c "CREATE DATABASE bench_seed_style" >/dev/null
 
@@ -146,4 +147,4 @@ start_stack herd-users "$SEATS" "$HERD_USERS"
 load "herd-$HERD_USERS-users" herd --base "http://127.0.0.1:$BENCH_PORT" --users "$HERD_USERS"
 stop_stack
 
-python3 load-testing/bench-table.py "$work" "$CONNECTIONS" "$HERD_USERS" | tee "$OUT/bench.txt"
+python3 load-testing/bench-table.py "$OUT" "$CONNECTIONS" "$HERD_USERS" | tee "$OUT/bench.txt"

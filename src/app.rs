@@ -6,14 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::{
-    auth::Auth,
-    broker::Broker,
-    catalog::Catalog,
-    coalesce::Coalescer,
-    config::Config,
-    holds::{Keys, Store},
-    inventory::Inventory,
-    waiting_room::Load,
+    auth::Auth, broker::Broker, catalog::Catalog, coalesce::Coalescer, config::Config,
+    holds::Store, inventory::Inventory, waiting_room::Load,
 };
 
 pub struct App {
@@ -34,12 +28,7 @@ pub struct App {
 impl App {
     /// Connects Redis (must answer now) and prepares lazy PostgreSQL and RabbitMQ clients.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
-        let redis = config
-            .redis
-            .connect()
-            .await
-            .context("failed to connect to Redis (REDIS_URL)")?;
-        let store = Store::new(redis, Keys::new(config.redis.prefix.clone()));
+        let store = Store::connect(&config.redis).await?;
         let pg = config
             .pg
             .pool()

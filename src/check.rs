@@ -167,12 +167,7 @@ fn differ(
 
 /// `herdgate check`: prints each difference and a summary; fails on any.
 pub async fn run_cli(config: &crate::config::Config, wait: Duration) -> anyhow::Result<()> {
-    let redis = config
-        .redis
-        .connect()
-        .await
-        .context("failed to connect to Redis (REDIS_URL)")?;
-    let store = Store::new(redis, crate::holds::Keys::new(config.redis.prefix.clone()));
+    let store = Store::connect(&config.redis).await?;
     let pg = config.pg.pool()?;
     let report = reconcile(&store, &pg, wait).await?;
     for difference in &report.differences {

@@ -8,6 +8,7 @@ pub mod keys;
 mod reads;
 mod transitions;
 
+use anyhow::Context;
 use fred::{
     interfaces::ClientLike,
     prelude::{Client, Pool},
@@ -87,6 +88,15 @@ impl Store {
             cancel_hold: Script::from_lua(CANCEL_HOLD.source),
             release_lock: Script::from_lua(RELEASE_LOCK.source),
         }
+    }
+
+    /// Connects to `REDIS_URL` (it must answer now) with the configured key prefix.
+    pub async fn connect(config: &crate::config::RedisConfig) -> anyhow::Result<Self> {
+        let pool = config
+            .connect()
+            .await
+            .context("failed to connect to Redis (REDIS_URL)")?;
+        Ok(Store::new(pool, Keys::new(config.prefix.clone())))
     }
 
     pub fn keys(&self) -> &Keys {

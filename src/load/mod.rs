@@ -25,12 +25,7 @@ use plan::{Shared, Sizes};
 use report::{Sellout, Summary, thousands};
 use stats::{Percentiles, Recorder};
 
-use crate::{
-    auth::Auth,
-    cli::LoadArgs,
-    config::Config,
-    holds::{Keys, Store},
-};
+use crate::{auth::Auth, cli::LoadArgs, config::Config, holds::Store};
 
 /// Latency shards: enough that workers rarely wait on each other.
 const SHARDS: usize = 16;
@@ -153,12 +148,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
             sellout.in_postgres_secs = Some((at - timeline.started).as_secs_f64());
         }
     }
-    let redis = config
-        .redis
-        .connect()
-        .await
-        .context("failed to connect to Redis (REDIS_URL)")?;
-    let store = Store::new(redis, Keys::new(config.redis.prefix.clone()));
+    let store = Store::connect(&config.redis).await?;
     summary.invariants =
         invariants::check(&pg, &store, args.event, &created, args.drain_timeout).await?;
     summary.passed = summary.invariants.iter().all(|v| v.pass);
