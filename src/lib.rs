@@ -11,6 +11,7 @@
 //! - [`waiting_room`]: admission state per event.
 //! - [`migrate`], [`seed`]: schema and demo data; [`check`]: Redis against PostgreSQL.
 //! - [`serve`]: wires the parts into one process.
+//! - [`telemetry`]: logs, and traces over OTLP when a collector is configured.
 #![forbid(unsafe_code)]
 
 pub mod app;
