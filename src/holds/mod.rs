@@ -13,6 +13,9 @@ use fred::{
     prelude::{Client, Pool},
     types::{Value, scripts::Script},
 };
+use tracing::Instrument;
+
+use crate::telemetry::spans;
 
 pub use keys::{EventKeys, Keys};
 pub use reads::{EventInfo, HoldState, SeatPage};
@@ -124,9 +127,11 @@ impl Store {
     ) -> Result<Value, StoreError> {
         debug_assert_eq!(keys.len(), def.keys, "{} takes {} keys", def.name, def.keys);
         let started = std::time::Instant::now();
-        let reply = script
-            .evalsha_with_reload::<Value, _, _>(self.client(), keys, args)
-            .await;
+        let call = script.evalsha_with_reload::<Value, _, _>(self.client(), keys, args);
+        let reply = match crate::telemetry::exporting() {
+            true => call.instrument(spans::script(def.name)).await,
+            false => call.await,
+        };
         metrics::histogram!(crate::prometheus::SCRIPT_DURATION, "script" => def.name)
             .record(started.elapsed());
         Ok(reply?)
