@@ -12,6 +12,7 @@
 
 pub mod context;
 mod export;
+mod sampling;
 pub mod spans;
 
 use std::{
@@ -25,13 +26,14 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
 use tracing_subscriber::{
     EnvFilter, Layer,
-    filter::{FilterExt, Targets, filter_fn},
+    filter::{FilterExt, dynamic_filter_fn, filter_fn},
     fmt,
     layer::Filter,
     prelude::*,
 };
 
 pub use export::{Sampling, TraceConfig};
+pub use sampling::Untraced;
 
 /// Every OTEL_* variable herdgate reads (the SDK itself also honours OTEL_BSP_*
 /// and OTEL_EXPORTER_OTLP_HEADERS / _COMPRESSION; see the README).
@@ -99,7 +101,7 @@ pub fn init_with(traces: Option<&TraceConfig>) -> Telemetry {
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
-        .with_filter(Targets::new().with_target(TRACED, Level::INFO));
+        .with_filter(trace_filter());
     let installed = tracing_subscriber::registry()
         .with(logs.with_filter(log_filter(filter)))
         .with(otel)
@@ -110,19 +112,35 @@ pub fn init_with(traces: Option<&TraceConfig>) -> Telemetry {
         let _ = provider.shutdown_with_timeout(Duration::ZERO);
         return Telemetry { provider: None };
     }
+    if let Some(traces) = traces {
+        sampling::install(traces.sampling.sampler());
+    }
     EXPORTING.store(true, Ordering::Relaxed);
     Telemetry {
         provider: Some(provider),
     }
 }
 
-/// The logs' filter while exporting: RUST_LOG, and herdgate's own spans
-/// whatever RUST_LOG says, so that a line logged inside one (a warning under
-/// RUST_LOG=warn) still lists its trace id.
+/// The logs' filter while exporting: RUST_LOG, and the head spans (which
+/// carry `trace_id`) whatever RUST_LOG says, so that a line logged inside one
+/// (a warning under RUST_LOG=warn) still names its trace.
 fn log_filter<S>(env: EnvFilter) -> impl Filter<S> {
     env.or(filter_fn(|meta| {
-        meta.is_span() && meta.target().starts_with(TRACED) && *meta.level() <= Level::INFO
+        meta.is_span() && meta.target().starts_with(TRACED) && spans::HEADS.contains(&meta.name())
     }))
+}
+
+/// The spans exported: herdgate's head spans, and herdgate's spans inside
+/// them; a dropped request's inner spans stay out.
+fn trace_filter<S>() -> impl Filter<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    dynamic_filter_fn(|meta, cx| {
+        meta.target().starts_with(TRACED)
+            && *meta.level() <= Level::INFO
+            && (spans::HEADS.contains(&meta.name()) || cx.lookup_current().is_some())
+    })
 }
 
 /// Exactly the logging of a process that never heard of traces.
@@ -199,7 +217,7 @@ mod tests {
             .with(
                 tracing_opentelemetry::layer()
                     .with_tracer(provider.tracer("test"))
-                    .with_filter(Targets::new().with_target(TRACED, Level::INFO)),
+                    .with_filter(trace_filter()),
             );
         let request = http::Request::post("/api/bookings")
             .header(
@@ -209,7 +227,7 @@ mod tests {
             .body(())
             .unwrap();
         tracing::subscriber::with_default(subscriber, || {
-            let span = spans::request(&request, Some("/api/bookings"));
+            let span = spans::request(&request, Some("/api/bookings")).unwrap();
             let _entered = span.enter();
             tracing::warn!("something went wrong");
             let own = context::traceparent(&span).unwrap();

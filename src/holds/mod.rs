@@ -128,7 +128,9 @@ impl Store {
         debug_assert_eq!(keys.len(), def.keys, "{} takes {} keys", def.name, def.keys);
         let started = std::time::Instant::now();
         let call = script.evalsha_with_reload::<Value, _, _>(self.client(), keys, args);
-        let reply = match crate::telemetry::exporting() {
+        // Only inside a kept trace: a dropped request pays for no span.
+        let traced = crate::telemetry::exporting() && crate::telemetry::context::in_sampled_span();
+        let reply = match traced {
             true => call.instrument(spans::script(def.name)).await,
             false => call.await,
         };

@@ -123,12 +123,20 @@ where
     if !telemetry::exporting() {
         return answer(app, route, req, started).await;
     }
-    let span = spans::request(&req, route.as_ref().ok().map(Route::name));
-    let response = answer(app, route, req, started)
-        .instrument(span.clone())
-        .await;
-    spans::answered(&span, response.status());
-    response
+    match spans::request(&req, route.as_ref().ok().map(Route::name)) {
+        Ok(span) => {
+            let response = answer(app, route, req, started)
+                .instrument(span.clone())
+                .await;
+            spans::answered(&span, response.status());
+            response
+        }
+        Err(untraced) => {
+            let mut req = req;
+            req.extensions_mut().insert(untraced);
+            answer(app, route, req, started).await
+        }
+    }
 }
 
 async fn answer<B>(
@@ -370,11 +378,15 @@ async fn end_booking<B>(
 }
 
 /// The trace context stored with the outbox entry: while traces are exported,
-/// this request's own span (a client's sampled flag carried on); otherwise the
+/// this request's own span, or the unsampled context of a request the sampler
+/// dropped (a client's sampled flag carried on either way); otherwise the
 /// request's W3C `traceparent` passed through, or "" when it has none of the
 /// right shape.
 fn traceparent<B>(req: &Request<B>) -> String {
     if telemetry::exporting() {
+        if let Some(untraced) = req.extensions().get::<telemetry::Untraced>() {
+            return untraced.traceparent();
+        }
         if let Some(own) = telemetry::context::traceparent(&tracing::Span::current()) {
             return own;
         }

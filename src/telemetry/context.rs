@@ -27,6 +27,12 @@ pub fn traceparent(span: &Span) -> Option<String> {
     })
 }
 
+/// True inside a span that is being exported: below a request, a publish or
+/// an apply the sampler kept.
+pub fn in_sampled_span() -> bool {
+    Span::current().context().span().span_context().is_sampled()
+}
+
 /// Makes a new `span` the child of a remote parent, when there is a valid one,
 /// and records its trace id for the log lines inside it. Call it before the
 /// span is first entered: a started span keeps the parent it has.

@@ -55,7 +55,7 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    fn sampler(self) -> Sampler {
+    pub(super) fn sampler(self) -> Sampler {
         let root = match self.ratio {
             r if r >= 1.0 => Sampler::AlwaysOn,
             r if r <= 0.0 => Sampler::AlwaysOff,
@@ -190,6 +190,7 @@ pub(super) fn provider(
     Ok(SdkTracerProvider::builder()
         .with_span_processor(BatchSpanProcessor::builder(exporter).build())
         .with_sampler(config.sampling.sampler())
+        .with_id_generator(super::sampling::ChosenIds::default())
         .with_resource(
             Resource::builder()
                 .with_service_name(config.service_name.clone())

@@ -12,16 +12,28 @@
 //! ```
 //!
 //! Each is built only while [`super::exporting`]; callers check first, so a
-//! process without a collector creates none of them.
+//! process without a collector creates none of them. A request the sampler
+//! drops creates none either (see `sampling`).
 
 use http::{Request, StatusCode};
 use tracing::{Span, field::Empty};
 
-use super::context;
+use super::{
+    context,
+    sampling::{self, Untraced},
+};
 use crate::hold_event::HoldEvent;
 
-/// The server span of one request; `route` is its path pattern, when it has one.
-pub fn request<B>(req: &Request<B>, route: Option<&'static str>) -> Span {
+/// The spans that begin a process's part of a trace; the spans below them
+/// are exported only inside one.
+pub const HEADS: &[&str] = &["http.request", "relay.publish", "writer.apply"];
+
+/// The server span of one request, `route` being its path pattern when it has
+/// one; or, when the sampler drops the request, no span and the context to
+/// pass on instead.
+pub fn request<B>(req: &Request<B>, route: Option<&'static str>) -> Result<Span, Untraced> {
+    let parent = context::from_headers(req.headers());
+    let trace_id = sampling::head(parent.as_ref())?;
     let method = req.method();
     let span = match route {
         Some(route) => tracing::info_span!(
@@ -44,8 +56,8 @@ pub fn request<B>(req: &Request<B>, route: Option<&'static str>) -> Span {
             trace_id = Empty,
         ),
     };
-    context::continue_trace(&span, context::from_headers(req.headers()));
-    span
+    sampling::with_trace_id(trace_id, || context::continue_trace(&span, parent));
+    Ok(span)
 }
 
 /// Records the answer; only a 5xx is an error of the server's.

@@ -20,6 +20,8 @@ const CONSUMER: i32 = 5;
 /// A client's own trace, sampled.
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+/// A client's own trace, not sampled.
+const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_booking_is_one_trace_from_the_request_through_redis_and_rabbitmq_to_postgres() {
@@ -56,10 +58,12 @@ async fn a_booking_is_one_trace_from_the_request_through_redis_and_rabbitmq_to_p
     };
     let plain = hold(1, None).await;
     let continued = hold(2, Some(format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))).await;
+    // A client's unsampled trace stays unsampled, in every process.
+    let unsampled = hold(3, Some(format!("00-{UNSAMPLED_TRACE}-{CLIENT_SPAN}-00"))).await;
 
     let pg = iso.pg().await;
     eventually(Duration::from_secs(20), || async {
-        scalar(&pg, "SELECT count(*) FROM bookings").await == 2
+        scalar(&pg, "SELECT count(*) FROM bookings").await == 3
     })
     .await;
     // Each process flushes its spans on the way out.
@@ -87,6 +91,14 @@ async fn a_booking_is_one_trace_from_the_request_through_redis_and_rabbitmq_to_p
         request.parent_id, CLIENT_SPAN,
         "the client's span is the parent"
     );
+
+    assert!(!spans.iter().any(|s| applies(s, &unsampled)));
+    let leaked: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.trace_id == UNSAMPLED_TRACE)
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(leaked.is_empty(), "spans of an unsampled trace: {leaked:?}");
 }
 
 fn applies(span: &ReceivedSpan, booking: &str) -> bool {
