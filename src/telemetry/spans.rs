@@ -6,8 +6,8 @@
 //! POST /api/bookings        gateway, server: the request; a client's traceparent is its parent
 //!   place > place_hold      gateway: bookings::place and Store::place_hold
 //!     EVALSHA place_hold    gateway, client: the script call
-//!   publish hold.placed     gateway (relay), producer: parent is the context the
-//!                           script stored with the outbox entry
+//!   publish hold.placed     gateway (relay), producer: parent is the request span,
+//!                           whose context the script stored with the outbox entry
 //!     apply hold.placed     writer, consumer: parent is the message's traceparent header
 //! ```
 //!
