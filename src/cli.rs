@@ -77,6 +77,23 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
+impl Command {
+    /// The `service.name` of the processes that export traces: the long-running
+    /// ones. One-shot commands export nothing.
+    pub fn service_name(&self) -> Option<&'static str> {
+        match self {
+            Command::Serve => Some("herdgate"),
+            Command::Gateway => Some("herdgate-gateway"),
+            Command::Writer => Some("herdgate-writer"),
+            Command::Migrate
+            | Command::Seed(_)
+            | Command::Token(_)
+            | Command::Check(_)
+            | Command::Load(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// How long to wait for the writer to drain and the stores to agree (e.g. 30s).

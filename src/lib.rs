@@ -12,6 +12,7 @@
 //! - [`migrate`], [`seed`]: schema and demo data; [`check`]: Redis against PostgreSQL.
 //! - [`serve`]: wires the parts into one process.
 //! - [`load`]: the load generator (`herdgate load`), with its invariant checks.
+//! - [`telemetry`]: logs, and traces over OTLP when a collector is configured.
 #![forbid(unsafe_code)]
 
 pub mod app;

@@ -9,7 +9,7 @@ use herdgate::{
     config::{Config, Env},
     migrate, seed,
     serve::{self, Role},
-    telemetry,
+    telemetry::{self, TraceConfig},
 };
 
 /// sysexits' EX_USAGE: the configuration is wrong, retrying will not help.
@@ -18,15 +18,21 @@ const EX_USAGE: u8 = 64;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
-    let config = match Config::from_env(&Env) {
-        Ok(config) => config,
-        Err(e) => {
+    let command = cli.command.unwrap_or(Command::Serve);
+    let traces = command
+        .service_name()
+        .map(|service| TraceConfig::from_env(&Env, service))
+        .transpose();
+    let (traces, config) = match (traces, Config::from_env(&Env)) {
+        (Ok(traces), Ok(config)) => (traces.flatten(), config),
+        (Err(e), _) | (_, Err(e)) => {
+            telemetry::init();
             eprintln!("herdgate: bad configuration: {e}");
             return ExitCode::from(EX_USAGE);
         }
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let telemetry = telemetry::init_with(traces.as_ref());
+    let result = match command {
         Command::Serve => serve::run_until_signal(config, Role::All).await,
         Command::Gateway => serve::run_until_signal(config, Role::Gateway).await,
         Command::Writer => serve::run_until_signal(config, Role::Writer).await,
@@ -36,10 +42,14 @@ async fn main() -> ExitCode {
         Command::Token(args) => herdgate::auth::print_tokens(&config, args.user, args.count).await,
         Command::Load(args) => herdgate::load::run_cli(&config, &args).await,
     };
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "herdgate failed");
+    }
+    // After the drain: the spans of the last requests are exported too.
+    telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "herdgate failed");
             eprintln!("herdgate: {e:#}");
             ExitCode::FAILURE
         }

@@ -27,8 +27,15 @@ use lapin::{
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
-use crate::{broker::Broker, hold_event::HoldEvent, holds::Store, prometheus, retry};
+use crate::{
+    broker::Broker,
+    hold_event::HoldEvent,
+    holds::Store,
+    prometheus, retry,
+    telemetry::{self, spans},
+};
 
 const GROUP: &str = "relay";
 /// Pause after a round that found nothing to move; doubles while idle, up to the max.
@@ -221,25 +228,38 @@ impl Relay {
                 }
             };
             let payload = serde_json::to_vec(&event)?;
+            // Traced, the message carries the publish span's context, so the
+            // writer's span is its child; untraced, the stored one passes through.
+            let span = telemetry::exporting().then(|| spans::publish(exchange, &event));
+            let traceparent = match &span {
+                Some(span) => telemetry::context::traceparent(span),
+                None => None,
+            };
+            let traceparent = traceparent.as_deref().or(event.traceparent.as_deref());
             let confirm = channel
                 .basic_publish(
                     exchange.as_str().into(),
                     event.kind.as_str().into(),
                     BasicPublishOptions::default(),
                     &payload,
-                    properties(&event),
+                    properties(&event, traceparent),
                 )
+                .instrument(span.clone().unwrap_or_else(Span::none))
                 .await?;
-            confirms.push((id.clone(), confirm));
+            confirms.push((id.clone(), confirm, span));
         }
         let malformed_count = malformed.len();
         let mut done = malformed;
         let mut refused = 0;
-        for (id, confirm) in confirms {
+        // A publish span ends with its confirm.
+        for (id, confirm, span) in confirms {
             if confirm.await?.is_ack() {
                 done.push(id);
             } else {
                 refused += 1;
+                if let Some(span) = span {
+                    span.record("otel.status_code", "ERROR");
+                }
             }
         }
         metrics::counter!(prometheus::RELAY_CONFIRMED)
@@ -259,13 +279,13 @@ impl Relay {
     }
 }
 
-/// Persistent JSON, with the trace context in the headers as well.
-fn properties(event: &HoldEvent) -> BasicProperties {
+/// Persistent JSON, with the trace context in the `traceparent` header.
+fn properties(event: &HoldEvent, traceparent: Option<&str>) -> BasicProperties {
     let mut headers = FieldTable::default();
-    if let Some(traceparent) = &event.traceparent {
+    if let Some(traceparent) = traceparent {
         headers.insert(
             "traceparent".into(),
-            AMQPValue::LongString(traceparent.as_str().into()),
+            AMQPValue::LongString(traceparent.into()),
         );
     }
     BasicProperties::default()

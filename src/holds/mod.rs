@@ -14,6 +14,9 @@ use fred::{
     prelude::{Client, Pool},
     types::{Value, scripts::Script},
 };
+use tracing::Instrument;
+
+use crate::telemetry::spans;
 
 pub use keys::{EventKeys, Keys};
 pub use reads::{EventInfo, HoldState, SeatPage};
@@ -134,9 +137,13 @@ impl Store {
     ) -> Result<Value, StoreError> {
         debug_assert_eq!(keys.len(), def.keys, "{} takes {} keys", def.name, def.keys);
         let started = std::time::Instant::now();
-        let reply = script
-            .evalsha_with_reload::<Value, _, _>(self.client(), keys, args)
-            .await;
+        let call = script.evalsha_with_reload::<Value, _, _>(self.client(), keys, args);
+        // Only inside a kept trace: a dropped request pays for no span.
+        let traced = crate::telemetry::exporting() && crate::telemetry::context::in_sampled_span();
+        let reply = match traced {
+            true => call.instrument(spans::script(def.name)).await,
+            false => call.await,
+        };
         metrics::histogram!(crate::prometheus::SCRIPT_DURATION, "script" => def.name)
             .record(started.elapsed());
         Ok(reply?)

@@ -25,6 +25,7 @@ use http_body_util::Full;
 use hyper::body::Body;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{body::read_json, problem::Problem};
@@ -32,7 +33,9 @@ use crate::{
     app::App,
     bookings::{self, Ending},
     catalog::{CatalogError, DEFAULT_PAGE, MAX_PAGE},
-    prometheus, waiting_room,
+    prometheus,
+    telemetry::{self, spans},
+    waiting_room,
 };
 
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -116,7 +119,37 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = std::time::Instant::now();
-    let route = match Route::resolve(req.method(), req.uri().path()) {
+    let route = Route::resolve(req.method(), req.uri().path());
+    if !telemetry::exporting() {
+        return answer(app, route, req, started).await;
+    }
+    match spans::request(&req, route.as_ref().ok().map(Route::name)) {
+        Ok(span) => {
+            let response = answer(app, route, req, started)
+                .instrument(span.clone())
+                .await;
+            spans::answered(&span, response.status());
+            response
+        }
+        Err(untraced) => {
+            let mut req = req;
+            req.extensions_mut().insert(untraced);
+            answer(app, route, req, started).await
+        }
+    }
+}
+
+async fn answer<B>(
+    app: &App,
+    route: Result<Route, Problem>,
+    req: Request<B>,
+    started: std::time::Instant,
+) -> Response<Full<Bytes>>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let route = match route {
         Ok(route) => route,
         Err(problem) => return record("unmatched", started, problem.into_response()),
     };
@@ -344,8 +377,20 @@ async fn end_booking<B>(
     Ok(json_response(StatusCode::OK, &view))
 }
 
-/// The request's W3C `traceparent`, or "" when it has none of the right shape.
+/// The trace context stored with the outbox entry: while traces are exported,
+/// this request's own span, or the unsampled context of a request the sampler
+/// dropped (a client's sampled flag carried on either way); otherwise the
+/// request's W3C `traceparent` passed through, or "" when it has none of the
+/// right shape.
 fn traceparent<B>(req: &Request<B>) -> String {
+    if telemetry::exporting() {
+        if let Some(untraced) = req.extensions().get::<telemetry::Untraced>() {
+            return untraced.traceparent();
+        }
+        if let Some(own) = telemetry::context::traceparent(&tracing::Span::current()) {
+            return own;
+        }
+    }
     req.headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())

@@ -16,12 +16,19 @@ use futures::StreamExt;
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
-use crate::{broker::Broker, config::WriterConfig, hold_event::HoldEvent, prometheus, retry};
+use crate::{
+    broker::Broker,
+    config::WriterConfig,
+    hold_event::HoldEvent,
+    prometheus, retry,
+    telemetry::{self, spans},
+};
 
 pub struct Writer {
     pg: deadpool_postgres::Pool,
@@ -92,6 +99,8 @@ impl Writer {
         if parsed.is_empty() {
             return Ok(());
         }
+        // Ended when this function returns: after the commit and the ack.
+        let spans = self.spans(&parsed);
         let events: Vec<HoldEvent> = parsed.iter().map(|(_, e)| e.clone()).collect();
         let started = Instant::now();
         match self.apply(&events).await {
@@ -121,12 +130,18 @@ impl Writer {
             }
             Err(e) if is_permanent(&e) => {
                 // One bad message spoiled the batch: find it by applying one at a time.
-                for (delivery, event) in &parsed {
+                for (i, (delivery, event)) in parsed.iter().enumerate() {
                     match self.apply(std::slice::from_ref(event)).await {
                         Ok(_) => {
                             delivery.acker.ack(BasicAckOptions::default()).await?;
                         }
-                        Err(e) if is_permanent(&e) => dead_letter(delivery, &db_reason(&e)).await?,
+                        Err(e) if is_permanent(&e) => {
+                            // Logged inside the message's span: the line names its trace.
+                            let span = spans.get(i).cloned().unwrap_or_else(Span::none);
+                            dead_letter(delivery, &db_reason(&e))
+                                .instrument(span)
+                                .await?
+                        }
                         Err(e) => return Err(e).context("failed to apply a hold event"),
                     }
                 }
@@ -134,6 +149,21 @@ impl Writer {
             }
             Err(e) => Err(e).context("failed to apply a batch of hold events"),
         }
+    }
+
+    /// One span per message, each a child of its own message's context, while
+    /// traces are exported; none otherwise.
+    fn spans(&self, parsed: &[(Delivery, HoldEvent)]) -> Vec<Span> {
+        if !telemetry::exporting() {
+            return Vec::new();
+        }
+        let queue = &self.broker.topology.writer_queue;
+        parsed
+            .iter()
+            .map(|(delivery, event)| {
+                spans::apply(queue, event, traceparent(delivery), parsed.len())
+            })
+            .collect()
     }
 
     async fn apply(&self, events: &[HoldEvent]) -> Result<apply::Applied, WriteError> {
@@ -171,6 +201,20 @@ fn db_reason(e: &WriteError) -> String {
             None => e.to_string(),
         },
         e => e.to_string(),
+    }
+}
+
+/// The message's `traceparent` header, put there by the relay.
+fn traceparent(delivery: &Delivery) -> Option<&str> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers
+        .inner()
+        .iter()
+        .find(|(k, _)| k.as_str() == "traceparent")?
+        .1
+    {
+        AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+        _ => None,
     }
 }
 

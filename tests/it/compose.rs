@@ -279,19 +279,16 @@ fn traces_go_to_jaeger_on_the_port_of_their_protocol() {
     let compose = compose();
     let jaeger = service_running(&compose, "jaegertracing/");
     for (name, service) in compose.services.iter().filter(|(_, s)| s.is_herdgate()) {
-        let env = service.env();
+        let env: HashMap<String, String> = service.env().into_iter().collect();
         let Some(endpoint) = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") else {
             continue;
         };
-        let protocol = env
-            .get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            .map(String::as_str)
-            .unwrap_or("grpc");
-        let port = match protocol {
-            "grpc" => 4317,
-            "http/protobuf" | "http/json" => 4318,
-            other => panic!("{name}: unknown OTEL_EXPORTER_OTLP_PROTOCOL {other}"),
-        };
+        // herdgate's own reading of the variables: a protocol it cannot speak fails here.
+        let traces = herdgate::telemetry::TraceConfig::from_env(&env, "herdgate")
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .expect("an endpoint is set");
+        assert!(traces.endpoint.ends_with("/v1/traces"), "{traces:?}");
+        let (protocol, port) = ("http/protobuf", 4318);
         let uri: http::Uri = endpoint.parse().unwrap();
         assert_eq!(uri.host(), Some(jaeger), "{name} sends traces to Jaeger");
         assert_eq!(

@@ -30,7 +30,12 @@ impl Herdgate {
             .unwrap()
             .port();
         let log = std::env::var("TEST_LOG").is_ok();
-        let child = Command::new(env!("CARGO_BIN_EXE_herdgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herdgate"));
+        // Traces go where the test says, never to a collector of the developer's.
+        for var in herdgate::telemetry::OTEL_VARS {
+            command.env_remove(var);
+        }
+        let child = command
             .arg(role)
             .envs(env)
             .env("HERDGATE_ADDR", format!("127.0.0.1:{port}"))
@@ -56,6 +61,28 @@ impl Herdgate {
         })
         .await;
         self
+    }
+
+    /// Sends SIGTERM and waits for the process to drain and exit (20 s at most).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn kill(mut self) {

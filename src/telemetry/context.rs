@@ -1,0 +1,121 @@
+//! W3C trace context across process boundaries: read from HTTP headers, the
+//! outbox entry and the AMQP `traceparent` header; written as a `traceparent`
+//! string for the next hop. Only meaningful while [`super::exporting`].
+
+use http::HeaderMap;
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, TextMapPropagator},
+    trace::TraceContextExt,
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// `span`'s own context as a version-00 `traceparent`, sampled flag included,
+/// so the next process samples parent-based exactly as this one did.
+pub fn traceparent(span: &Span) -> Option<String> {
+    let cx = span.context();
+    let span_context = cx.span().span_context().clone();
+    span_context.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        )
+    })
+}
+
+/// True inside a span that is being exported: below a request, a publish or
+/// an apply the sampler kept.
+pub fn in_sampled_span() -> bool {
+    Span::current().context().span().span_context().is_sampled()
+}
+
+/// Makes a new `span` the child of a remote parent, when there is a valid one,
+/// and records its trace id for the log lines inside it. Call it before the
+/// span is first entered: a started span keeps the parent it has.
+pub fn continue_trace(span: &Span, parent: Option<Context>) {
+    if let Some(parent) = parent.filter(|cx| cx.span().span_context().is_valid()) {
+        let _ = span.set_parent(parent);
+    }
+    let cx = span.context();
+    let span_ref = cx.span();
+    let span_context = span_ref.span_context();
+    if span_context.is_valid() {
+        span.record("trace_id", tracing::field::display(span_context.trace_id()));
+    }
+}
+
+/// The remote parent in a request's `traceparent` (and `tracestate`) headers.
+pub fn from_headers(headers: &HeaderMap) -> Option<Context> {
+    headers
+        .contains_key("traceparent")
+        .then(|| TraceContextPropagator::new().extract(&Headers(headers)))
+}
+
+/// The remote parent in a stored or received `traceparent` string.
+pub fn from_traceparent(traceparent: &str) -> Context {
+    TraceContextPropagator::new().extract(&Traceparent(traceparent))
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct Traceparent<'a>(&'a str);
+
+impl Extractor for Traceparent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_string_is_a_remote_parent_with_its_sampled_flag() {
+        let cx = from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let parent = cx.span().span_context().clone();
+        assert!(parent.is_valid() && parent.is_remote() && parent.is_sampled());
+        assert_eq!(
+            parent.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let unsampled = from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        assert!(!unsampled.span().span_context().is_sampled());
+        assert!(!from_traceparent("garbage").span().span_context().is_valid());
+    }
+
+    #[test]
+    fn headers_without_a_traceparent_give_no_parent() {
+        let mut headers = HeaderMap::new();
+        assert!(from_headers(&headers).is_none());
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let cx = from_headers(&headers).unwrap();
+        assert_eq!(
+            cx.span().span_context().span_id().to_string(),
+            "00f067aa0ba902b7"
+        );
+    }
+}
