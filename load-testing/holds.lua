@@ -1,4 +1,4 @@
--- wrk script for POST /api/bookings, used by bench-holds.sh.
+-- wrk script for POST /api/bookings, used by bench-traces.sh (herd mode) and for ad-hoc runs.
 --   MODE=herd      every request asks for one of SEATS seats (almost all 409)
 --   MODE=distinct  every request asks for a seat nobody asked for (all 201)
 -- TOKENS: file with one bearer token per line; requests rotate through them.
