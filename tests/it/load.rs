@@ -211,3 +211,31 @@ async fn a_server_that_is_not_there_is_reported_not_waited_for() {
         "{error:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_invariant_is_a_fail_line_and_exit_1() {
+    // A gateway with no writer: every 201 stays out of PostgreSQL.
+    let iso = Isolation::new().await;
+    let gateway = crate::processes::Herdgate::start(&iso.env(), "gateway")
+        .ready()
+        .await;
+    let svg = std::env::temp_dir().join(format!("herdgate-load-{}.svg", Uuid::new_v4()));
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herdgate"))
+        .args(["load", "herd", "--users", "20", "--drain-timeout", "1s"])
+        .args(["--base", &gateway.base, "--json", "--svg"])
+        .arg(&svg)
+        .envs(iso.env())
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&svg);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  every 201 has its booking in PostgreSQL exactly once: 1 missing"),
+        "{stdout}"
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["passed"], false);
+    assert_eq!(summary["statuses"]["201"], 1);
+}
