@@ -8,9 +8,7 @@ remove_bench_resources() { # database redis_prefix amqp_prefix
         -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null 2>&1 || true
     redis-cli --scan --pattern "$2*" | xargs -r -n 1000 redis-cli del >/dev/null || true
     for q in "$3.writer" "$3.dead"; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
-    for e in "$3.holds" "$3.dead"; do
-        curl -s -o /dev/null -u guest:guest -X DELETE "http://127.0.0.1:15672/api/exchanges/%2f/$e" || true
-    done
+    for e in "$3.holds" "$3.dead"; do delete_exchange "$e"; done
 }
 
 # wrk, installed from Debian's packages when missing.
@@ -24,9 +22,16 @@ remove_bench_resources_at() { # pg_base name
     psql -qX "$1/postgres" -c "DROP DATABASE IF EXISTS \"$2\" WITH (FORCE)" >/dev/null 2>&1 || true
     redis-cli --scan --pattern "$2:*" | xargs -r -n 1000 redis-cli del >/dev/null || true
     for q in "$2.writer" "$2.dead"; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
-    for e in "$2.holds" "$2.dead"; do
-        curl -s -o /dev/null -u guest:guest -X DELETE "http://127.0.0.1:15672/api/exchanges/%2f/$e" || true
-    done
+    for e in "$2.holds" "$2.dead"; do delete_exchange "$e"; done
+}
+
+# rabbitmqctl cannot delete an exchange: the management API can, when the plugin is
+# enabled; otherwise the broker's own function does, through rabbitmqctl eval.
+delete_exchange() { # name, on vhost /
+    curl -sf -o /dev/null -u guest:guest -X DELETE "http://127.0.0.1:15672/api/exchanges/%2f/$1" ||
+        rabbitmqctl -q eval \
+            "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$1\">>), false, <<\"bench\">>)." \
+            >/dev/null 2>&1 || true
 }
 
 # A PostgreSQL cluster of the benchmark's own in DIR on PORT (trust auth, local
