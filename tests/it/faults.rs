@@ -32,23 +32,41 @@ impl PrivateRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
+        let mut redis = PrivateRedis { child, port };
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // A PONG from our own child: a bare TCP connect could reach whoever else holds the port.
+        while !redis.answers_ping() {
+            assert!(
+                redis.child.try_wait().unwrap().is_none(),
+                "redis-server exited: port {port} taken?"
+            );
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "redis-server did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        PrivateRedis { child, port }
+        redis
     }
 
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut reply = [0u8; 7];
+        conn.write_all(b"PING\r\n").is_ok()
+            && conn.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    /// On a free port below Linux's ephemeral range (32768 and up), so that
+    /// while this Redis is down no other test's `bind(0)` can take its port.
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::iter::repeat_with(|| fastrand::u16(20_000..32_000))
+            .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+            .unwrap();
         Self::start_on(port)
     }
 
