@@ -2,27 +2,34 @@
 # Shared by the benchmarks in load-testing/: source it after scripts/services.sh.
 
 # Removes what a benchmark created: its database, its Redis keys, its RabbitMQ
-# queues, and its exchanges (through the management API when it is enabled).
+# queues and exchanges, on the shared PostgreSQL.
 remove_bench_resources() { # database redis_prefix amqp_prefix
-    psql -qX "postgres://postgres:postgres@127.0.0.1:5432/postgres" \
-        -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null 2>&1 || true
-    redis-cli --scan --pattern "$2*" | xargs -r -n 1000 redis-cli del >/dev/null || true
-    for q in "$3.writer" "$3.dead"; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
-    for e in "$3.holds" "$3.dead"; do delete_exchange "$e"; done
+    remove_bench_resources_on "postgres://postgres:postgres@127.0.0.1:5432" "$@"
+}
+
+# The same on the PostgreSQL at PG_BASE.
+remove_bench_resources_on() { # pg_base database redis_prefix amqp_prefix
+    psql -qX "$1/postgres" -c "DROP DATABASE IF EXISTS \"$2\" WITH (FORCE)" >/dev/null 2>&1 || true
+    redis-cli --scan --pattern "$3*" | xargs -r -n 1000 redis-cli del >/dev/null || true
+    for q in "$4.writer" "$4.dead"; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
+    for e in "$4.holds" "$4.dead"; do delete_exchange "$e"; done
+}
+
+# Waits until URL answers 2xx; fails after two minutes.
+wait_http() { # url
+    for _ in $(seq 1 1200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "no answer from $1" >&2
+    return 1
+}
+
+# Waits until the herdgate at BASE is ready and serves event 1's seats (its inventory is loaded).
+wait_for_herdgate() { # base
+    wait_http "$1/readyz" && wait_http "$1/api/seats/available?eventId=1&limit=1"
 }
 
 # wrk, installed from Debian's packages when missing.
 ensure_wrk() {
     command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-}
-
-# The same for a benchmark named NAME on the PostgreSQL at PG_BASE: database NAME,
-# Redis prefix "NAME:", RabbitMQ names "NAME.*".
-remove_bench_resources_at() { # pg_base name
-    psql -qX "$1/postgres" -c "DROP DATABASE IF EXISTS \"$2\" WITH (FORCE)" >/dev/null 2>&1 || true
-    redis-cli --scan --pattern "$2:*" | xargs -r -n 1000 redis-cli del >/dev/null || true
-    for q in "$2.writer" "$2.dead"; do rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true; done
-    for e in "$2.holds" "$2.dead"; do delete_exchange "$e"; done
 }
 
 # rabbitmqctl cannot delete an exchange: the management API can, when the plugin is

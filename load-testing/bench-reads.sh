@@ -39,10 +39,7 @@ $bin migrate >/dev/null
 $bin seed --users 0 >/dev/null
 $bin serve &
 pid=$!
-for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$PORT/api/seats/available?eventId=1&limit=1" >/dev/null && break
-    sleep 0.1
-done
+wait_for_herdgate "http://127.0.0.1:$PORT"
 
 printf '\nGET, %s connections, %s s each, wrk closed loop, %s cores\n' "$CONNECTIONS" "$DURATION" "$(nproc)"
 printf '%-45s %10s %9s %9s %12s\n' path req/s p50 p99 bytes/answer

@@ -41,10 +41,7 @@ $bin seed --seats $((HOLDS * 2)) --users 1000 >/dev/null
 $bin token --user 2 --count 1000 >"$work/tokens.txt"
 $bin serve &
 pid=$!
-for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$PORT/api/seats/available?eventId=1&limit=1" >/dev/null && break
-    sleep 0.1
-done
+wait_for_herdgate "http://127.0.0.1:$PORT"
 
 holds='benchsweep:{e:1}:holds'
 # wrk cannot stop at a count: run until HOLDS holds exist, then stop it.

@@ -59,11 +59,6 @@ $bin migrate >/dev/null
 $bin seed --seats "$SEATS" --users "$USERS" >/dev/null
 $bin token --user 2 --count "$USERS" >"$work/tokens.txt"
 
-wait_http() {
-    for _ in $(seq 1 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "no answer from $1" >&2; return 1
-}
-
 # One herd run against a fresh `herdgate serve` with the given environment;
 # wrk's RESULT line (load-testing/holds.lua) goes to $work/<name>.json.
 herd_run() { # name [VAR=value ...]
@@ -72,8 +67,7 @@ herd_run() { # name [VAR=value ...]
     env "$@" "$bin" serve &
     pid=$!
     pids+=("$pid")
-    wait_http "http://127.0.0.1:$BENCH_PORT/readyz"
-    wait_http "http://127.0.0.1:$BENCH_PORT/api/seats/available?eventId=1&limit=1"
+    wait_for_herdgate "http://127.0.0.1:$BENCH_PORT"
     out=$(MODE=herd FIRST_SEAT=1 SEATS=$HERD_SEATS TOKENS=$work/tokens.txt THREADS=$THREADS \
         wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION"s --timeout 10s -s load-testing/holds.lua \
         "http://127.0.0.1:$BENCH_PORT")

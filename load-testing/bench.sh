@@ -59,7 +59,7 @@ current=""
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [[ -z $current ]] || remove_bench_resources_at "$pg_base" "$current"
+    [[ -z $current ]] || remove_bench_resources_on "$pg_base" "$current" "$current:" "$current"
     stop_private_postgres "$work/pg"
     rm -rf "$work"
 }
@@ -72,25 +72,19 @@ start_private_postgres "$work/pg" "$PG_PORT" -c max_connections=1200 -c shared_b
 start_stack() { # name seats users
     current=bench_$1
     export DATABASE_URL=$pg_base/$current HERDGATE_REDIS_PREFIX=$current: HERDGATE_AMQP_PREFIX=$current
-    remove_bench_resources_at "$pg_base" "$current"
+    remove_bench_resources_on "$pg_base" "$current" "$current:" "$current"
     $bin migrate >/dev/null
     $bin seed --seats "$2" --users "$3" >/dev/null
     $bin serve &
     pids+=($!)
-    wait_http "http://127.0.0.1:$BENCH_PORT/readyz"
-    wait_http "http://127.0.0.1:$BENCH_PORT/api/seats/available?eventId=1&limit=1"
+    wait_for_herdgate "http://127.0.0.1:$BENCH_PORT"
 }
 stop_stack() {
     kill -TERM "${pids[-1]}"
     wait "${pids[-1]}" || true
     unset 'pids[-1]'
-    remove_bench_resources_at "$pg_base" "$current"
+    remove_bench_resources_on "$pg_base" "$current" "$current:" "$current"
     current=""
-}
-wait_http() {
-    for _ in $(seq 1 1200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "no answer from $1" >&2
-    return 1
 }
 # `herdgate load ... --json`: the summary goes to the terminal, its JSON to $OUT/<name>.json.
 load() { # name args...
