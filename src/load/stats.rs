@@ -46,8 +46,6 @@ pub struct Recorder {
     statuses: Box<[AtomicU64]>,
     /// Requests that got no answer: refused or broken connections, timeouts.
     failures: AtomicU64,
-    requests: AtomicU64,
-    errors: AtomicU64,
 }
 
 impl Recorder {
@@ -64,8 +62,6 @@ impl Recorder {
             shards,
             statuses: (0..STATUSES).map(|_| AtomicU64::new(0)).collect(),
             failures: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
         }
     }
 
@@ -78,14 +74,10 @@ impl Recorder {
         latency: Duration,
         created: Option<String>,
     ) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         match status.filter(|&s| (s as usize) < STATUSES) {
             Some(s) => self.statuses[s as usize].fetch_add(1, Ordering::Relaxed),
             None => self.failures.fetch_add(1, Ordering::Relaxed),
         };
-        if is_error(status) {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         let mut shard = self.shard(worker);
         shard.latency.saturating_record(micros.max(1));
@@ -100,16 +92,6 @@ impl Recorder {
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-
-    pub fn count(&self, status: u16) -> u64 {
-        self.statuses
-            .get(status as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
     /// Everything so far, the shards merged.
     pub fn snapshot(&self) -> Snapshot {
         let mut latency = new_histogram();
@@ -118,7 +100,7 @@ impl Recorder {
                 .add(&self.shard(i).latency)
                 .expect("shards share their bounds");
         }
-        let statuses = self
+        let statuses: BTreeMap<u16, u64> = self
             .statuses
             .iter()
             .enumerate()
@@ -127,10 +109,20 @@ impl Recorder {
                 (n > 0).then_some((code as u16, n))
             })
             .collect();
+        // Totals are counted from the statuses, so they can never disagree with them.
+        let failures = self.failures.load(Ordering::Relaxed);
+        let answered = |keep: fn(u16) -> bool| -> u64 {
+            statuses
+                .iter()
+                .filter(|&(&c, _)| keep(c))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let errors = failures + answered(|code| is_error(Some(code)));
         Snapshot {
-            requests: self.requests(),
-            errors: self.errors.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
+            requests: failures + answered(|_| true),
+            errors,
+            failures,
             statuses,
             latency,
         }
