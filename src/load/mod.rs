@@ -80,24 +80,6 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
         .svg
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("herdgate-load-{}.svg", args.scenario.name())));
-    let title = format!(
-        "herdgate load {}: {} requests, {} req/s, {} connections",
-        args.scenario.name(),
-        thousands(snapshot.requests),
-        thousands(throughput as u64),
-        thousands(timeline.connections as u64)
-    );
-    let subtitle = format!(
-        "p50 {}  p99 {}  p99.9 {}  max {}   {}",
-        report::millis(latency.p50),
-        report::millis(latency.p99),
-        report::millis(latency.p999),
-        report::millis(latency.max),
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
-    );
-    std::fs::write(&picture, svg::render(&snapshot.latency, &title, &subtitle))
-        .with_context(|| format!("failed to write {}", picture.display()))?;
-
     let created = invariants::Created::parse(&recorder.created());
     let mut summary = Summary {
         scenario: args.scenario,
@@ -132,6 +114,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
         invariants: Vec::new(),
         passed: true,
     };
+    draw(&summary, &snapshot.latency, &picture)?;
     if args.no_check {
         return Ok(summary);
     }
@@ -153,6 +136,32 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
         invariants::check(&pg, &store, args.event, &created, args.drain_timeout).await?;
     summary.passed = summary.invariants.iter().all(|v| v.pass);
     Ok(summary)
+}
+
+/// Writes the latency picture, titled with the run's figures.
+fn draw(
+    summary: &Summary,
+    latency: &hdrhistogram::Histogram<u64>,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let title = format!(
+        "herdgate load {}: {} requests, {} req/s, {} connections",
+        summary.scenario.name(),
+        thousands(summary.requests),
+        thousands(summary.throughput as u64),
+        thousands(summary.connections as u64)
+    );
+    let p = &summary.latency_ms;
+    let subtitle = format!(
+        "p50 {}  p99 {}  p99.9 {}  max {}   {}",
+        report::millis(p.p50),
+        report::millis(p.p99),
+        report::millis(p.p999),
+        report::millis(p.max),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    std::fs::write(path, svg::render(latency, &title, &subtitle))
+        .with_context(|| format!("failed to write {}", path.display()))
 }
 
 /// `herdgate load`: runs, prints the summary (and `--json`), fails when an invariant did.
