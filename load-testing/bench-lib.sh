@@ -72,3 +72,58 @@ stop_private_postgres() { # dir
 postgres_bin() {
     printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1
 }
+
+# A Redis of the benchmark's own on PORT, data in DIR (no persistence unless
+# options say so), so no other client's commands count in its CPU time.
+# Prints nothing; its pid is in DIR/redis.pid.
+start_private_redis() { # dir port [redis-server options...]
+    local dir=$1 port=$2
+    shift 2
+    mkdir -p "$dir"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" "$@" >/dev/null
+    for _ in $(seq 1 100); do
+        [[ $(redis-cli -p "$port" ping 2>/dev/null) == PONG ]] && return 0
+        sleep 0.1
+    done
+    echo "private redis on :$port did not start (log: $dir/redis.log)" >&2
+    return 1
+}
+
+stop_private_redis() { # dir
+    [[ -f $1/redis.pid ]] && kill "$(cat "$1/redis.pid")" 2>/dev/null || true
+}
+
+# A RabbitMQ node of the benchmark's own: node name NAME, AMQP on PORT,
+# distribution on PORT+20000, data and logs in DIR. The Debian wrapper runs the
+# server as the rabbitmq user, and /etc/rabbitmq/rabbitmq.conf pins the shared
+# node's listener, so the node gets a config file of its own. Its beam.smp pid
+# is printed.
+start_private_rabbitmq() { # dir name port
+    local dir=$1 name=$2 port=$3
+    mkdir -p "$dir"
+    printf 'listeners.tcp.local = 127.0.0.1:%s\nloopback_users = none\n' "$port" >"$dir/rabbitmq.conf"
+    echo '[].' >"$dir/enabled_plugins"
+    if ((EUID == 0)); then
+        chown -R rabbitmq: "$dir"
+        chmod 755 "$(dirname "$dir")"
+    fi
+    RABBITMQ_NODENAME=$name RABBITMQ_CONFIG_FILE=$dir/rabbitmq RABBITMQ_DIST_PORT=$((port + 20000)) \
+        RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log \
+        RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins RABBITMQ_PID_FILE=$dir/rabbit.pid \
+        rabbitmq-server -detached >/dev/null 2>&1
+    # The node is not reachable at all for its first seconds: await_startup fails at once then.
+    for _ in $(seq 1 60); do
+        if rabbitmqctl -q -n "$name" await_startup --timeout 5 >/dev/null 2>&1; then
+            cat "$dir/rabbit.pid"
+            return 0
+        fi
+        sleep 1
+    done
+    echo "private rabbitmq $name did not start (logs: $dir/log)" >&2
+    return 1
+}
+
+stop_private_rabbitmq() { # name
+    rabbitmqctl -q -n "$1" stop >/dev/null 2>&1 || true
+}

@@ -19,7 +19,15 @@
 # herd of HERD_USERS users, one connection each, on one seat.
 #
 # PostgreSQL is a private cluster started here (max_connections 1,200, so
-# pgbench's 1,024 clients can connect), used by herdgate and pgbench alike.
+# pgbench's 1,024 clients can connect), used by herdgate and pgbench alike;
+# Redis and RabbitMQ are private instances too, so that every run's CPU time
+# (load-testing/cpu.py: utime+stime of each process group, before and after)
+# counts this benchmark's work and nobody else's. The table gives, beside req/s,
+# CPU µs per answer summed over herdgate, Redis, RabbitMQ and PostgreSQL, and
+# per 201 (a durable hold: its cost until PostgreSQL holds it).
+#
+# PARTS picks what runs: matrix (ceiling, herd, distinct, seed-style at each
+# CONNECTIONS; RUNS picks among those), sellout, herd-users; all by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +41,9 @@ HERD_USERS=${HERD_USERS:-10000}
 PG_PORT=${PG_PORT:-55432}
 BENCH_PORT=${BENCH_PORT:-18280}
 CEILING_PORT=${CEILING_PORT:-18281}
+REDIS_PORT=${REDIS_PORT:-16390}
+RABBIT_PORT=${RABBIT_PORT:-5683}
+PARTS=${PARTS:-matrix sellout herd-users}
 OUT=${OUT:-load-testing/results} # each run's JSON summary and latency picture, and the table
 
 # shellcheck source=scripts/services.sh
@@ -42,8 +53,15 @@ source load-testing/bench-lib.sh
 # shellcheck disable=SC2119 # our arguments are not for it
 ensure_services
 
-cargo build --release --bin herdgate --example ceiling
-bin=target/release/herdgate
+# HERDGATE_BIN runs another build (say, the last release's) through the same benchmark.
+if [[ -z ${HERDGATE_BIN:-} ]]; then
+    cargo build --release --bin herdgate --example ceiling
+fi
+bin=${HERDGATE_BIN:-target/release/herdgate}
+# The generator may be another build than the server (the current one against an old server).
+load_bin=${LOAD_BIN:-$bin}
+ceiling=$(dirname "$bin")/examples/ceiling
+[[ -x $ceiling ]] || ceiling=target/release/examples/ceiling
 work=$(mktemp -d)
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.svg
@@ -59,40 +77,77 @@ current=""
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [[ -z $current ]] || remove_bench_resources_on "$pg_base" "$current" "$current:" "$current"
     stop_private_postgres "$work/pg"
+    stop_private_redis "$work/redis"
+    stop_private_rabbitmq "$rabbit_node"
     rm -rf "$work"
 }
 trap cleanup EXIT
 
 ((SEATS % SELLOUT_CONNECTIONS == 0)) || { echo "SEATS must be a multiple of SELLOUT_CONNECTIONS" >&2; exit 64; }
-start_private_postgres "$work/pg" "$PG_PORT" -c max_connections=1200 -c shared_buffers=512MB
+# PG_STATS=1: each run also leaves PostgreSQL's statements by total time in $OUT/<name>.pgstat.txt.
+pg_stats=()
+[[ -z ${PG_STATS:-} ]] || pg_stats=(-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all)
+start_private_postgres "$work/pg" "$PG_PORT" -c max_connections=1200 -c shared_buffers=512MB "${pg_stats[@]}"
+pg_pid=$(head -n 1 "$work/pg/data/postmaster.pid")
+start_private_redis "$work/redis" "$REDIS_PORT"
+redis_pid=$(cat "$work/redis/redis.pid")
+rabbit_node=herdgate-bench@localhost
+rabbit_pid=$(start_private_rabbitmq "$work/rabbitmq" "$rabbit_node" "$RABBIT_PORT")
+export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 AMQP_URL=amqp://guest:guest@127.0.0.1:$RABBIT_PORT/%2f
 
+# The private instances serve one run at a time: empty them between runs.
+remove_run_resources() { # name
+    psql -qX "$pg_base/postgres" -c "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" >/dev/null
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+    for q in "$1.writer" "$1.dead"; do rabbitmqctl -q -n "$rabbit_node" delete_queue "$q" >/dev/null 2>&1 || true; done
+}
 # A fresh herdgate on its own database, Redis prefix and RabbitMQ names.
 start_stack() { # name seats users
     current=bench_$1
     export DATABASE_URL=$pg_base/$current HERDGATE_REDIS_PREFIX=$current: HERDGATE_AMQP_PREFIX=$current
-    remove_bench_resources_on "$pg_base" "$current" "$current:" "$current"
+    remove_run_resources "$current"
     $bin migrate >/dev/null
     $bin seed --seats "$2" --users "$3" >/dev/null
+    [[ -z ${PG_STATS:-} ]] || psql -qX "$DATABASE_URL" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()" >/dev/null
     $bin serve &
     pids+=($!)
+    server_group=(herdgate=$!)
     wait_for_herdgate "http://127.0.0.1:$BENCH_PORT"
 }
 stop_stack() {
     kill -TERM "${pids[-1]}"
     wait "${pids[-1]}" || true
     unset 'pids[-1]'
-    remove_bench_resources_on "$pg_base" "$current" "$current:" "$current"
+    remove_run_resources "$current"
     current=""
 }
 # `herdgate load ... --json`: the summary goes to the terminal, its JSON to $OUT/<name>.json.
+# Its CPU time per process group goes to $OUT/<name>.cpu.json: herdgate (or the
+# ceiling) with Redis, RabbitMQ and PostgreSQL, and the generator as "client".
 load() { # name args...
     local name=$1
     shift
     echo "== $name: herdgate load $*"
-    $bin load "$@" --json --svg "$OUT/$name.svg" | tee "$work/$name.out"
+    redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+    local sampler=
+    if [[ ${server_group[0]} == herdgate=* ]]; then
+        python3 load-testing/backlog.py "http://127.0.0.1:$BENCH_PORT" "$OUT/$name.backlog.json" &
+        sampler=$!
+    fi
+    python3 load-testing/cpu.py --json "$OUT/$name.cpu.json" --from " against http" \
+        --until "load: drained" "${server_group[@]}" \
+        redis="$redis_pid" rabbitmq="$rabbit_pid" postgres="$pg_pid" -- \
+        "$load_bin" load "$@" --json --svg "$OUT/$name.svg" | tee "$work/$name.out"
     tail -n 1 "$work/$name.out" >"$OUT/$name.json"
+    if [[ -n $sampler ]]; then
+        kill -TERM "$sampler"
+        wait "$sampler" || true
+    fi
+    redis-cli -p "$REDIS_PORT" info commandstats >"$OUT/$name.redis.txt"
+    [[ -z ${PG_STATS:-} || -z $current ]] || psql -X "$pg_base/$current" -c "
+        SELECT calls, round(total_exec_time) AS ms, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+          FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12" >"$OUT/$name.pgstat.txt"
 }
 # pgbench's figures as the same JSON fields.
 seed_style() { # name clients script [pgbench args...]
@@ -100,7 +155,8 @@ seed_style() { # name clients script [pgbench args...]
     shift 3
     echo "== $name: pgbench -c $clients $*"
     psql -qX "$pg_base/bench_seed_style" -f load-testing/seed-style/schema.sql >/dev/null
-    pgbench -n -r -P 5 -c "$clients" -j 2 "$@" -f "$script" --log --log-prefix="$work/pgbench" \
+    python3 load-testing/cpu.py --json "$OUT/$name.cpu.json" postgres="$pg_pid" -- \
+        pgbench -n -r -P 5 -c "$clients" -j 2 "$@" -f "$script" --log --log-prefix="$work/pgbench" \
         "$pg_base/bench_seed_style" | tee "$work/$name.out"
     python3 load-testing/pgbench-summary.py "$work"/pgbench.* >"$OUT/$name.json"
     rm -f "$work"/pgbench.*
@@ -108,7 +164,12 @@ seed_style() { # name clients script [pgbench args...]
 }
 psql -qX "$pg_base/postgres" -c "CREATE DATABASE bench_seed_style" >/dev/null
 
-target/release/examples/ceiling "127.0.0.1:$CEILING_PORT" 2>/dev/null &
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+# RUNS picks the matrix's rows.
+wanted() { [[ " ${RUNS:-ceiling herd distinct seed-style} " == *" $1 "* ]]; }
+
+part matrix && {
+"$ceiling" "127.0.0.1:$CEILING_PORT" 2>/dev/null &
 ceiling_pid=$!
 pids+=("$ceiling_pid")
 export DATABASE_URL=$pg_base/bench_ceiling
@@ -116,29 +177,39 @@ $bin migrate >/dev/null && $bin seed --seats 1 --users "$SELLOUT_USERS" >/dev/nu
 
 for c in $CONNECTIONS; do
     export DATABASE_URL=$pg_base/bench_ceiling
-    load "ceiling-$c" herd --base "http://127.0.0.1:$CEILING_PORT" --users "$SELLOUT_USERS" \
-        --connections "$c" --duration "${DURATION}s" --no-check
-    start_stack "herd-$c" "$SEATS" "$SELLOUT_USERS"
-    load "herd-$c" herd --base "http://127.0.0.1:$BENCH_PORT" --users "$SELLOUT_USERS" \
-        --connections "$c" --duration "${DURATION}s"
-    stop_stack
-    start_stack "distinct-$c" "$DISTINCT_SEATS" "$SELLOUT_USERS"
-    load "distinct-$c" distinct --base "http://127.0.0.1:$BENCH_PORT" --users "$SELLOUT_USERS" \
-        --connections "$c" --duration "${DURATION}s"
-    stop_stack
-    seed_style "seed-style-$c" "$c" load-testing/seed-style/booking.sql -T "$DURATION"
+    server_group=(ceiling="$ceiling_pid")
+    wanted ceiling && load "ceiling-$c" herd --base "http://127.0.0.1:$CEILING_PORT" \
+        --users "$SELLOUT_USERS" --connections "$c" --duration "${DURATION}s" --no-check
+    wanted herd && {
+        start_stack "herd-$c" "$SEATS" "$SELLOUT_USERS"
+        load "herd-$c" herd --base "http://127.0.0.1:$BENCH_PORT" --users "$SELLOUT_USERS" \
+            --connections "$c" --duration "${DURATION}s"
+        stop_stack
+    }
+    wanted distinct && {
+        start_stack "distinct-$c" "$DISTINCT_SEATS" "$SELLOUT_USERS"
+        load "distinct-$c" distinct --base "http://127.0.0.1:$BENCH_PORT" --users "$SELLOUT_USERS" \
+            --connections "$c" --duration "${DURATION}s"
+        stop_stack
+    }
+    wanted seed-style && seed_style "seed-style-$c" "$c" load-testing/seed-style/booking.sql -T "$DURATION"
 done
 kill "$ceiling_pid"
+}
 
+part sellout && {
 start_stack sellout "$SEATS" "$SELLOUT_USERS"
 load sellout sellout --base "http://127.0.0.1:$BENCH_PORT" --users "$SELLOUT_USERS" \
     --connections "$SELLOUT_CONNECTIONS"
 stop_stack
 seed_style seed-style-sellout "$SELLOUT_CONNECTIONS" load-testing/seed-style/sellout.sql \
     -t $((SEATS / SELLOUT_CONNECTIONS))
+}
 
+part herd-users && {
 start_stack herd-users "$SEATS" "$HERD_USERS"
 load "herd-$HERD_USERS-users" herd --base "http://127.0.0.1:$BENCH_PORT" --users "$HERD_USERS"
 stop_stack
+}
 
 python3 load-testing/bench-table.py "$OUT" "$CONNECTIONS" "$HERD_USERS" | tee "$OUT/bench.txt"
