@@ -88,7 +88,7 @@ run() { # label extra_events
         --until "load: drained" herdgate="$pid" redis="$redis_pid" \
         rabbitmq="$rabbit_pid" postgres="$pg_pid" -- \
         $bin load distinct --base "$base" --users 1000 --requests "$REQUESTS" --connections 64 \
-        --json >"$work/distinct-$n.out"
+        --json --svg "$work/distinct-$n.svg" >"$work/distinct-$n.out"
     tail -n 1 "$work/distinct-$n.out" >"$work/distinct-$n.summary.json"
     kill -TERM "$pid"
     wait "$pid" || true
