@@ -6,6 +6,7 @@
   KEYS[7] sequence string
   ARGV[1] booking id   ARGV[2] user id   ARGV[3] now, ms since epoch
   ARGV[4] W3C traceparent or ""   ARGV[5] retention of the ended hold's hash, ms
+  ARGV[6] activity channel   ARGV[7] event id: published when the outbox was empty
   Returns {"ok", status, seat_id, expires_ms}   cancelled (now or before)
           {"not_found"}                         no such booking of this user
           {"confirmed"}                         CONFIRMED: not cancellable
@@ -45,4 +46,7 @@ redis.call('ZREM', KEYS[4], booking)
 redis.call('XADD', KEYS[6], '*', 'type', 'hold.cancelled', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'CANCELLED', 'version', version, 'seq', seq, 'expiresAt', expires,
   'occurredAt', now, 'traceparent', ARGV[4])
+if redis.call('XLEN', KEYS[6]) == 1 then
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
+end
 return {'ok', 'CANCELLED', tonumber(seat), expires}

@@ -5,6 +5,7 @@
   KEYS[4] user holds zset   KEYS[5] outbox stream   KEYS[6] sequence string
   ARGV[1] booking id   ARGV[2] user id   ARGV[3] now, ms since epoch
   ARGV[4] W3C traceparent or ""
+  ARGV[5] activity channel   ARGV[6] event id: published when the outbox was empty
   Returns {"ok", status, seat_id, expires_ms, confirmed_ms}   confirmed (now or before)
           {"not_found"}                                       no such booking of this user
           {"gone", status}                                    CANCELLED or EXPIRED (or due)
@@ -35,4 +36,7 @@ redis.call('ZREM', KEYS[4], booking)
 redis.call('XADD', KEYS[5], '*', 'type', 'hold.confirmed', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'CONFIRMED', 'version', version, 'seq', seq, 'expiresAt', expires,
   'confirmedAt', now, 'occurredAt', now, 'traceparent', ARGV[4])
+if redis.call('XLEN', KEYS[5]) == 1 then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+end
 return {'ok', 'CONFIRMED', tonumber(seat), expires, now}

@@ -10,6 +10,7 @@
   KEYS[7] sequence string
   ARGV[1] booking id   ARGV[2] now, ms since epoch
   ARGV[3] retention, ms: how long the ended hold's hash is kept for status reads
+  ARGV[4] activity channel   ARGV[5] event id: published when the outbox was empty
   Returns {"expired", seat_id}   released now
           {"skip", reason}       "gone" (no such hold), "not_pending", "not_due"
   Events: hold.expired (version + 1) on KEYS[6]. ]]
@@ -46,4 +47,7 @@ redis.call('ZREM', KEYS[4], booking)
 redis.call('XADD', KEYS[6], '*', 'type', 'hold.expired', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'EXPIRED', 'version', version, 'seq', seq, 'expiresAt', expires,
   'occurredAt', now, 'traceparent', '')
+if redis.call('XLEN', KEYS[6]) == 1 then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
 return {'expired', tonumber(seat)}

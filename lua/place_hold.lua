@@ -14,6 +14,7 @@
   ARGV[4]  now, ms since epoch   ARGV[5]  hold TTL, ms     ARGV[6] max live holds per user
   ARGV[7]  idempotency key or "" ARGV[8]  idempotency TTL, ms
   ARGV[9]  max outbox length     ARGV[10] W3C traceparent or ""
+  ARGV[11] activity channel      ARGV[12] event id (the message published on it)
   Returns {"ok", booking_id, expires_ms}      placed
           {"replay", booking_id, expires_ms}  same idempotency key and seat as before
           {"mismatch"}                        idempotency key used before for another seat
@@ -22,7 +23,9 @@
           {"limit", retry_after_ms}           user holds the maximum already
           {"busy"}                            outbox at its bound: back off
           {"collision"}                       a hold with this booking id exists: draw another id
-  Events: hold.placed (version 1) on KEYS[9]. ]]
+  Events: hold.placed (version 1) on KEYS[9]. Publishes the event id on ARGV[11]
+  when the outbox was empty (the relay has work) or the hold is now the event's
+  first to fall due (the sweeper has an earlier deadline). ]]
 local booking, seat, user = ARGV[1], ARGV[2], ARGV[3]
 local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local idem = ARGV[7]
@@ -59,6 +62,8 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
 end
 
 local expires = now + ttl
+local first_due = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')[2]
+local earliest = not first_due or tonumber(first_due) > expires
 redis.call('SET', KEYS[4], booking, 'PX', ttl)
 redis.call('ZREM', KEYS[3], seat)
 redis.call('ZADD', KEYS[5], expires, booking)
@@ -73,4 +78,7 @@ end
 redis.call('XADD', KEYS[9], '*', 'type', 'hold.placed', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'PENDING', 'version', 1, 'seq', seq, 'expiresAt', expires,
   'occurredAt', now, 'traceparent', ARGV[10])
+if earliest or redis.call('XLEN', KEYS[9]) == 1 then
+  redis.call('PUBLISH', ARGV[11], ARGV[12])
+end
 return {'ok', booking, expires}

@@ -6,6 +6,11 @@
 //! ```
 //! Every process declares the whole topology before it publishes or consumes
 //! (declaring is idempotent), so no message is dropped for want of a queue.
+//!
+//! The writer queue is bounded (`x-max-length-bytes`, overflow `reject-publish`):
+//! when the writer falls behind, RabbitMQ refuses the relay's batches, they stay
+//! in the outbox, the outbox fills, and the gateway answers 503 with
+//! Retry-After. Backpressure reaches the buyer instead of an unbounded queue.
 
 use std::time::Duration;
 
@@ -17,7 +22,7 @@ use lapin::{
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
-use crate::config::AmqpConfig;
+use crate::config::{AmqpConfig, DEFAULT_WRITER_QUEUE_MAX_BYTES};
 
 /// Names of the exchanges and queues, all under one prefix.
 #[derive(Debug, Clone)]
@@ -28,14 +33,26 @@ pub struct Topology {
     pub writer_queue: String,
     /// Where messages the writer can never apply end up (exchange and queue).
     pub dead: String,
+    /// The most the writer queue holds, in bytes of message bodies.
+    pub writer_queue_max_bytes: u64,
 }
 
 impl Topology {
+    /// The names under `prefix`, with the default bound on the writer queue.
     pub fn new(prefix: &str) -> Self {
         Topology {
             exchange: format!("{prefix}.holds"),
             writer_queue: format!("{prefix}.writer"),
             dead: format!("{prefix}.dead"),
+            writer_queue_max_bytes: DEFAULT_WRITER_QUEUE_MAX_BYTES,
+        }
+    }
+
+    /// The topology `config` describes.
+    pub fn of(config: &AmqpConfig) -> Self {
+        Topology {
+            writer_queue_max_bytes: config.writer_queue_max_bytes,
+            ..Topology::new(&config.prefix)
         }
     }
 
@@ -76,11 +93,20 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        let mut writer_args = quorum(Some(&self.dead));
+        writer_args.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(self.writer_queue_max_bytes as i64),
+        );
+        writer_args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
         channel
             .queue_declare(
                 self.writer_queue.as_str().into(),
                 QueueDeclareOptions::durable(),
-                quorum(Some(&self.dead)),
+                writer_args,
             )
             .await?;
         channel
@@ -122,7 +148,7 @@ impl Broker {
     pub fn new(config: &AmqpConfig) -> Self {
         Broker {
             url: config.url.clone(),
-            topology: Topology::new(&config.prefix),
+            topology: Topology::of(config),
             connection: Mutex::new(None),
         }
     }

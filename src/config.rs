@@ -30,12 +30,15 @@ pub const ENV_MAX_HOLDS_PER_USER: &str = "HERDGATE_MAX_HOLDS_PER_USER";
 pub const ENV_IDEMPOTENCY_TTL: &str = "HERDGATE_IDEMPOTENCY_TTL";
 pub const ENV_OUTBOX_MAX: &str = "HERDGATE_OUTBOX_MAX";
 pub const ENV_AMQP_PREFIX: &str = "HERDGATE_AMQP_PREFIX";
+pub const ENV_WRITER_QUEUE_MAX_BYTES: &str = "HERDGATE_WRITER_QUEUE_MAX_BYTES";
 pub const ENV_RELAY_BATCH: &str = "HERDGATE_RELAY_BATCH";
 pub const ENV_RELAY_CLAIM_IDLE: &str = "HERDGATE_RELAY_CLAIM_IDLE";
 pub const ENV_COALESCE: &str = "HERDGATE_COALESCE";
 pub const ENV_SWEEP_INTERVAL: &str = "HERDGATE_SWEEP_INTERVAL";
+pub const ENV_SCAN_INTERVAL: &str = "HERDGATE_SCAN_INTERVAL";
 pub const ENV_WRITER_BATCH: &str = "HERDGATE_WRITER_BATCH";
 pub const ENV_WRITER_LINGER: &str = "HERDGATE_WRITER_LINGER";
+pub const ENV_WRITER_PREFETCH: &str = "HERDGATE_WRITER_PREFETCH";
 
 /// Every variable [`Config::from_env`] reads, so deployment files can be checked against
 /// it (tests/it/compose.rs). Logging also honours `RUST_LOG`, and trace export the
@@ -63,13 +66,19 @@ pub const ENV_VARS: &[&str] = &[
     ENV_IDEMPOTENCY_TTL,
     ENV_OUTBOX_MAX,
     ENV_AMQP_PREFIX,
+    ENV_WRITER_QUEUE_MAX_BYTES,
     ENV_RELAY_BATCH,
     ENV_RELAY_CLAIM_IDLE,
     ENV_COALESCE,
     ENV_SWEEP_INTERVAL,
+    ENV_SCAN_INTERVAL,
     ENV_WRITER_BATCH,
     ENV_WRITER_LINGER,
+    ENV_WRITER_PREFETCH,
 ];
+
+/// 64 MiB of hold event batches: about 200,000 holds waiting for the writer.
+pub const DEFAULT_WRITER_QUEUE_MAX_BYTES: u64 = 64 << 20;
 
 /// Signs development tokens only; `Config::from_env` warns whenever it is in use.
 pub const DEV_TOKEN_SECRET: &str = "herdgate-development-secret-do-not-use-in-production";
@@ -159,6 +168,8 @@ pub struct AmqpConfig {
     pub url: SecretString,
     /// Names the exchange and queues (`<prefix>.holds`, `<prefix>.writer`, ...).
     pub prefix: String,
+    /// The writer queue's bound; past it RabbitMQ refuses new batches (backpressure).
+    pub writer_queue_max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -177,16 +188,22 @@ pub struct HoldConfig {
     pub relay_claim_idle: Duration,
     /// Concurrent requests for one seat share one Redis call (see `coalesce`).
     pub coalesce: bool,
-    /// How often the sweeper looks for holds whose time is up.
+    /// A due hold is released at most this late (due holds are released together).
     pub sweep_interval: Duration,
+    /// How often the relay and the sweeper look at every loaded event, whatever
+    /// the activity channel said: the bound on the delay a lost notice causes.
+    pub scan_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
-    /// Messages applied in one PostgreSQL transaction, at most.
+    /// Hold events applied in one PostgreSQL transaction: messages are taken
+    /// until the batch has this many (a message is never split).
     pub batch: usize,
     /// How long a batch waits to fill before it is applied anyway.
     pub linger: Duration,
+    /// Messages RabbitMQ delivers ahead of the writer's acks.
+    pub prefetch: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +272,12 @@ impl Config {
                     }),
                 )?,
                 prefix: parse(env, ENV_AMQP_PREFIX, "herdgate", parse_prefix)?,
+                writer_queue_max_bytes: parse(
+                    env,
+                    ENV_WRITER_QUEUE_MAX_BYTES,
+                    &DEFAULT_WRITER_QUEUE_MAX_BYTES.to_string(),
+                    parse_positive,
+                )? as u64,
             },
             auth: AuthConfig {
                 token_secret: SecretString::from(token_secret),
@@ -270,10 +293,12 @@ impl Config {
                 relay_claim_idle: parse(env, ENV_RELAY_CLAIM_IDLE, "15s", parse_duration)?,
                 coalesce: parse(env, ENV_COALESCE, "true", parse_bool)?,
                 sweep_interval: parse(env, ENV_SWEEP_INTERVAL, "500ms", parse_duration)?,
+                scan_interval: parse(env, ENV_SCAN_INTERVAL, "15s", parse_duration)?,
             },
             writer: WriterConfig {
                 batch: parse(env, ENV_WRITER_BATCH, "500", parse_positive)?,
                 linger: parse(env, ENV_WRITER_LINGER, "20ms", parse_duration)?,
+                prefetch: parse(env, ENV_WRITER_PREFETCH, "64", parse_positive)?,
             },
             seats_cache_ttl: parse(env, ENV_SEATS_CACHE_TTL, "250ms", parse_duration)?,
             inventory_interval: parse(env, ENV_INVENTORY_INTERVAL, "5s", parse_duration)?,

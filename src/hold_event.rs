@@ -2,6 +2,12 @@
 //! RabbitMQ and the writer applies to PostgreSQL. Its JSON is a public contract
 //! (other services bind their own queues), documented in the README; fields are
 //! only ever added, and `schemaVersion` says which set a message has.
+//!
+//! The relay publishes hold events in batches ([`HoldBatch`], schema 2): one
+//! message carries the events of one on-sale event and one type, in outbox
+//! order, so one confirm, one queue append and one delivery cover many holds.
+//! Each of its `events` is a schema-1 hold event, the shape a message had before
+//! batches; [`parse_message`] reads either.
 
 use std::collections::HashMap;
 
@@ -9,7 +15,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The schema of one hold event (and of a message carrying only one).
 pub const SCHEMA_VERSION: u32 = 1;
+/// The schema of a message carrying a batch of hold events.
+pub const BATCH_SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -154,6 +163,74 @@ impl HoldEvent {
     }
 }
 
+/// Several hold events of one on-sale event and one type, in outbox order:
+/// the message the relay publishes (schema 2), routed by `type` as a single
+/// event is. The events of one booking are never split out of order: a booking
+/// has one `hold.placed` and at most one later event, and the relay publishes a
+/// round's `hold.placed` batch before its other batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldBatch {
+    pub schema_version: u32,
+    /// The type every event of the batch has.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub event_id: i64,
+    pub events: Vec<HoldEvent>,
+}
+
+impl HoldBatch {
+    pub fn new(kind: &str, event_id: i64, events: Vec<HoldEvent>) -> Self {
+        HoldBatch {
+            schema_version: BATCH_SCHEMA_VERSION,
+            kind: kind.to_string(),
+            event_id,
+            events,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.schema_version != BATCH_SCHEMA_VERSION {
+            return Err(format!("batch has schemaVersion {}", self.schema_version));
+        }
+        if self.events.is_empty() {
+            return Err("batch has no events".into());
+        }
+        for event in &self.events {
+            event.validate()?;
+            if event.kind != self.kind || event.event_id != self.event_id {
+                return Err(format!(
+                    "batch of {} for event {} holds a {} of event {}",
+                    self.kind, self.event_id, event.kind, event.event_id
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The hold events of one message from the queue: a batch (schema 2) or a
+/// single event (schema 1, as published before batches).
+pub fn parse_message(data: &[u8]) -> Result<Vec<HoldEvent>, String> {
+    #[derive(Deserialize)]
+    struct Schema {
+        #[serde(rename = "schemaVersion")]
+        version: u32,
+    }
+    let schema: Schema =
+        serde_json::from_slice(data).map_err(|e| format!("not a hold event message: {e}"))?;
+    if schema.version == BATCH_SCHEMA_VERSION {
+        let batch: HoldBatch =
+            serde_json::from_slice(data).map_err(|e| format!("not a hold event batch: {e}"))?;
+        batch.validate()?;
+        return Ok(batch.events);
+    }
+    let event: HoldEvent =
+        serde_json::from_slice(data).map_err(|e| format!("not a hold event: {e}"))?;
+    event.validate()?;
+    Ok(vec![event])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +264,35 @@ mod tests {
         assert_eq!(json["expiresAt"], "2027-01-15T08:10:00Z");
         let back: HoldEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn a_batch_and_a_single_event_both_parse_into_events() {
+        let event = HoldEvent::from_outbox(1, &fields()).unwrap();
+        let mut second = event.clone();
+        second.booking_id = Uuid::now_v7();
+        let batch = HoldBatch::new("hold.placed", 1, vec![event.clone(), second.clone()]);
+        let json = serde_json::to_vec(&batch).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["schemaVersion"], 2);
+        assert_eq!(value["events"][1]["schemaVersion"], 1);
+        assert_eq!(parse_message(&json).unwrap(), vec![event.clone(), second]);
+        let single = serde_json::to_vec(&event).unwrap();
+        assert_eq!(parse_message(&single).unwrap(), vec![event]);
+    }
+
+    #[test]
+    fn a_batch_that_mixes_types_or_events_is_refused() {
+        let event = HoldEvent::from_outbox(1, &fields()).unwrap();
+        let other_event = HoldBatch::new("hold.placed", 2, vec![event.clone()]);
+        let other_type = HoldBatch::new("hold.expired", 1, vec![event]);
+        let empty = HoldBatch::new("hold.placed", 1, Vec::new());
+        for batch in [other_event, other_type, empty] {
+            let json = serde_json::to_vec(&batch).unwrap();
+            assert!(parse_message(&json).is_err(), "{batch:?}");
+        }
+        assert!(parse_message(b"{\"schemaVersion\": 3}").is_err());
+        assert!(parse_message(b"not json").is_err());
     }
 
     #[test]

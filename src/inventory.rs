@@ -6,7 +6,8 @@
 //! key is written last, so its presence means the inventory is complete.
 
 use std::{
-    sync::{Arc, RwLock},
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -26,6 +27,9 @@ const LOAD_CHUNK: usize = 5_000;
 /// Redis made before it lost its data may still be on their way to the writer,
 /// and new holds must be ordered after them, not reuse their numbers.
 const SEQ_GAP: i64 = 1_000_000_000;
+/// Every this many syncs, every event's status is read from Redis, not only the
+/// events whose status moved in PostgreSQL (a key lost in Redis is found then).
+const FULL_SYNC_EVERY: u32 = 12;
 /// A loader that died keeps others out for at most this long.
 const LOADING_LOCK: Duration = Duration::from_secs(120);
 
@@ -40,6 +44,16 @@ pub struct Inventory {
     store: Store,
     pg: deadpool_postgres::Pool,
     on_sale: RwLock<Arc<Vec<OnSaleEvent>>>,
+    seen: Mutex<Seen>,
+}
+
+/// What the last syncs saw, so a quiet catalogue is not read again from Redis
+/// on every round.
+#[derive(Default)]
+struct Seen {
+    rounds: u32,
+    /// Each event's status in PostgreSQL at the last sync that went through.
+    statuses: HashMap<i64, String>,
 }
 
 impl Inventory {
@@ -48,6 +62,7 @@ impl Inventory {
             store,
             pg,
             on_sale: RwLock::new(Arc::new(Vec::new())),
+            seen: Mutex::new(Seen::default()),
         }
     }
 
@@ -59,6 +74,11 @@ impl Inventory {
     /// Reads the events from PostgreSQL, loads the on-sale ones missing from
     /// Redis, and makes every loaded event's status follow PostgreSQL's, so an
     /// event taken off sale stops taking holds (and one put back resumes).
+    /// Redis is asked, in one pipeline, for the status of the events whose status
+    /// moved in PostgreSQL since the last sync, and written to only where it
+    /// differs; every event is asked for every `FULL_SYNC_EVERY` syncs, and
+    /// whenever Redis has fewer loaded events than PostgreSQL has on sale (it
+    /// lost its data). A large, quiet catalogue costs one query and one `SCARD`.
     pub async fn sync(&self) -> anyhow::Result<()> {
         let client = self
             .pg
@@ -67,32 +87,69 @@ impl Inventory {
             .context("failed to get a PostgreSQL connection")?;
         let rows = client
             .query(
-                "SELECT id, name, venue, starts_at, status,
-                        CASE WHEN status = 'ON_SALE'
-                             THEN (SELECT count(*) FROM seats s WHERE s.event_id = e.id)
-                             ELSE 0 END AS total
-                   FROM events e ORDER BY id",
+                "SELECT id, name, venue, starts_at, status FROM events ORDER BY id",
                 &[],
             )
             .await
             .context("failed to list events")?;
         drop(client);
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
+        let statuses: HashMap<i64, String> = rows
+            .iter()
+            .map(|row| (row.get("id"), row.get("status")))
+            .collect();
+        let on_sale = statuses.values().filter(|s| *s == "ON_SALE").count();
+        let (round, previous) = {
+            let mut seen = self.seen.lock().expect("inventory lock");
+            seen.rounds += 1;
+            (seen.rounds - 1, std::mem::take(&mut seen.statuses))
+        };
+        let full = round % FULL_SYNC_EVERY == 0
+            // Fewer loaded events than on sale: Redis lost data, or an event is new.
+            || (self.store.loaded_event_count().await? as usize) < on_sale;
+        // Only events whose status moved since the last sync need a look in Redis,
+        // unless this is a full round.
+        let rows: Vec<_> = rows
+            .iter()
+            .filter(|row| {
+                full || previous.get(&row.get::<_, i64>("id"))
+                    != Some(&row.get::<_, String>("status"))
+            })
+            .collect();
+        let ids: Vec<i64> = rows.iter().map(|row| row.get("id")).collect();
+        let loaded = self.store.event_statuses(&ids).await?;
+        let mut events: Vec<OnSaleEvent> = match full {
+            true => Vec::with_capacity(on_sale),
+            // The events not looked at keep their place in the list.
+            false => self
+                .on_sale()
+                .iter()
+                .filter(|e| {
+                    !ids.contains(&e.id) && statuses.get(&e.id).is_some_and(|s| s == "ON_SALE")
+                })
+                .cloned()
+                .collect(),
+        };
+        for (row, in_redis) in rows.into_iter().zip(loaded) {
             let event = EventRow {
                 id: row.get("id"),
                 name: row.get("name"),
                 venue: row.get("venue"),
                 starts_at: row.get("starts_at"),
                 status: row.get("status"),
-                total_seats: row.get("total"),
             };
-            if event.status == "ON_SALE" {
-                self.ensure_loaded(&event)
-                    .await
-                    .with_context(|| format!("failed to load event {} into Redis", event.id))?;
-            }
-            if self.store.set_event_status(event.id, &event.status).await? {
+            let changed = match in_redis.as_deref() {
+                None if event.status == "ON_SALE" => {
+                    self.ensure_loaded(&event)
+                        .await
+                        .with_context(|| format!("failed to load event {} into Redis", event.id))?;
+                    false
+                }
+                Some(status) if status != event.status => {
+                    self.store.set_event_status(event.id, &event.status).await?
+                }
+                _ => false,
+            };
+            if changed {
                 tracing::info!(
                     event_id = event.id,
                     status = event.status,
@@ -107,7 +164,10 @@ impl Inventory {
                 name: event.name,
             });
         }
+        events.sort_by_key(|e| e.id);
         *self.on_sale.write().expect("on-sale lock") = Arc::new(events);
+        // Only once every event has been seen through: a failed sync looks again.
+        self.seen.lock().expect("inventory lock").statuses = statuses;
         Ok(())
     }
 
@@ -157,7 +217,6 @@ impl Inventory {
         let available = result?;
         tracing::info!(
             event_id = event.id,
-            seats = event.total_seats,
             available,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "loaded event inventory into Redis"
@@ -206,6 +265,7 @@ impl Inventory {
                     .await?;
             }
         }
+        let total_seats = rows.len();
         self.restore_holds(event.id).await?;
         // Before the event key: once the event takes holds, its outbox is relayed.
         redis
@@ -219,7 +279,7 @@ impl Inventory {
                     ("name", event.name.clone()),
                     ("venue", event.venue.clone()),
                     ("startsAt", starts_at),
-                    ("totalSeats", event.total_seats.to_string()),
+                    ("totalSeats", total_seats.to_string()),
                     ("status", event.status.clone()),
                 ],
             )
@@ -332,5 +392,4 @@ struct EventRow {
     venue: String,
     starts_at: DateTime<Utc>,
     status: String,
-    total_seats: i64,
 }

@@ -24,20 +24,22 @@ pub const OUTBOX_DEPTH: &str = "herdgate_outbox_depth";
 pub const RELAY_CONFIRMED: &str = "herdgate_relay_confirmed_total";
 /// Hold events RabbitMQ refused (nack); they are published again.
 pub const RELAY_REFUSED: &str = "herdgate_relay_refused_total";
-/// Messages per writer transaction.
+/// Hold events per writer transaction.
 pub const WRITER_BATCH: &str = "herdgate_writer_batch_size";
+/// Hold events the writer settled (applied, stale or dead-lettered) and acked.
+pub const WRITER_EVENTS: &str = "herdgate_writer_events_total";
 /// Bookings inserted or moved to a newer version.
 pub const WRITER_ROWS: &str = "herdgate_writer_rows_applied_total";
 /// From a change in Redis to its commit in PostgreSQL (seconds), per batch's oldest event.
 pub const WRITER_LAG: &str = "herdgate_writer_lag_seconds";
-/// Messages the writer can never apply, sent to the dead-letter queue.
+/// Messages or hold events the writer can never apply, sent to the dead-letter queue.
 pub const DEAD_LETTERED: &str = "herdgate_writer_dead_lettered_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 const LAG_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-const BATCH_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

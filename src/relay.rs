@@ -10,39 +10,35 @@
 //! is therefore at least once: the writer makes repeats harmless.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context;
-use fred::{
-    interfaces::{SetsInterface, StreamsInterface},
-    types::Value,
-};
+use chrono::{DateTime, Utc};
+use fred::{interfaces::StreamsInterface, types::Value};
 use lapin::{
-    BasicProperties, Channel,
+    BasicProperties, Channel, Confirmation,
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    types::{AMQPValue, FieldTable},
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use crate::{
     broker::Broker,
-    hold_event::HoldEvent,
-    holds::Store,
+    hold_event::{BookingStatus, HoldBatch, HoldEvent},
+    holds::{Activity, Store},
     prometheus, retry,
     telemetry::{self, spans},
 };
 
 const GROUP: &str = "relay";
-/// Pause after a round that found nothing to move; doubles while idle, up to the max.
-const IDLE_POLL: Duration = Duration::from_millis(5);
-const MAX_IDLE_POLL: Duration = Duration::from_millis(100);
-/// How often the set of outboxes to drain is read again.
-const EVENTS_REFRESH: Duration = Duration::from_secs(1);
+/// Pause after a round in which RabbitMQ refused or could not route a batch.
+const REFUSED_PAUSE: Duration = Duration::from_millis(200);
+/// How often the outbox depth of the events being relayed is measured.
+const GAUGES: Duration = Duration::from_secs(1);
 
 pub struct Relay {
     store: Store,
@@ -52,19 +48,30 @@ pub struct Relay {
     batch: usize,
     /// Entries another relay has had this long without confirming are taken over.
     claim_idle: Duration,
+    /// How often every loaded event's outbox is looked at, notices or not: the
+    /// bound on how long a lost notice or a stopped relay can delay an entry
+    /// (plus `claim_idle` for the latter).
+    scan: Duration,
 }
 
 /// An outbox entry: its stream id and its fields.
 type Entry = (String, HashMap<String, String>);
 
 impl Relay {
-    pub fn new(store: Store, broker: Arc<Broker>, batch: usize, claim_idle: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        broker: Arc<Broker>,
+        batch: usize,
+        claim_idle: Duration,
+        scan: Duration,
+    ) -> Self {
         Relay {
             store,
             broker,
             consumer: format!("relay-{}", uuid::Uuid::now_v7()),
             batch,
             claim_idle,
+            scan,
         }
     }
 
@@ -78,62 +85,92 @@ impl Relay {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        let mut activity = self.store.watch_activity().await?;
         let mut groups = HashSet::new();
+        // Events with entries to read: drained ones leave, notices bring them back.
+        let mut active: BTreeSet<i64> = BTreeSet::new();
         // Our own pending entries (a failed round) are retried before new ones.
         let mut retry: HashSet<i64> = HashSet::new();
-        let mut next_claim = Instant::now();
-        let mut events: Vec<i64> = Vec::new();
-        let mut next_refresh = Instant::now();
-        let mut idle = IDLE_POLL;
+        // Events a scan found entries in: once drained, look for entries to claim.
+        let mut unclaimed: HashSet<i64> = HashSet::new();
+        let mut depths = Depths::default();
+        let mut next_scan = Instant::now();
+        let mut next_gauges = Instant::now();
         loop {
             if stop.is_cancelled() {
                 let _ = connection.close(200, "relay stopping".into()).await;
                 return Ok(());
             }
-            let claim = Instant::now() >= next_claim;
-            if claim {
-                next_claim = Instant::now() + self.claim_idle / 2;
-            }
-            if Instant::now() >= next_refresh {
-                events = self
-                    .store
-                    .client()
-                    .smembers(self.store.keys().outboxes())
-                    .await?;
-                next_refresh = Instant::now() + EVENTS_REFRESH;
-                for &event_id in &events {
-                    let outbox = self.store.keys().event(event_id).outbox();
-                    let depth: u64 = self.store.client().xlen(outbox).await?;
-                    metrics::gauge!(prometheus::OUTBOX_DEPTH, "event" => event_id.to_string())
-                        .set(depth as f64);
+            let mut scan = Instant::now() >= next_scan;
+            while let Some(notice) = activity.try_next() {
+                match notice {
+                    Activity::Event(event_id) => {
+                        active.insert(event_id);
+                    }
+                    Activity::Missed => scan = true,
                 }
             }
-            let mut moved = 0;
-            for &event_id in &events {
+            if scan {
+                next_scan = Instant::now() + self.scan;
+                // Entries a notice did not announce (lost, or left by a relay that
+                // stopped) are found here: events with entries become active, and
+                // those we find nothing new in are checked for entries to claim.
+                for (event_id, depth) in self.store.outbox_depths().await? {
+                    depths.record(event_id, depth);
+                    if depth > 0 {
+                        active.insert(event_id);
+                        unclaimed.insert(event_id);
+                    }
+                }
+                next_gauges = Instant::now() + GAUGES;
+            }
+            if active.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    notice = activity.next() => match notice {
+                        Activity::Event(event_id) => { active.insert(event_id); }
+                        Activity::Missed => next_scan = Instant::now(),
+                    },
+                    _ = tokio::time::sleep_until(next_scan) => {}
+                }
+                continue;
+            }
+            let gauges = Instant::now() >= next_gauges;
+            if gauges {
+                next_gauges = Instant::now() + GAUGES;
+            }
+            let mut refused = 0;
+            for event_id in active.clone() {
                 if groups.insert(event_id) {
                     self.create_group(event_id).await?;
                     // A session that failed may have left entries pending under our name.
                     retry.insert(event_id);
                 }
-                if claim && self.claim(event_id).await? {
-                    retry.insert(event_id);
-                }
                 let pending = retry.remove(&event_id);
                 let entries = self.read(event_id, pending).await?;
-                if pending && !entries.is_empty() {
+                let kept = self.publish(&channel, event_id, &entries).await?;
+                if kept > 0 || (pending && !entries.is_empty()) {
                     retry.insert(event_id);
                 }
-                self.publish(&channel, event_id, &entries).await?;
-                moved += entries.len();
+                refused += kept;
+                if !pending && entries.is_empty() {
+                    // Drained, unless a relay that stopped left entries pending.
+                    if unclaimed.remove(&event_id) && self.claim(event_id).await? {
+                        retry.insert(event_id);
+                    } else {
+                        active.remove(&event_id);
+                    }
+                }
+                if gauges {
+                    depths.record(event_id, self.store.outbox_depth(event_id).await?);
+                }
             }
-            if moved > 0 {
-                idle = IDLE_POLL;
-            } else {
+            if refused > 0 {
+                // The broker is full or unrouted: give it a moment instead of a busy loop.
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    _ = tokio::time::sleep(idle) => {}
+                    _ = tokio::time::sleep(REFUSED_PAUSE) => {}
                 }
-                idle = (idle * 2).min(MAX_IDLE_POLL);
             }
         }
     }
@@ -198,20 +235,22 @@ impl Relay {
         parse_entries(&reply).context("unexpected XREADGROUP reply")
     }
 
-    /// Publishes every entry, waits for the confirms, then acks and deletes
-    /// the confirmed ones. Unconfirmed entries stay pending and are retried.
+    /// Publishes the entries as batches (one message per type, in outbox order,
+    /// `hold.placed` first), waits for the confirms, then acks and deletes the
+    /// entries of every confirmed batch. A refused or unroutable batch stays
+    /// pending and is published again; how many entries that left is returned.
     async fn publish(
         &self,
         channel: &Channel,
         event_id: i64,
         entries: &[Entry],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<usize> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let exchange = &self.broker.topology.exchange;
-        let mut confirms = Vec::with_capacity(entries.len());
-        let mut malformed = Vec::new();
+        let mut batches: Vec<Batch> = Vec::new();
+        let mut done = Vec::new();
         for (id, fields) in entries {
             let event = match HoldEvent::from_outbox(event_id, fields) {
                 Ok(event) => event,
@@ -223,48 +262,71 @@ impl Relay {
                         reason,
                         "dropping malformed outbox entry"
                     );
-                    malformed.push(id.clone());
+                    done.push(id.clone());
                     continue;
                 }
             };
-            let payload = serde_json::to_vec(&event)?;
-            // Traced, the message carries the publish span's context, so the
-            // writer's span is its child; untraced, the stored one passes through.
-            let span = telemetry::exporting().then(|| spans::publish(exchange, &event));
-            let traceparent = match &span {
-                Some(span) => telemetry::context::traceparent(span),
-                None => None,
+            let at = match batches.iter().position(|b| b.kind == event.kind) {
+                Some(at) => at,
+                None => {
+                    batches.push(Batch::new(&event.kind));
+                    batches.len() - 1
+                }
             };
-            let traceparent = traceparent.as_deref().or(event.traceparent.as_deref());
+            batches[at].push(id, event);
+        }
+        // A booking's hold.placed goes out before its later event (see HoldBatch).
+        batches.sort_by_key(|b| b.kind != BookingStatus::Pending.event_type());
+        let mut confirms = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let (message, spans) = batch.message(exchange, event_id);
+            let payload = serde_json::to_vec(&message)?;
             let confirm = channel
                 .basic_publish(
                     exchange.as_str().into(),
-                    event.kind.as_str().into(),
-                    BasicPublishOptions::default(),
+                    message.kind.as_str().into(),
+                    BasicPublishOptions {
+                        // Unroutable (no queue bound) comes back instead of being confirmed.
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &payload,
-                    properties(&event, traceparent),
+                    properties(event_id, &batch.ids, message.events[0].occurred_at),
                 )
-                .instrument(span.clone().unwrap_or_else(Span::none))
                 .await?;
-            confirms.push((id.clone(), confirm, span));
+            confirms.push((batch.ids, confirm, spans));
         }
-        let malformed_count = malformed.len();
-        let mut done = malformed;
         let mut refused = 0;
+        let mut confirmed = 0;
         // A publish span ends with its confirm.
-        for (id, confirm, span) in confirms {
-            if confirm.await?.is_ack() {
-                done.push(id);
-            } else {
-                refused += 1;
-                if let Some(span) = span {
-                    span.record("otel.status_code", "ERROR");
+        for (ids, confirm, spans) in confirms {
+            let refusal = match confirm.await? {
+                Confirmation::Ack(None) => None,
+                Confirmation::Ack(Some(_)) => Some("unroutable: no queue is bound for it"),
+                Confirmation::Nack(_) => Some("refused by RabbitMQ (a queue at its limit?)"),
+                Confirmation::NotRequested => Some("not confirmed"),
+            };
+            match refusal {
+                None => {
+                    confirmed += ids.len();
+                    done.extend(ids);
+                }
+                Some(reason) => {
+                    refused += ids.len();
+                    tracing::warn!(
+                        event_id,
+                        events = ids.len(),
+                        reason,
+                        "hold events kept in the outbox"
+                    );
+                    for span in spans {
+                        span.record("otel.status_code", "ERROR");
+                    }
                 }
             }
         }
-        metrics::counter!(prometheus::RELAY_CONFIRMED)
-            .increment((done.len() - malformed_count) as u64);
-        metrics::counter!(prometheus::RELAY_REFUSED).increment(refused);
+        metrics::counter!(prometheus::RELAY_CONFIRMED).increment(confirmed as u64);
+        metrics::counter!(prometheus::RELAY_REFUSED).increment(refused as u64);
         if !done.is_empty() {
             let outbox = self.store.keys().event(event_id).outbox();
             let client = self.store.client();
@@ -274,27 +336,79 @@ impl Relay {
             client.xdel::<(), _, _>(&outbox, done.clone()).await?;
             client.xack::<(), _, _, _>(&outbox, GROUP, done).await?;
         }
-        anyhow::ensure!(refused == 0, "RabbitMQ refused {refused} hold events");
-        Ok(())
+        Ok(refused)
     }
 }
 
-/// Persistent JSON, with the trace context in the `traceparent` header.
-fn properties(event: &HoldEvent, traceparent: Option<&str>) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    if let Some(traceparent) = traceparent {
-        headers.insert(
-            "traceparent".into(),
-            AMQPValue::LongString(traceparent.into()),
-        );
+/// The outbox depth gauges, set only when a depth changed: a scan of a large,
+/// quiet catalogue then touches no metric.
+#[derive(Default)]
+struct Depths(HashMap<i64, u64>);
+
+impl Depths {
+    fn record(&mut self, event_id: i64, depth: u64) {
+        if self.0.insert(event_id, depth) != Some(depth) {
+            metrics::gauge!(prometheus::OUTBOX_DEPTH, "event" => event_id.to_string())
+                .set(depth as f64);
+        }
     }
+}
+
+/// The outbox entries of one type read in one round, on their way to one message.
+struct Batch {
+    kind: String,
+    ids: Vec<String>,
+    events: Vec<HoldEvent>,
+}
+
+impl Batch {
+    fn new(kind: &str) -> Self {
+        Batch {
+            kind: kind.to_string(),
+            ids: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, id: &str, event: HoldEvent) {
+        self.ids.push(id.to_string());
+        self.events.push(event);
+    }
+
+    /// The message, and a publish span for each event whose trace is exported:
+    /// traced, an event carries its publish span's context, so the writer's span
+    /// is its child; untraced, the context stored with the entry passes through.
+    fn message(&self, exchange: &str, event_id: i64) -> (HoldBatch, Vec<Span>) {
+        let mut events = self.events.clone();
+        let mut spans = Vec::new();
+        if telemetry::exporting() {
+            for event in &mut events {
+                let sampled = event.traceparent.as_deref();
+                if !sampled.is_some_and(telemetry::context::is_sampled) {
+                    continue;
+                }
+                let span = spans::publish(exchange, event);
+                if let Some(traceparent) = telemetry::context::traceparent(&span) {
+                    event.traceparent = Some(traceparent);
+                    spans.push(span);
+                }
+            }
+        }
+        (HoldBatch::new(&self.kind, event_id, events), spans)
+    }
+}
+
+/// Persistent JSON; the message id names the event and the batch's first and
+/// last outbox entries, so a consumer can deduplicate a batch published again.
+fn properties(event_id: i64, ids: &[String], occurred_at: DateTime<Utc>) -> BasicProperties {
+    let first = ids.first().map_or("", String::as_str);
+    let last = ids.last().map_or("", String::as_str);
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
-        .with_message_id(format!("{}:{}", event.booking_id, event.version).into())
-        .with_timestamp(event.occurred_at.timestamp() as u64)
+        .with_message_id(format!("{event_id}:{first}:{last}").into())
+        .with_timestamp(occurred_at.timestamp() as u64)
         .with_app_id("herdgate".into())
-        .with_headers(headers)
 }
 
 /// Entries of a one-stream XREADGROUP reply: `[[stream, [[id, [f, v, ...]], ...]]]`.

@@ -78,6 +78,7 @@ pub async fn run(
             app.broker.clone(),
             config.holds.relay_batch,
             config.holds.relay_claim_idle,
+            config.holds.scan_interval,
         )
         .run(token.clone()),
     );
@@ -92,7 +93,14 @@ pub async fn run(
             }
         }
     });
-    tasks.spawn(Sweeper::new(app.store.clone(), config.holds.sweep_interval).run(token.clone()));
+    tasks.spawn(
+        Sweeper::new(
+            app.store.clone(),
+            config.holds.sweep_interval,
+            config.holds.scan_interval,
+        )
+        .run(token.clone()),
+    );
     if role == Role::All {
         tasks.spawn(
             Writer::new(app.pg.clone(), app.broker.clone(), config.writer.clone())

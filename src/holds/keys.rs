@@ -28,6 +28,12 @@ impl Keys {
         format!("{}outboxes", self.prefix)
     }
 
+    /// Pub/sub channel (not a key) on which scripts publish an event's id when
+    /// it has new work: its outbox was empty, or a hold is its first to fall due.
+    pub fn activity(&self) -> String {
+        format!("{}activity", self.prefix)
+    }
+
     pub fn event(&self, event_id: i64) -> EventKeys {
         EventKeys {
             base: format!("{}{{e:{event_id}}}:", self.prefix),

@@ -4,7 +4,9 @@
 //! loaded again after NOSCRIPT, so a Redis restart or `SCRIPT FLUSH` never breaks
 //! the gateway. Replies become Rust values here and nowhere else.
 
+mod activity;
 pub mod keys;
+mod outbox;
 mod reads;
 mod transitions;
 
@@ -18,6 +20,7 @@ use tracing::Instrument;
 
 use crate::telemetry::spans;
 
+pub use activity::{Activity, ActivityFeed};
 pub use keys::{EventKeys, Keys};
 pub use reads::{EventInfo, HoldState, SeatPage};
 pub use transitions::{HoldOutcome, PlaceHold, Transition};

@@ -97,6 +97,8 @@ impl Store {
             req.idempotency_ttl_ms.to_string(),
             req.outbox_max.to_string(),
             req.traceparent.to_string(),
+            self.keys.activity(),
+            req.event_id.to_string(),
         ];
         let reply = self.eval(&PLACE_HOLD, &self.place_hold, keys, args).await?;
         parse_hold_outcome(&reply).ok_or_else(|| reply_error(&PLACE_HOLD, &reply))
@@ -144,6 +146,8 @@ impl Store {
             booking_id.to_string(),
             now_ms.to_string(),
             retention_ms.to_string(),
+            self.keys.activity(),
+            event_id.to_string(),
         ];
         let reply = self
             .eval(&EXPIRE_HOLD, &self.expire_hold, keys, args)
@@ -195,6 +199,8 @@ impl Store {
             user_id.to_string(),
             now_ms.to_string(),
             traceparent.to_string(),
+            self.keys.activity(),
+            event_id.to_string(),
         ];
         let reply = self
             .eval(&CONFIRM_HOLD, &self.confirm_hold, keys, args)
@@ -228,6 +234,8 @@ impl Store {
             now_ms.to_string(),
             traceparent.to_string(),
             HOLD_RETENTION_MS.to_string(),
+            self.keys.activity(),
+            event_id.to_string(),
         ];
         let reply = self
             .eval(&CANCEL_HOLD, &self.cancel_hold, keys, args)

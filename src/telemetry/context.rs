@@ -27,6 +27,15 @@ pub fn traceparent(span: &Span) -> Option<String> {
     })
 }
 
+/// True when a `traceparent` string says its trace is sampled (flag bit 0).
+pub fn is_sampled(traceparent: &str) -> bool {
+    traceparent
+        .rsplit('-')
+        .next()
+        .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+        .is_some_and(|flags| flags & 1 == 1)
+}
+
 /// True inside a span that is being exported: below a request, a publish or
 /// an apply the sampler kept.
 pub fn in_sampled_span() -> bool {

@@ -8,7 +8,8 @@
 //!     EVALSHA place_hold    gateway, client: the script call
 //!   publish hold.placed     gateway (relay), producer: parent is the request span,
 //!                           whose context the script stored with the outbox entry
-//!     apply hold.placed     writer, consumer: parent is the message's traceparent header
+//!     apply hold.placed     writer, consumer: parent is the traceparent the relay put in
+//!                           the event, inside its batch
 //! ```
 //!
 //! Each is built only while [`super::exporting`]; callers check first, so a
@@ -80,8 +81,8 @@ pub fn script(name: &'static str) -> Span {
     )
 }
 
-/// The relay publishing one outbox entry, until its confirm; a child of the
-/// context the gateway stored with the entry.
+/// The relay publishing one outbox entry (in a batch), until the batch's
+/// confirm; a child of the context the gateway stored with the entry.
 pub fn publish(exchange: &str, event: &HoldEvent) -> Span {
     let span = tracing::info_span!(
         "relay.publish",
@@ -101,9 +102,9 @@ pub fn publish(exchange: &str, event: &HoldEvent) -> Span {
     span
 }
 
-/// The writer applying one message, a child of the context in its
-/// `traceparent` header. The batch is one transaction, so every message of a
-/// batch has a span covering the same apply and commit; `batch` says how many.
+/// The writer applying one hold event, a child of the context it carries. The
+/// batch is one transaction, so every event of a batch has a span covering the
+/// same apply and commit; `batch` says how many events shared it.
 pub fn apply(queue: &str, event: &HoldEvent, traceparent: Option<&str>, batch: usize) -> Span {
     let span = tracing::info_span!(
         "writer.apply",

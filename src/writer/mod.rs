@@ -1,9 +1,12 @@
 //! The writer: consumes hold events from RabbitMQ and applies them to PostgreSQL
 //! in batches, one transaction each, acking only after the commit.
 //!
-//! A message that can never be applied (malformed, or refused by a constraint)
-//! is rejected to the dead-letter queue with its reason logged, so it never
-//! blocks the queue. Anything else that fails (PostgreSQL or RabbitMQ away)
+//! A message is a batch of hold events (see `hold_event`); a writer batch
+//! gathers messages until it holds `batch` events or `linger` has passed.
+//! A message that can never be applied (malformed) is rejected to the
+//! dead-letter queue with its reason logged, and an event of a batch refused
+//! by a constraint is published there alone, so neither blocks the queue nor
+//! holds back the rest of its batch. Anything else that fails (PostgreSQL or RabbitMQ away)
 //! drops the session: unacked messages go back to the queue, and the writer
 //! reconnects with backoff.
 
@@ -14,8 +17,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use futures::StreamExt;
 use lapin::{
+    BasicProperties, Channel, Confirmation,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use tokio::time::Instant;
@@ -25,7 +32,7 @@ use tracing::{Instrument, Span};
 use crate::{
     broker::Broker,
     config::WriterConfig,
-    hold_event::HoldEvent,
+    hold_event::{self, HoldEvent},
     prometheus, retry,
     telemetry::{self, spans},
 };
@@ -49,9 +56,14 @@ impl Writer {
     async fn session(&self, stop: &CancellationToken) -> anyhow::Result<()> {
         let (connection, channel) = self.broker.open_channel().await?;
         let topology = &self.broker.topology;
-        let prefetch = (self.config.batch * 2).min(u16::MAX as usize) as u16;
+        // Messages are batches of up to a relay round each: a few in flight are plenty.
+        let prefetch = self.config.prefetch.min(u16::MAX as usize) as u16;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        // Dead-lettering one event of a batch is a publish of ours, confirmed before the ack.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let mut consumer = channel
             .basic_consume(
@@ -70,17 +82,22 @@ impl Writer {
                 }
                 next = consumer.next() => next.context("consumer closed")??,
             };
-            let mut deliveries = vec![first];
+            let mut batch = vec![Message::parse(first)];
+            let mut events = batch[0].len();
             let deadline = Instant::now() + self.config.linger;
-            while deliveries.len() < self.config.batch {
+            while events < self.config.batch {
                 match tokio::time::timeout_at(deadline, consumer.next()).await {
-                    Ok(Some(delivery)) => deliveries.push(delivery?),
+                    Ok(Some(delivery)) => {
+                        let message = Message::parse(delivery?);
+                        events += message.len();
+                        batch.push(message);
+                    }
                     Ok(None) => anyhow::bail!("consumer closed"),
                     Err(_) => break,
                 }
             }
             // The batch is settled before the next one is taken, even when stopping.
-            if let Err(e) = self.settle(deliveries).await {
+            if let Err(e) = self.settle(&channel, batch).await {
                 let _ = connection.close(200, "writer restarting".into()).await;
                 return Err(e);
             }
@@ -88,11 +105,11 @@ impl Writer {
     }
 
     /// Applies one batch and acks it, or dead-letters what can never apply.
-    async fn settle(&self, deliveries: Vec<Delivery>) -> anyhow::Result<()> {
-        let mut parsed: Vec<(Delivery, HoldEvent)> = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            match parse(&delivery.data) {
-                Ok(event) => parsed.push((delivery, event)),
+    async fn settle(&self, channel: &Channel, batch: Vec<Message>) -> anyhow::Result<()> {
+        let mut parsed: Vec<(Delivery, Vec<HoldEvent>)> = Vec::with_capacity(batch.len());
+        for Message { delivery, events } in batch {
+            match events {
+                Ok(events) => parsed.push((delivery, events)),
                 Err(reason) => dead_letter(&delivery, &reason).await?,
             }
         }
@@ -101,7 +118,7 @@ impl Writer {
         }
         // Ended when this function returns: after the commit and the ack.
         let spans = self.spans(&parsed);
-        let events: Vec<HoldEvent> = parsed.iter().map(|(_, e)| e.clone()).collect();
+        let events: Vec<HoldEvent> = parsed.iter().flat_map(|(_, e)| e.iter().cloned()).collect();
         let started = Instant::now();
         match self.apply(&events).await {
             Ok(applied) => {
@@ -112,11 +129,13 @@ impl Writer {
                     .map(|t| chrono::Utc::now() - t);
                 metrics::histogram!(prometheus::WRITER_BATCH).record(events.len() as f64);
                 metrics::counter!(prometheus::WRITER_ROWS).increment(applied.rows);
+                metrics::counter!(prometheus::WRITER_EVENTS).increment(events.len() as u64);
                 if let Some(lag) = lag.and_then(|l| l.to_std().ok()) {
                     metrics::histogram!(prometheus::WRITER_LAG).record(lag);
                 }
                 tracing::debug!(
-                    messages = events.len(),
+                    messages = parsed.len(),
+                    events = events.len(),
                     rows = applied.rows,
                     stale = applied.stale,
                     lag_ms = lag.map(|l| l.num_milliseconds()),
@@ -129,41 +148,94 @@ impl Writer {
                 Ok(())
             }
             Err(e) if is_permanent(&e) => {
-                // One bad message spoiled the batch: find it by applying one at a time.
-                for (i, (delivery, event)) in parsed.iter().enumerate() {
-                    match self.apply(std::slice::from_ref(event)).await {
-                        Ok(_) => {
-                            delivery.acker.ack(BasicAckOptions::default()).await?;
+                // One bad event spoiled the batch: find it by applying one at a time.
+                let mut spans = spans.into_iter();
+                for (delivery, events) in &parsed {
+                    for event in events {
+                        let span = spans.next().flatten().unwrap_or_else(Span::none);
+                        match self.apply(std::slice::from_ref(event)).await {
+                            Ok(_) => {}
+                            Err(e) if is_permanent(&e) => {
+                                // Logged inside the event's span: the line names its trace.
+                                self.dead_letter_event(channel, event, &db_reason(&e))
+                                    .instrument(span)
+                                    .await?
+                            }
+                            Err(e) => return Err(e).context("failed to apply a hold event"),
                         }
-                        Err(e) if is_permanent(&e) => {
-                            // Logged inside the message's span: the line names its trace.
-                            let span = spans.get(i).cloned().unwrap_or_else(Span::none);
-                            dead_letter(delivery, &db_reason(&e))
-                                .instrument(span)
-                                .await?
-                        }
-                        Err(e) => return Err(e).context("failed to apply a hold event"),
                     }
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
+                metrics::counter!(prometheus::WRITER_EVENTS).increment(events.len() as u64);
                 Ok(())
             }
             Err(e) => Err(e).context("failed to apply a batch of hold events"),
         }
     }
 
-    /// One span per message, each a child of its own message's context, while
-    /// traces are exported; none otherwise.
-    fn spans(&self, parsed: &[(Delivery, HoldEvent)]) -> Vec<Span> {
+    /// One span per event whose trace is exported, each a child of the
+    /// context the event carries (or, for a schema-1 message, its header),
+    /// in the order of the batch's events; none while traces are not exported.
+    fn spans(&self, parsed: &[(Delivery, Vec<HoldEvent>)]) -> Vec<Option<Span>> {
         if !telemetry::exporting() {
             return Vec::new();
         }
         let queue = &self.broker.topology.writer_queue;
+        let count: usize = parsed.iter().map(|(_, events)| events.len()).sum();
         parsed
             .iter()
-            .map(|(delivery, event)| {
-                spans::apply(queue, event, traceparent(delivery), parsed.len())
+            .flat_map(|(delivery, events)| {
+                events.iter().map(move |event| {
+                    let parent = traceparent(delivery).or(event.traceparent.as_deref());
+                    parent
+                        .filter(|t| telemetry::context::is_sampled(t))
+                        .map(|parent| spans::apply(queue, event, Some(parent), count))
+                })
             })
             .collect()
+    }
+
+    /// Sends one event that can never apply to the dead-letter exchange, alone,
+    /// with the reason in its headers, so the rest of its batch is applied.
+    async fn dead_letter_event(
+        &self,
+        channel: &Channel,
+        event: &HoldEvent,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        metrics::counter!(prometheus::DEAD_LETTERED).increment(1);
+        tracing::error!(
+            reason,
+            booking_id = %event.booking_id,
+            kind = event.kind,
+            "dead-lettering a hold event that can never be applied"
+        );
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-herdgate-reason".into(),
+            AMQPValue::LongString(reason.into()),
+        );
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(format!("{}:{}", event.booking_id, event.version).into())
+            .with_app_id("herdgate".into())
+            .with_headers(headers);
+        let confirm = channel
+            .basic_publish(
+                self.broker.topology.dead.as_str().into(),
+                event.kind.as_str().into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(event)?,
+                properties,
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(
+            matches!(confirm, Confirmation::Ack(None)),
+            "the dead-letter exchange did not take a hold event ({confirm:?})"
+        );
+        Ok(())
     }
 
     async fn apply(&self, events: &[HoldEvent]) -> Result<apply::Applied, WriteError> {
@@ -218,11 +290,22 @@ fn traceparent(delivery: &Delivery) -> Option<&str> {
     }
 }
 
-fn parse(data: &[u8]) -> Result<HoldEvent, String> {
-    let event: HoldEvent =
-        serde_json::from_slice(data).map_err(|e| format!("not a hold event: {e}"))?;
-    event.validate()?;
-    Ok(event)
+/// A delivery and the hold events it carries, or why it carries none.
+struct Message {
+    delivery: Delivery,
+    events: Result<Vec<HoldEvent>, String>,
+}
+
+impl Message {
+    fn parse(delivery: Delivery) -> Self {
+        let events = hold_event::parse_message(&delivery.data);
+        Message { delivery, events }
+    }
+
+    /// Events it adds to a batch; a malformed message counts as one.
+    fn len(&self) -> usize {
+        self.events.as_ref().map_or(1, Vec::len)
+    }
 }
 
 async fn dead_letter(delivery: &Delivery, reason: &str) -> anyhow::Result<()> {

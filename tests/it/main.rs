@@ -5,6 +5,7 @@
 mod bad_input;
 mod checkout;
 mod compose;
+mod durable;
 mod expiry;
 mod faults;
 mod helpers;

@@ -231,3 +231,69 @@ async fn messages_that_can_never_apply_are_dead_lettered_and_the_queue_moves_on(
     .await;
     let _ = connection.close(200, "done".into()).await;
 }
+
+#[tokio::test]
+async fn an_event_that_can_never_apply_goes_to_the_dead_letters_alone_and_its_batch_lands() {
+    use herdgate::hold_event::HoldBatch;
+    use lapin::options::BasicGetOptions;
+
+    let app = spawn_app_on(Isolation::new().await, |_| {}).await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    let first = event(Uuid::now_v7(), 21, users[0], BookingStatus::Pending, 1, 1);
+    let mut unknown_user = event(Uuid::now_v7(), 22, 999_999, BookingStatus::Pending, 1, 2);
+    unknown_user.user_id = 999_999;
+    let last = event(Uuid::now_v7(), 23, users[1], BookingStatus::Pending, 1, 3);
+    let batch = HoldBatch::new(
+        "hold.placed",
+        1,
+        vec![first.clone(), unknown_user.clone(), last.clone()],
+    );
+    publish(
+        &app,
+        &[(
+            "hold.placed".to_string(),
+            serde_json::to_vec(&batch).unwrap(),
+        )],
+    )
+    .await;
+
+    eventually(Duration::from_secs(10), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == 2
+    })
+    .await;
+    assert_eq!(booking(&pg, first.booking_id).await.0, "PENDING");
+    assert_eq!(booking(&pg, last.booking_id).await.0, "PENDING");
+    let topology = Topology::new(&app.config.amqp.prefix);
+    let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut dead = None;
+    for _ in 0..100 {
+        dead = channel
+            .basic_get(
+                topology.dead.as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        if dead.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = dead.expect("a dead letter within 10 s");
+    // Only the bad event, as a message of its own, with the reason.
+    let events = herdgate::hold_event::parse_message(&dead.delivery.data).unwrap();
+    assert_eq!(events, vec![unknown_user]);
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    let reason = match headers.inner().get("x-herdgate-reason") {
+        Some(lapin::types::AMQPValue::LongString(reason)) => {
+            String::from_utf8_lossy(reason.as_bytes()).into_owned()
+        }
+        other => panic!("no reason header: {other:?}"),
+    };
+    assert!(reason.contains("23503"), "{reason}");
+    let _ = connection.close(200, "done".into()).await;
+}

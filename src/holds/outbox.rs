@@ -1,0 +1,107 @@
+//! Visiting the loaded events as a whole: which events have an outbox, how
+//! deep each is, and when each one's first hold falls due.
+
+use fred::interfaces::{HashesInterface, SetsInterface, SortedSetsInterface, StreamsInterface};
+
+use super::{Store, StoreError};
+
+/// Commands sent in one pipeline when visiting every event.
+const PIPELINE: usize = 1_000;
+
+impl Store {
+    /// The events whose outbox the relay drains (every event ever loaded here).
+    pub async fn loaded_events(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(self.client().smembers(self.keys.outboxes()).await?)
+    }
+
+    /// How many events were ever loaded here (the `outboxes` set's size).
+    pub async fn loaded_event_count(&self) -> Result<u64, StoreError> {
+        Ok(self.client().scard(self.keys.outboxes()).await?)
+    }
+
+    /// Entries in one event's outbox, relayed or not yet.
+    pub async fn outbox_depth(&self, event_id: i64) -> Result<u64, StoreError> {
+        Ok(self
+            .client()
+            .xlen(self.keys.event(event_id).outbox())
+            .await?)
+    }
+
+    /// Every loaded event with the depth of its outbox, pipelined.
+    pub async fn outbox_depths(&self) -> Result<Vec<(i64, u64)>, StoreError> {
+        let events = self.loaded_events().await?;
+        let mut depths = Vec::with_capacity(events.len());
+        for chunk in events.chunks(PIPELINE) {
+            let pipeline = self.client().pipeline();
+            for &event_id in chunk {
+                let () = pipeline.xlen(self.keys.event(event_id).outbox()).await?;
+            }
+            let counts: Vec<u64> = pipeline.all().await?;
+            depths.extend(chunk.iter().copied().zip(counts));
+        }
+        Ok(depths)
+    }
+
+    /// When the event's first live hold falls due (ms since epoch), if it has one.
+    pub async fn first_due(&self, event_id: i64) -> Result<Option<i64>, StoreError> {
+        let head: Vec<(String, f64)> = self
+            .client()
+            .zrange(
+                self.keys.event(event_id).holds(),
+                0,
+                0,
+                None,
+                false,
+                None,
+                true,
+            )
+            .await?;
+        Ok(head.first().map(|(_, due)| *due as i64))
+    }
+
+    /// [`Store::first_due`] of every loaded event, pipelined.
+    pub async fn first_due_all(&self) -> Result<Vec<(i64, Option<i64>)>, StoreError> {
+        let events = self.loaded_events().await?;
+        let mut firsts = Vec::with_capacity(events.len());
+        for chunk in events.chunks(PIPELINE) {
+            let pipeline = self.client().pipeline();
+            for &event_id in chunk {
+                let () = pipeline
+                    .zrange(
+                        self.keys.event(event_id).holds(),
+                        0,
+                        0,
+                        None,
+                        false,
+                        None,
+                        true,
+                    )
+                    .await?;
+            }
+            let heads: Vec<Vec<(String, f64)>> = pipeline.all().await?;
+            firsts.extend(
+                chunk
+                    .iter()
+                    .zip(heads)
+                    .map(|(&id, head)| (id, head.first().map(|(_, due)| *due as i64))),
+            );
+        }
+        Ok(firsts)
+    }
+
+    /// The status each event has in Redis, `None` for one not loaded, pipelined.
+    pub async fn event_statuses(&self, events: &[i64]) -> Result<Vec<Option<String>>, StoreError> {
+        let mut statuses = Vec::with_capacity(events.len());
+        for chunk in events.chunks(PIPELINE) {
+            let pipeline = self.client().pipeline();
+            for &event_id in chunk {
+                let () = pipeline
+                    .hget(self.keys.event(event_id).event(), "status")
+                    .await?;
+            }
+            let chunk: Vec<Option<String>> = pipeline.all().await?;
+            statuses.extend(chunk);
+        }
+        Ok(statuses)
+    }
+}

@@ -1,0 +1,319 @@
+//! The durable path between Redis and PostgreSQL: holds travel in batches, a
+//! batch RabbitMQ could not route or refused stays in the outbox, a writer that
+//! falls behind turns holds away instead of queueing without bound, and a
+//! quiet catalogue is relayed and swept through the activity channel, not by
+//! visiting every event.
+
+use std::time::Duration;
+
+use fred::interfaces::StreamsInterface;
+use futures::StreamExt;
+use herdgate::{
+    broker::Topology,
+    hold_event::{self, BookingStatus},
+    holds::Keys,
+    serve::{self, Role},
+};
+use lapin::{
+    Connection,
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use tokio::net::TcpListener;
+
+use crate::helpers::{
+    Isolation, TestApp, amqp_url, assert_problem, eventually, json, scalar, spawn_app_on, user_ids,
+};
+
+/// A RabbitMQ address nothing listens on: the relay cannot publish.
+const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
+
+async fn outbox_len(app: &TestApp, event_id: i64) -> u64 {
+    let outbox = Keys::new(app.iso.prefix.clone()).event(event_id).outbox();
+    app.iso.redis().await.xlen(outbox).await.unwrap()
+}
+
+/// Holds seats 1..=n of event 1, one user each; every answer must be 201.
+async fn hold_seats(app: &TestApp, n: usize) {
+    let users = user_ids(&app.iso.pg().await).await;
+    for (seat, &user) in (1..=n as i64).zip(&users) {
+        json(app.post_hold(&app.token(user), 1, seat, None).await, 201).await;
+    }
+}
+
+/// Serves `iso` in the background with its environment adjusted, as a second process would.
+async fn another_process(
+    iso: &Isolation,
+    role: Role,
+    customize: impl FnOnce(&mut std::collections::HashMap<String, String>),
+) {
+    let mut env = iso.env();
+    customize(&mut env);
+    let config = herdgate::config::Config::from_env(&env).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(async move {
+        match role {
+            Role::Writer => serve::run_writer(config, std::future::pending()).await,
+            role => serve::run(config, role, listener, std::future::pending()).await,
+        }
+    });
+}
+
+#[tokio::test]
+async fn holds_waiting_in_the_outbox_travel_as_one_batch_per_type_in_outbox_order() {
+    // This gateway cannot reach RabbitMQ: its holds wait in the outbox.
+    let app = spawn_app_on(Isolation::new().await, |env| {
+        env.insert("AMQP_URL".into(), NO_BROKER.into());
+    })
+    .await;
+    hold_seats(&app, 12).await;
+    assert_eq!(outbox_len(&app, 1).await, 12);
+
+    // A queue of our own on the exchange sees what other services would.
+    let topology = Topology::new(&app.iso.amqp_prefix);
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    topology.declare(&channel).await.unwrap();
+    let observer = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            observer.name().clone(),
+            topology.exchange.as_str().into(),
+            "hold.placed".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut deliveries = channel
+        .basic_consume(
+            observer.name().clone(),
+            "observer".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // A gateway that reaches RabbitMQ drains the outbox in one round.
+    another_process(&app.iso, Role::All, |_| {}).await;
+    let delivery = tokio::time::timeout(Duration::from_secs(10), deliveries.next())
+        .await
+        .expect("a batch within 10 s")
+        .unwrap()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+    assert_eq!(body["schemaVersion"], hold_event::BATCH_SCHEMA_VERSION);
+    assert_eq!(body["type"], "hold.placed");
+    assert_eq!(delivery.routing_key.as_str(), "hold.placed");
+    let events = hold_event::parse_message(&delivery.data).unwrap();
+    assert_eq!(events.len(), 12, "one message for the whole outbox");
+    assert!(events.iter().all(|e| e.status == BookingStatus::Pending));
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "outbox order: {seqs:?}"
+    );
+
+    let pg = app.iso.pg().await;
+    eventually(Duration::from_secs(10), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == 12
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        outbox_len(&app, 1).await == 0
+    })
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn holds_no_queue_would_take_stay_in_the_outbox_until_one_is_bound_again() {
+    let app = spawn_app_on(Isolation::new().await, |_| {}).await;
+    let topology = Topology::new(&app.iso.amqp_prefix);
+    let pg = app.iso.pg().await;
+    // The app has declared its topology once its relay runs.
+    hold_seats(&app, 1).await;
+    eventually(Duration::from_secs(10), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == 1
+    })
+    .await;
+
+    // An operator's mistake: the writer queue loses its binding.
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_unbind(
+            topology.writer_queue.as_str().into(),
+            topology.exchange.as_str().into(),
+            "hold.#".into(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let users = user_ids(&pg).await;
+    // Every other user holds one seat: 19 holds.
+    for (seat, &user) in (101..=119i64).zip(&users[1..]) {
+        json(app.post_hold(&app.token(user), 1, seat, None).await, 201).await;
+    }
+    // RabbitMQ confirms what it cannot route: were that trusted, these would be gone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(scalar(&pg, "SELECT count(*) FROM bookings").await, 1);
+    assert_eq!(
+        outbox_len(&app, 1).await,
+        19,
+        "every unroutable hold is kept"
+    );
+
+    channel
+        .queue_bind(
+            topology.writer_queue.as_str().into(),
+            topology.exchange.as_str().into(),
+            "hold.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(15), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == 20
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        outbox_len(&app, 1).await == 0
+    })
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn a_writer_that_falls_behind_turns_holds_away_with_503_and_every_201_still_lands() {
+    // No writer, a writer queue of a few hundred bytes and an outbox of 5 per event.
+    let iso = Isolation::new().await;
+    let mut env = iso.env();
+    env.insert("HERDGATE_WRITER_QUEUE_MAX_BYTES".into(), "400".into());
+    env.insert("HERDGATE_OUTBOX_MAX".into(), "5".into());
+    let config = herdgate::config::Config::from_env(&env).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let gateway_env = env.clone();
+    tokio::spawn(serve::run(
+        config.clone(),
+        Role::Gateway,
+        listener,
+        std::future::pending(),
+    ));
+    let auth = herdgate::auth::Auth::new(&config.auth).unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let pg = iso.pg().await;
+    let users = user_ids(&pg).await;
+    eventually(Duration::from_secs(10), || async {
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    let mut held = 0;
+    let mut refused = None;
+    for seat in 1..=200i64 {
+        let user = users[seat as usize % users.len()];
+        let token = auth.issue(user).unwrap().token;
+        let response = http
+            .post(format!("{base}/api/bookings"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"eventId": 1, "seatId": seat}))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            201 => held += 1,
+            429 => continue,
+            503 => {
+                refused = Some(response);
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+        // Give the relay time to fill the queue and be refused.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("backpressure reached the gateway");
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem = assert_problem(refused, 503).await;
+    assert_eq!(problem["type"], "/problems/outbox-full");
+    assert!(held >= 5, "{held}");
+    assert_eq!(scalar(&pg, "SELECT count(*) FROM bookings").await, 0);
+
+    // The writer comes: every acknowledged hold lands, none twice.
+    let writer_config = herdgate::config::Config::from_env(&gateway_env).unwrap();
+    tokio::spawn(serve::run_writer(writer_config, std::future::pending()));
+    eventually(Duration::from_secs(20), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == held
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(scalar(&pg, "SELECT count(*) FROM bookings").await, held);
+}
+
+#[tokio::test]
+async fn a_quiet_event_is_relayed_and_swept_at_once_with_no_scan_due_for_an_hour() {
+    let app = spawn_app_on(Isolation::new().await, |env| {
+        env.insert("HERDGATE_SCAN_INTERVAL".into(), "1h".into());
+        env.insert("HERDGATE_HOLD_TTL".into(), "1s".into());
+        env.insert("HERDGATE_SWEEP_INTERVAL".into(), "100ms".into());
+    })
+    .await;
+    // The scan at start-up has passed: from now on only notices wake the relay and sweeper.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    for (n, event) in [1i64, 3].into_iter().enumerate() {
+        let seat: i64 = pg
+            .query_one("SELECT min(id) FROM seats WHERE event_id = $1", &[&event])
+            .await
+            .unwrap()
+            .get(0);
+        let hold = json(
+            app.post_hold(&app.token(users[n]), event, seat, None).await,
+            201,
+        )
+        .await;
+        let booking: uuid::Uuid = hold["bookingId"].as_str().unwrap().parse().unwrap();
+        let status = || async {
+            pg.query_opt("SELECT status FROM bookings WHERE id = $1", &[&booking])
+                .await
+                .unwrap()
+                .map(|row| row.get::<_, String>(0))
+        };
+        eventually(Duration::from_secs(3), || async {
+            status().await.is_some()
+        })
+        .await;
+        // Due after 1 s: released in Redis and recorded EXPIRED well before any scan.
+        eventually(Duration::from_secs(5), || async {
+            status().await.as_deref() == Some("EXPIRED")
+        })
+        .await;
+    }
+    app.assert_stores_agree().await;
+}
