@@ -16,7 +16,7 @@
 //!
 //! Every failure is a [`Problem`]; handlers return `Result<Response, Problem>`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use chrono::SecondsFormat;
@@ -33,6 +33,7 @@ use crate::{
     app::App,
     bookings::{self, Ending},
     catalog::{CatalogError, DEFAULT_PAGE, MAX_PAGE},
+    holds::StoreError,
     prometheus,
     telemetry::{self, spans},
     waiting_room,
@@ -59,22 +60,28 @@ pub enum Route {
 impl Route {
     /// Resolves a request line: 404 for unknown paths, 405 for wrong methods,
     /// 400 for ids that are not positive integers.
+    /// HEAD is answered as GET: hyper sends the same head without the body.
     pub fn resolve(method: &Method, path: &str) -> Result<Route, Problem> {
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         let allow = match segments.as_slice() {
             ["healthz"] | ["readyz"] | ["api", "events", _] | ["api", "seats", "available"] => {
-                "GET"
+                "GET, HEAD"
             }
-            ["waiting-room"] | ["metrics"] => "GET",
+            ["waiting-room"] | ["metrics"] => "GET, HEAD",
             ["api", "users", "login"] | ["api", "bookings"] | ["api", "bookings", _, "confirm"] => {
                 "POST"
             }
-            ["api", "bookings", _] => "GET, DELETE",
+            ["api", "bookings", _] => "GET, HEAD, DELETE",
             _ => return Err(Problem::not_found(format!("no resource at {path}"))),
         };
         if !allow.split(", ").any(|m| m == method.as_str()) {
             return Err(Problem::method_not_allowed(allow));
         }
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         Ok(match segments.as_slice() {
             ["healthz"] => Route::Healthz,
             ["readyz"] => Route::Readyz,
@@ -194,6 +201,8 @@ where
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "up"}))),
         Route::Readyz => readyz(app).await,
         Route::Metrics => {
+            metrics::gauge!(prometheus::READ_CACHE_BYTES)
+                .set(app.catalog.cache_bytes().await as f64);
             let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -302,17 +311,43 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Before any work: one client address may not make the gateway check passwords for everyone.
+    if let Some(peer) = req.extensions().get::<crate::http::Peer>() {
+        app.login_clients
+            .hit(peer.0.ip())
+            .await
+            .map_err(|wait| limited("client", wait))?;
+    }
     let http = &app.config.http;
     let body: LoginRequest = read_json(req, http.max_body, http.body_timeout).await?;
-    if body.email.is_empty() || body.email.len() > 254 || !body.email.contains('@') {
+    // PostgreSQL refuses text with NUL in it (SQLSTATE 22021): say so before asking it.
+    if body.email.is_empty()
+        || body.email.len() > 254
+        || !body.email.contains('@')
+        || body.email.chars().any(char::is_control)
+    {
         return Err(Problem::invalid_body(
-            "email must be an email address of at most 254 bytes",
+            "email must be an email address of at most 254 bytes, without control characters",
         ));
     }
-    if body.password.is_empty() || body.password.len() > 1024 {
-        return Err(Problem::invalid_body("password must be 1 to 1024 bytes"));
+    if body.password.is_empty() || body.password.len() > 1024 || body.password.contains('\0') {
+        return Err(Problem::invalid_body(
+            "password must be 1 to 1024 bytes, without NUL",
+        ));
     }
-    let token = app.auth.login(&app.pg, &body.email, &body.password).await?;
+    // Failures count against the account, so guessing one's password stops while its owner still logs in.
+    let account = body.email.trim().to_lowercase();
+    app.login_accounts
+        .check(account.clone())
+        .await
+        .map_err(|wait| limited("account", wait))?;
+    let token = match app.auth.login(&app.pg, &body.email, &body.password).await {
+        Err(crate::auth::AuthError::BadCredentials) => {
+            app.login_accounts.count(account).await;
+            return Err(crate::auth::AuthError::BadCredentials.into());
+        }
+        result => result?,
+    };
     Ok(json_response(
         StatusCode::OK,
         &LoginResponse {
@@ -323,12 +358,21 @@ where
     ))
 }
 
+fn limited(scope: &'static str, wait: Duration) -> Problem {
+    metrics::counter!(prometheus::LOGIN_LIMITED, "scope" => scope).increment(1);
+    Problem::login_limited(scope, crate::rate_limit::retry_after_secs(wait))
+}
+
 async fn place_hold<B>(app: &App, req: Request<B>) -> Result<Response<Full<Bytes>>, Problem>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let user_id = authenticate(app, &req)?;
+    // A 201 must reach PostgreSQL, whose bookings reference users (see `users`).
+    if !app.users.exists(user_id).await? {
+        return Err(crate::auth::AuthError::UnknownUser.into());
+    }
     let headers = req.headers();
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
@@ -346,7 +390,7 @@ where
     let http = &app.config.http;
     let body: bookings::HoldRequest = read_json(req, http.max_body, http.body_timeout).await?;
     let holds = &app.config.holds;
-    let (view, _new) = bookings::place(
+    let (view, new) = bookings::place(
         &app.store,
         holds.coalesce.then_some(&app.coalescer),
         holds,
@@ -356,13 +400,38 @@ where
         &traceparent,
     )
     .await?;
-    let mut response = json_response(StatusCode::CREATED, &view);
+    let (status, view) = match new {
+        true => (StatusCode::CREATED, view),
+        false => replayed(app, user_id, view).await?,
+    };
+    let mut response = json_response(status, &view);
     let location = format!("/api/bookings/{}", view.booking_id);
     response.headers_mut().insert(
         header::LOCATION,
         HeaderValue::from_str(&location).expect("uuid is a valid header"),
     );
     Ok(response)
+}
+
+/// An Idempotency-Key's booking as it stands now, not as it was when the key
+/// was first used: 201 while it is still the PENDING hold that request made,
+/// 200 with its present status (CONFIRMED, CANCELLED, EXPIRED) once it changed.
+async fn replayed(
+    app: &App,
+    user_id: i64,
+    then: bookings::BookingView,
+) -> Result<(StatusCode, bookings::BookingView), Problem> {
+    let id: Uuid = then.booking_id.parse().map_err(|_| Problem::internal())?;
+    match bookings::status(&app.store, &app.pg, user_id, id).await {
+        Ok(now) if now.status == "PENDING" => Ok((StatusCode::CREATED, now)),
+        Ok(now) => Ok((StatusCode::OK, now)),
+        // Redis let it go and PostgreSQL has not recorded it yet.
+        Err(bookings::BookingError::NotFound(_)) => Err(Problem::unavailable(
+            format!("booking {id} is being recorded; try again shortly"),
+            1,
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn end_booking<B>(
@@ -444,6 +513,16 @@ impl From<CatalogError> for Problem {
             CatalogError::Store(e) => e.into(),
             CatalogError::Pool(e) => e.into(),
             CatalogError::Query(e) => e.into(),
+            CatalogError::Shared(shared) => match Arc::try_unwrap(shared) {
+                Ok(e) => e.into(),
+                // Waiters on the same failed fetch: the same answer, from a shared cause.
+                Err(shared) => match &*shared {
+                    CatalogError::Store(StoreError::Unavailable(_)) | CatalogError::Pool(_) => {
+                        Problem::unavailable("the seat store did not answer in time", 1)
+                    }
+                    e => Problem::unexpected(e),
+                },
+            },
         }
     }
 }

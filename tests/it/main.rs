@@ -9,6 +9,7 @@ mod expiry;
 mod faults;
 mod helpers;
 mod holds;
+mod hostile;
 mod inventory;
 mod lifecycle;
 mod load;
