@@ -2,7 +2,7 @@
 //! graceful shutdown.
 //!
 //! Every connection is bounded: at most HERDGATE_MAX_CONNECTIONS are open (one
-//! more gets a 503 and is closed at once), each is closed after
+//! more is answered 503 and closed), each is closed after
 //! HERDGATE_IDLE_TIMEOUT of silence ([`idle`]) and must send a whole header
 //! within HERDGATE_HEADER_TIMEOUT (hyper's header timer, which also starts again
 //! after every answer). Only HTTP/1 is served: an HTTP/2 preface is a bad request
@@ -63,6 +63,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         );
     }
     let slots = Arc::new(Semaphore::new(cap));
+    let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     let mut reserve = Reserve::open();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -78,7 +79,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             _ = &mut shutdown => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refuse(stream);
+            refuse(stream, &refusing);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -130,10 +131,36 @@ static REFUSAL: LazyLock<Bytes> = LazyLock::new(|| {
     ))
 });
 
-/// Answers 503 without reading the request and closes: no task, no buffer, no
-/// wait. The answer fits a fresh socket's send buffer, so one non-blocking write
-/// sends it whole.
-fn refuse(stream: TcpStream) {
+/// Connections being refused at once; past it, more are closed without a word.
+/// Their descriptors come out of the spare ones `limits::connection_cap` keeps.
+const REFUSING_AT_ONCE: usize = 64;
+
+/// How long a refused connection is given to send its request head.
+const REFUSAL_WAIT: Duration = Duration::from_millis(200);
+
+/// Reads what the client sent first (its request head, up to 4 KiB, for 200 ms
+/// at most), answers 503 and closes. Reading first makes the answer an
+/// answer: an HTTP client discards a response that comes before its request,
+/// and closing on unread bytes would reset the connection.
+fn refuse(stream: TcpStream, refusing: &Arc<Semaphore>) {
+    metrics::counter!(crate::prometheus::HTTP_CONNECTIONS_REFUSED).increment(1);
+    let Ok(turn) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let mut head = [0u8; 4096];
+        let _ = tokio::time::timeout(REFUSAL_WAIT, stream.read(&mut head)).await;
+        let _ = tokio::time::timeout(REFUSAL_WAIT, stream.write_all(&REFUSAL)).await;
+        let _ = stream.shutdown().await;
+        drop(turn);
+    });
+}
+
+/// Out of descriptors: answers without reading or waiting (the answer fits a
+/// fresh socket's send buffer), so the descriptor is free again at once.
+fn refuse_now(stream: TcpStream) {
     metrics::counter!(crate::prometheus::HTTP_CONNECTIONS_REFUSED).increment(1);
     let _ = stream.try_write(&REFUSAL);
 }
@@ -159,7 +186,7 @@ impl Reserve {
         if self.0.take().is_some()
             && let Ok((stream, _)) = listener.accept().await
         {
-            refuse(stream);
+            refuse_now(stream);
         }
         *self = Reserve::open();
         if self.0.is_none() {

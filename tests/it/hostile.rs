@@ -134,9 +134,12 @@ async fn connections_over_the_cap_get_a_503_problem_and_the_gateway_recovers() {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut over = TcpStream::connect(app.addr).await.unwrap();
+    over.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let (answer, took) = read_until_closed(&mut over, Duration::from_secs(2)).await;
     assert!(
-        took < Duration::from_millis(400),
+        took < Duration::from_millis(150),
         "refused at once, not idled out: {took:?}"
     );
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
@@ -387,4 +390,68 @@ async fn malformed_request_heads_are_refused_and_the_gateway_stays_up() {
         assert!(answer.starts_with(status), "{status}: {answer}");
     }
     still_healthy(&app).await;
+}
+
+/// The repro: with few open files, idle sockets used to take the last
+/// descriptors, so `/healthz` timed out and the accept loop spun on EMFILE.
+/// Now the connection cap stays below the open-files limit: extra sockets get a
+/// 503 at once, and the gateway answers again as soon as the idle ones are closed.
+#[tokio::test]
+async fn idle_sockets_past_the_open_files_limit_get_503s_and_the_gateway_recovers() {
+    let iso = crate::helpers::Isolation::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new("prlimit")
+        .args([
+            "--nofile=400:400",
+            "--",
+            env!("CARGO_BIN_EXE_herdgate"),
+            "serve",
+        ])
+        .envs(iso.env())
+        .env(config::ENV_ADDR, &addr)
+        .env(config::ENV_IDLE_TIMEOUT, "1s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let healthz = || client.get(format!("http://{addr}/healthz")).send();
+    crate::helpers::eventually(Duration::from_secs(20), || async {
+        healthz().await.is_ok()
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..450 {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // Past the cap (400 less the spare descriptors) a client fails at once: a 503,
+    // or a closed connection while 64 refusals are already waiting on silent sockets.
+    let asked = Instant::now();
+    match healthz().await {
+        Ok(during) => assert_eq!(during.status(), 503),
+        Err(e) => assert!(!e.is_timeout(), "{e}"),
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = healthz()
+        .await
+        .expect("answered after the idle sockets were closed");
+    assert_eq!(after.status(), 200);
+    drop(idle);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
