@@ -13,7 +13,10 @@
 //! | `DELETE /api/bookings/:id` + Bearer | 200 CANCELLED; 409 booking-confirmed |
 //! | `GET /waiting-room[?eventId=]` | admission state per on-sale event |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /openapi.json` | the API description, `openapi.json` at the repository root |
 //!
+//! `HEAD` is answered on every `GET` path. [`ENDPOINTS`] lists every (method,
+//! path) served; tests keep it, the router and `openapi.json` in step.
 //! Every failure is a [`Problem`]; handlers return `Result<Response, Problem>`.
 
 use std::{sync::Arc, time::Duration};
@@ -41,12 +44,40 @@ use crate::{
 
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The API description, served as it is in the repository.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// Every method and path pattern served (`{id}` for a path id), as `openapi.json` names them.
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/api/events/{id}"),
+    ("GET", "/api/seats/available"),
+    ("GET", "/waiting-room"),
+    ("POST", "/api/users/login"),
+    ("POST", "/api/bookings"),
+    ("GET", "/api/bookings/{id}"),
+    ("DELETE", "/api/bookings/{id}"),
+    ("POST", "/api/bookings/{id}/confirm"),
+    ("HEAD", "/healthz"),
+    ("HEAD", "/readyz"),
+    ("HEAD", "/metrics"),
+    ("HEAD", "/openapi.json"),
+    ("HEAD", "/api/events/{id}"),
+    ("HEAD", "/api/seats/available"),
+    ("HEAD", "/waiting-room"),
+    ("HEAD", "/api/bookings/{id}"),
+];
+
 /// What a request asks for, once its method and path are known to be right.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     Event(i64),
     AvailableSeats,
     Login,
@@ -67,7 +98,7 @@ impl Route {
             ["healthz"] | ["readyz"] | ["api", "events", _] | ["api", "seats", "available"] => {
                 "GET, HEAD"
             }
-            ["waiting-room"] | ["metrics"] => "GET, HEAD",
+            ["waiting-room"] | ["metrics"] | ["openapi.json"] => "GET, HEAD",
             ["api", "users", "login"] | ["api", "bookings"] | ["api", "bookings", _, "confirm"] => {
                 "POST"
             }
@@ -86,6 +117,7 @@ impl Route {
             ["healthz"] => Route::Healthz,
             ["readyz"] => Route::Readyz,
             ["metrics"] => Route::Metrics,
+            ["openapi.json"] => Route::OpenApi,
             ["api", "events", id] => Route::Event(parse_id("event id", id)?),
             ["api", "seats", "available"] => Route::AvailableSeats,
             ["api", "users", "login"] => Route::Login,
@@ -99,7 +131,10 @@ impl Route {
 
     /// Health checks and metrics must answer even when the gateway is full.
     fn counts_as_load(&self) -> bool {
-        !matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+        !matches!(
+            self,
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi
+        )
     }
 
     /// The route's label in metrics: the path pattern, never the ids in it.
@@ -108,6 +143,7 @@ impl Route {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
             Route::Event(_) => "/api/events/:id",
             Route::AvailableSeats => "/api/seats/available",
             Route::Login => "/api/users/login",
@@ -210,6 +246,10 @@ where
             );
             Ok(response)
         }
+        Route::OpenApi => Ok(json_bytes(
+            StatusCode::OK,
+            Bytes::from_static(OPENAPI.as_bytes()),
+        )),
         Route::Event(id) => event(app, id).await,
         Route::AvailableSeats => available_seats(app, req.uri().query()).await,
         Route::Login => login(app, req).await,
@@ -629,6 +669,84 @@ mod tests {
             resolve(Method::GET, "/api/events/99999999999999999999"),
             Err(400)
         );
+    }
+
+    /// A concrete path for a pattern of [`ENDPOINTS`].
+    fn example(pattern: &str) -> String {
+        let id = if pattern.starts_with("/api/bookings/") {
+            "0190a4b2-0000-7000-8000-000000000001"
+        } else {
+            "7"
+        };
+        pattern.replace("{id}", id)
+    }
+
+    #[test]
+    fn every_endpoint_resolves_and_other_methods_are_405() {
+        let methods = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::DELETE,
+            Method::PUT,
+        ];
+        for (_, pattern) in ENDPOINTS {
+            for method in &methods {
+                let listed = ENDPOINTS.contains(&(method.as_str(), pattern));
+                let got = resolve(method.clone(), &example(pattern));
+                match listed {
+                    true => assert!(got.is_ok(), "{method} {pattern}: {got:?}"),
+                    false => assert_eq!(got, Err(405), "{method} {pattern}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_route_is_an_endpoint() {
+        // Exhaustive: a new route does not compile until it is given its endpoint here.
+        let pattern = |route: &Route| match route {
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Event(_) => "/api/events/{id}",
+            Route::AvailableSeats => "/api/seats/available",
+            Route::Login => "/api/users/login",
+            Route::PlaceHold => "/api/bookings",
+            Route::Booking(_) | Route::CancelBooking(_) => "/api/bookings/{id}",
+            Route::ConfirmBooking(_) => "/api/bookings/{id}/confirm",
+            Route::WaitingRoom => "/waiting-room",
+        };
+        for (method, path) in ENDPOINTS {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let route = Route::resolve(&method, &example(path)).unwrap();
+            assert_eq!(pattern(&route), *path, "{method} {path}");
+            assert_eq!(route.name().replace(":id", "{id}"), *path);
+        }
+    }
+
+    #[test]
+    fn openapi_json_documents_exactly_the_endpoints() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let mut served: Vec<(String, String)> = ENDPOINTS
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
     }
 
     #[test]

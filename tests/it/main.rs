@@ -14,6 +14,7 @@ mod inventory;
 mod lifecycle;
 mod load;
 mod login;
+mod openapi;
 mod otlp;
 mod processes;
 mod read_api;
