@@ -79,6 +79,9 @@ impl<T> Idle<T> {
             }
             let now = Instant::now();
             let next = if self.busy.any() {
+                // Answering counts as activity: the answer's first write must not
+                // find the deadline already passed.
+                self.last = now;
                 now + self.timeout
             } else if now >= self.last + self.timeout {
                 return Poll::Ready(io::Error::new(

@@ -3,7 +3,8 @@
 //!
 //! Every connection is bounded: at most HERDGATE_MAX_CONNECTIONS are open (one
 //! more is answered 503 and closed), each is closed after
-//! HERDGATE_IDLE_TIMEOUT of silence ([`idle`]) and must send a whole header
+//! HERDGATE_IDLE_TIMEOUT of silence (waiting for its first byte costs no hyper
+//! buffer; after it, [`idle`] keeps the deadline) and must send a whole header
 //! within HERDGATE_HEADER_TIMEOUT (hyper's header timer, which also starts again
 //! after every answer). Only HTTP/1 is served: an HTTP/2 preface is a bad request
 //! line, so no h2c connection escapes these limits.
@@ -35,6 +36,8 @@ use tokio::{
     sync::Semaphore,
 };
 
+use tokio_util::sync::CancellationToken;
+
 use crate::app::App;
 
 /// Request headers (with the request line) larger than this get 431: hyper's
@@ -53,6 +56,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         .timer(TokioTimer::new())
         .header_read_timeout(http.header_timeout)
         .max_header_size(MAX_HEADER_BYTES);
+    let builder = Arc::new(builder);
     let idle_timeout = http.idle_timeout;
     let cap = crate::limits::connection_cap(http.max_connections);
     if cap < http.max_connections {
@@ -66,6 +70,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     let mut reserve = Reserve::open();
     let graceful = GracefulShutdown::new();
+    // Ends the connections still waiting for their first byte, which graceful does not track.
+    let stopping = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -96,19 +102,30 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 Ok::<_, Infallible>(response)
             }
         });
-        let io = TokioIo::new(idle::Idle::new(stream, idle_timeout, busy));
-        let connection = graceful.watch(builder.serve_connection(io, service));
+        let (watcher, builder, stopping) = (graceful.watcher(), builder.clone(), stopping.clone());
         tokio::spawn(async move {
             let open = metrics::gauge!(crate::prometheus::HTTP_CONNECTIONS);
             open.increment(1);
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // Until its first byte a connection is a socket and a task; hyper's
+            // buffers (16 KiB) only come with a request.
+            let spoke = tokio::select! {
+                ready = tokio::time::timeout(idle_timeout, stream.readable()) => {
+                    matches!(ready, Ok(Ok(())))
+                }
+                _ = stopping.cancelled() => false,
+            };
+            if spoke {
+                let io = TokioIo::new(idle::Idle::new(stream, idle_timeout, busy));
+                if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
             }
             open.decrement(1);
             drop(slot);
         });
     }
     drop(listener);
+    stopping.cancel();
     let grace = app.config.http.shutdown_grace;
     tracing::info!(
         connections = graceful.count(),
