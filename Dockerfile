@@ -22,6 +22,7 @@ COPY src src
 COPY lua lua
 COPY migrations migrations
 COPY seed seed
+COPY openapi.json openapi.json
 # The registry and target/ live in BuildKit cache mounts, so a source change recompiles
 # herdgate alone, not its dependencies. --locked: exactly the versions in Cargo.lock.
 # target/ is a cache mount, gone after this step: copy the binary out of it.

@@ -7,8 +7,11 @@ use anyhow::Context;
 
 use crate::{
     auth::Auth, broker::Broker, catalog::Catalog, coalesce::Coalescer, config::Config,
-    holds::Store, inventory::Inventory, waiting_room::Load,
+    holds::Store, inventory::Inventory, rate_limit::RateLimit, users::Users, waiting_room::Load,
 };
+
+/// Login rate limits count attempts in windows of this length.
+const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct App {
     pub config: Config,
@@ -19,6 +22,12 @@ pub struct App {
     pub catalog: Catalog,
     pub inventory: Arc<Inventory>,
     pub load: Load,
+    /// The user ids PostgreSQL knows: holds for others are refused.
+    pub users: Arc<Users>,
+    /// Failed logins per account (lower-cased email).
+    pub login_accounts: RateLimit<String>,
+    /// Login attempts per client address.
+    pub login_clients: RateLimit<std::net::IpAddr>,
     /// Shares one Redis call among concurrent holds of one seat.
     pub coalescer: Coalescer,
     /// Renders `GET /metrics`.
@@ -36,8 +45,16 @@ impl App {
         Ok(App {
             broker: Arc::new(Broker::new(&config.amqp)),
             auth: Auth::new(&config.auth)?,
-            catalog: Catalog::new(store.clone(), pg.clone(), config.seats_cache_ttl),
+            catalog: Catalog::new(
+                store.clone(),
+                pg.clone(),
+                config.seats_cache_ttl,
+                config.read_cache_bytes,
+            ),
             inventory: Arc::new(Inventory::new(store.clone(), pg.clone())),
+            users: Arc::new(Users::new(pg.clone(), config.users_interval)),
+            login_accounts: RateLimit::new(config.auth.login_account_rate, LOGIN_WINDOW),
+            login_clients: RateLimit::new(config.auth.login_client_rate, LOGIN_WINDOW),
             load: Load::new(config.http.max_in_flight),
             coalescer: Coalescer::default(),
             metrics: crate::prometheus::install(),

@@ -46,6 +46,8 @@ pub enum AuthError {
     BadCredentials,
     #[error("the bearer token is missing, malformed, expired or not ours")]
     BadToken,
+    #[error("the token's user does not exist; log in again")]
+    UnknownUser,
     #[error("too many logins at once")]
     Busy,
     #[error("the user store is unavailable: {0}")]
@@ -71,6 +73,8 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        // A token that says it is not valid yet is refused (jsonwebtoken skips `nbf` unless told).
+        validation.validate_nbf = true;
         validation.leeway = 5;
         Ok(Auth {
             encoding: EncodingKey::from_secret(secret).context("bad token secret")?,

@@ -2,21 +2,20 @@
 //!
 //! On-sale events are answered from Redis alone; events that are not on sale
 //! (not loaded into Redis) from PostgreSQL. Both sit behind a [`Flight`] cache, so
-//! a herd of identical reads costs one backend call per `ttl`.
+//! a herd of identical reads costs one backend call per `ttl`, and the two caches
+//! together hold at most HERDGATE_READ_CACHE_BYTES.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::{
-    flight::Flight,
+    flight::{Flight, Weigh},
     holds::{Store, StoreError},
 };
 
-/// Keys kept per cache before expired ones are dropped.
-const CACHE_ENTRIES: usize = 10_000;
 pub const DEFAULT_PAGE: u32 = 1_000;
 pub const MAX_PAGE: u32 = 5_000;
 
@@ -28,6 +27,9 @@ pub enum CatalogError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
+    /// The failure of a fetch another request led (see [`Flight`]).
+    #[error(transparent)]
+    Shared(Arc<CatalogError>),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +51,21 @@ impl EventView {
     }
 }
 
+impl Weigh for Option<EventView> {
+    fn weight(&self) -> usize {
+        let text = self.as_ref().map_or(0, |e| {
+            e.name.len() + e.venue.len() + e.starts_at.len() + e.status.len()
+        });
+        std::mem::size_of::<Self>() + text
+    }
+}
+
+impl Weigh for Option<Bytes> {
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Self>() + self.as_ref().map_or(0, Bytes::len)
+    }
+}
+
 pub struct Catalog {
     store: Store,
     pg: deadpool_postgres::Pool,
@@ -57,13 +74,20 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(store: Store, pg: deadpool_postgres::Pool, ttl: Duration) -> Self {
+    /// Caches answers for `ttl`, in at most `max_bytes` (events get a sixteenth).
+    pub fn new(store: Store, pg: deadpool_postgres::Pool, ttl: Duration, max_bytes: u64) -> Self {
+        let events = (max_bytes / 16).max(1);
         Catalog {
             store,
             pg,
-            events: Flight::new(ttl, CACHE_ENTRIES),
-            pages: Flight::new(ttl, CACHE_ENTRIES),
+            events: Flight::new(ttl, events),
+            pages: Flight::new(ttl, max_bytes.saturating_sub(events).max(1)),
         }
+    }
+
+    /// Bytes the read caches hold now.
+    pub async fn cache_bytes(&self) -> u64 {
+        self.events.weighted_size().await + self.pages.weighted_size().await
     }
 
     /// The event, or `None` when no event has this id.
@@ -84,6 +108,7 @@ impl Catalog {
                 }
             })
             .await
+            .map_err(CatalogError::Shared)
     }
 
     async fn event_from_db(&self, id: i64) -> Result<Option<EventView>, CatalogError> {
@@ -128,6 +153,7 @@ impl Catalog {
                 }))
             })
             .await
+            .map_err(CatalogError::Shared)
     }
 }
 

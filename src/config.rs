@@ -39,6 +39,13 @@ pub const ENV_SCAN_INTERVAL: &str = "HERDGATE_SCAN_INTERVAL";
 pub const ENV_WRITER_BATCH: &str = "HERDGATE_WRITER_BATCH";
 pub const ENV_WRITER_LINGER: &str = "HERDGATE_WRITER_LINGER";
 pub const ENV_WRITER_PREFETCH: &str = "HERDGATE_WRITER_PREFETCH";
+pub const ENV_IDLE_TIMEOUT: &str = "HERDGATE_IDLE_TIMEOUT";
+pub const ENV_HEADER_TIMEOUT: &str = "HERDGATE_HEADER_TIMEOUT";
+pub const ENV_MAX_CONNECTIONS: &str = "HERDGATE_MAX_CONNECTIONS";
+pub const ENV_READ_CACHE_BYTES: &str = "HERDGATE_READ_CACHE_BYTES";
+pub const ENV_LOGIN_ACCOUNT_RATE: &str = "HERDGATE_LOGIN_ACCOUNT_RATE";
+pub const ENV_LOGIN_CLIENT_RATE: &str = "HERDGATE_LOGIN_CLIENT_RATE";
+pub const ENV_USERS_INTERVAL: &str = "HERDGATE_USERS_INTERVAL";
 
 /// Every variable [`Config::from_env`] reads, so deployment files can be checked against
 /// it (tests/it/compose.rs). Logging also honours `RUST_LOG`, and trace export the
@@ -75,6 +82,13 @@ pub const ENV_VARS: &[&str] = &[
     ENV_WRITER_BATCH,
     ENV_WRITER_LINGER,
     ENV_WRITER_PREFETCH,
+    ENV_IDLE_TIMEOUT,
+    ENV_HEADER_TIMEOUT,
+    ENV_MAX_CONNECTIONS,
+    ENV_READ_CACHE_BYTES,
+    ENV_LOGIN_ACCOUNT_RATE,
+    ENV_LOGIN_CLIENT_RATE,
+    ENV_USERS_INTERVAL,
 ];
 
 /// 64 MiB of hold event batches: about 200,000 holds waiting for the writer.
@@ -130,6 +144,10 @@ pub struct Config {
     pub writer: WriterConfig,
     /// How long an answer of `GET /api/seats/available` may be reused.
     pub seats_cache_ttl: Duration,
+    /// Bytes the read cache (events and seat pages) may hold; least used entries go first.
+    pub read_cache_bytes: u64,
+    /// How often the set of known user ids is refreshed from PostgreSQL.
+    pub users_interval: Duration,
     /// How often on-sale events missing from Redis are looked for and loaded.
     pub inventory_interval: Duration,
 }
@@ -145,6 +163,15 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
     /// Requests served at once before the gateway answers 503 (never an unbounded queue).
     pub max_in_flight: usize,
+    /// A connection that sends and reads nothing for this long while none of its
+    /// requests is being answered is closed: before its first byte, between
+    /// requests (keep-alive), and mid-request.
+    pub idle_timeout: Duration,
+    /// The whole request header must arrive within this time, counted from the
+    /// moment the gateway waits for it (the connection opened, or its last answer went).
+    pub header_timeout: Duration,
+    /// Open connections at most; past it a new one gets a 503 and is closed at once.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +239,10 @@ pub struct AuthConfig {
     pub token_ttl: Duration,
     /// Password checks run at once; argon2 is built to be slow, so more would starve the runtime.
     pub login_concurrency: usize,
+    /// Login attempts per minute for one account (email) before 429.
+    pub login_account_rate: u32,
+    /// Login attempts per minute from one client address before 429.
+    pub login_client_rate: u32,
 }
 
 impl Config {
@@ -233,6 +264,9 @@ impl Config {
                 body_timeout: parse(env, ENV_BODY_TIMEOUT, "10s", parse_duration)?,
                 shutdown_grace: parse(env, ENV_SHUTDOWN_GRACE, "10s", parse_duration)?,
                 max_in_flight: parse(env, ENV_MAX_IN_FLIGHT, "8192", parse_positive)?,
+                idle_timeout: parse(env, ENV_IDLE_TIMEOUT, "5s", parse_duration)?,
+                header_timeout: parse(env, ENV_HEADER_TIMEOUT, "10s", parse_duration)?,
+                max_connections: parse(env, ENV_MAX_CONNECTIONS, "16384", parse_positive)?,
             },
             pg: PgConfig {
                 url: parse(
@@ -283,6 +317,9 @@ impl Config {
                 token_secret: SecretString::from(token_secret),
                 token_ttl: parse(env, ENV_TOKEN_TTL, "24h", parse_duration)?,
                 login_concurrency: parse(env, ENV_LOGIN_CONCURRENCY, "2", parse_positive)?,
+                login_account_rate: parse(env, ENV_LOGIN_ACCOUNT_RATE, "10", parse_positive)?
+                    as u32,
+                login_client_rate: parse(env, ENV_LOGIN_CLIENT_RATE, "60", parse_positive)? as u32,
             },
             holds: HoldConfig {
                 ttl: parse(env, ENV_HOLD_TTL, "600s", parse_duration)?,
@@ -301,6 +338,8 @@ impl Config {
                 prefetch: parse(env, ENV_WRITER_PREFETCH, "64", parse_positive)?,
             },
             seats_cache_ttl: parse(env, ENV_SEATS_CACHE_TTL, "250ms", parse_duration)?,
+            read_cache_bytes: parse(env, ENV_READ_CACHE_BYTES, "67108864", parse_positive)? as u64,
+            users_interval: parse(env, ENV_USERS_INTERVAL, "30s", parse_duration)?,
             inventory_interval: parse(env, ENV_INVENTORY_INTERVAL, "5s", parse_duration)?,
         })
     }

@@ -1,64 +1,63 @@
-//! A short-lived, single-flight cache for hot reads.
+//! A short-lived, single-flight, bounded cache for hot reads.
 //!
 //! When a herd asks the same question in the same instant, one caller fetches and
 //! the others wait for its answer; the answer is then reused for `ttl`. Failed
 //! fetches are not cached, so the next caller tries again. Staleness is bounded by
-//! `ttl`, counted from before the fetch started.
+//! `ttl` plus one fetch.
+//!
+//! The cache holds at most `max_bytes` by the entries' own [`Weigh`]t: a client
+//! asking for many distinct keys (every `after` of a 5,000-seat page) evicts the
+//! least used answers instead of growing the process. moka does the bookkeeping.
 
-use std::{collections::HashMap, hash::Hash, sync::Arc, sync::Mutex, time::Duration};
+use std::{hash::Hash, sync::Arc, time::Duration};
 
-use tokio::{sync::OnceCell, time::Instant};
+use moka::future::Cache;
+
+/// Roughly how many bytes a cached answer keeps alive.
+pub trait Weigh {
+    fn weight(&self) -> usize;
+}
 
 pub struct Flight<K, V> {
-    ttl: Duration,
-    /// Past this many keys, expired entries are dropped, so odd keys cannot grow it forever.
-    max_entries: usize,
-    entries: Mutex<HashMap<K, Arc<Slot<V>>>>,
+    entries: Cache<K, V>,
 }
 
-struct Slot<V> {
-    born: Instant,
-    value: OnceCell<V>,
-}
-
-impl<K: Eq + Hash + Clone, V: Clone> Flight<K, V> {
-    pub fn new(ttl: Duration, max_entries: usize) -> Self {
-        Flight {
-            ttl,
-            max_entries,
-            entries: Mutex::new(HashMap::new()),
-        }
+impl<K, V> Flight<K, V>
+where
+    K: Eq + Hash + Send + Sync + 'static,
+    V: Clone + Weigh + Send + Sync + 'static,
+{
+    pub fn new(ttl: Duration, max_bytes: u64) -> Self {
+        let entries = Cache::builder()
+            .time_to_live(ttl)
+            .max_capacity(max_bytes)
+            .weigher(|key: &K, value: &V| {
+                let size = std::mem::size_of_val(key) + value.weight();
+                u32::try_from(size).unwrap_or(u32::MAX)
+            })
+            .build();
+        Flight { entries }
     }
 
     /// The cached answer for `key`, or the one `fetch` gives, shared with every
-    /// concurrent caller of the same key.
-    pub async fn get_or_fetch<E, Fut>(&self, key: K, fetch: impl FnOnce() -> Fut) -> Result<V, E>
+    /// concurrent caller of the same key. A failure reaches every caller that
+    /// waited for it, shared.
+    pub async fn get_or_fetch<E, Fut>(
+        &self,
+        key: K,
+        fetch: impl FnOnce() -> Fut,
+    ) -> Result<V, Arc<E>>
     where
         Fut: Future<Output = Result<V, E>>,
+        E: Send + Sync + 'static,
     {
-        let slot = self.slot(key);
-        slot.value.get_or_try_init(fetch).await.cloned()
+        self.entries.try_get_with(key, fetch()).await
     }
 
-    fn slot(&self, key: K) -> Arc<Slot<V>> {
-        let now = Instant::now();
-        let mut entries = self.entries.lock().expect("flight cache lock");
-        if let Some(slot) = entries.get(&key)
-            && now.duration_since(slot.born) < self.ttl
-        {
-            return slot.clone();
-        }
-        if entries.len() >= self.max_entries {
-            entries.retain(|_, slot| now.duration_since(slot.born) < self.ttl);
-        }
-        let slot = Arc::new(Slot {
-            born: now,
-            value: OnceCell::new(),
-        });
-        if entries.len() < self.max_entries {
-            entries.insert(key, slot.clone());
-        }
-        slot
+    /// The bytes held now, after pending evictions are applied.
+    pub async fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks().await;
+        self.entries.weighted_size()
     }
 }
 
@@ -68,9 +67,15 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    impl Weigh for u32 {
+        fn weight(&self) -> usize {
+            1_000
+        }
+    }
+
+    #[tokio::test]
     async fn concurrent_callers_share_one_fetch() {
-        let flight = Arc::new(Flight::<u32, u32>::new(Duration::from_millis(100), 16));
+        let flight = Arc::new(Flight::<u32, u32>::new(Duration::from_secs(10), 1 << 20));
         let fetches = Arc::new(AtomicUsize::new(0));
         let callers = (0..50).map(|_| {
             let (flight, fetches) = (flight.clone(), fetches.clone());
@@ -90,36 +95,37 @@ mod tests {
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn answers_expire_after_ttl() {
-        let flight = Flight::<u32, u32>::new(Duration::from_millis(100), 16);
+        // moka keeps its own clock, so this one runs in real time.
+        let flight = Flight::<u32, u32>::new(Duration::from_millis(500), 1 << 20);
         let first = flight.get_or_fetch(1, || async { Ok::<_, ()>(1) }).await;
-        tokio::time::advance(Duration::from_millis(50)).await;
         let cached = flight.get_or_fetch(1, || async { Ok::<_, ()>(2) }).await;
-        tokio::time::advance(Duration::from_millis(60)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         let fresh = flight.get_or_fetch(1, || async { Ok::<_, ()>(3) }).await;
         assert_eq!((first, cached, fresh), (Ok(1), Ok(1), Ok(3)));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn failures_are_not_cached() {
-        let flight = Flight::<u32, u32>::new(Duration::from_secs(10), 16);
+        let flight = Flight::<u32, u32>::new(Duration::from_secs(10), 1 << 20);
         let failed = flight
             .get_or_fetch(1, || async { Err::<u32, _>("down") })
             .await;
         let retried = flight.get_or_fetch(1, || async { Ok::<_, &str>(5) }).await;
-        assert_eq!((failed, retried), (Err("down"), Ok(5)));
+        assert_eq!(failed.map_err(|e| *e), Err("down"));
+        assert_eq!(retried.map_err(|e| *e), Ok(5));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_map_stays_bounded() {
-        let flight = Flight::<u32, u32>::new(Duration::from_secs(10), 4);
+    #[tokio::test]
+    async fn the_cache_stays_within_its_bytes() {
+        let flight = Flight::<u32, u32>::new(Duration::from_secs(10), 4_100);
         for key in 0..100 {
             let got = flight
                 .get_or_fetch(key, || async { Ok::<_, ()>(key) })
                 .await;
             assert_eq!(got, Ok(key));
         }
-        assert!(flight.entries.lock().unwrap().len() <= 4);
+        assert!(flight.weighted_size().await <= 4_100);
     }
 }

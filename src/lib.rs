@@ -3,7 +3,8 @@
 //! - [`http`]: the lean hyper server: accept loop, routing, problem documents.
 //! - [`catalog`]: the read side (events, available seats), served from Redis behind a
 //!   short single-flight cache so a herd of identical reads costs one Redis call.
-//! - [`auth`]: argon2 password checks and signed bearer tokens.
+//! - [`auth`]: argon2 password checks and signed bearer tokens; [`users`]: which user
+//!   ids exist; [`rate_limit`]: login attempts per account and per client.
 //! - [`holds`]: Redis key layout and the Lua scripts, one typed call per `lua/*.lua`.
 //! - [`inventory`]: loads each on-sale event's seats from PostgreSQL into Redis.
 //! - [`relay`], [`writer`]: hold events from the Redis outbox to RabbitMQ, then PostgreSQL.
@@ -34,6 +35,7 @@ pub mod limits;
 pub mod load;
 pub mod migrate;
 pub mod prometheus;
+pub mod rate_limit;
 pub mod relay;
 pub mod retry;
 pub mod seed;
@@ -41,5 +43,6 @@ pub mod serve;
 pub mod shutdown;
 pub mod sweeper;
 pub mod telemetry;
+pub mod users;
 pub mod waiting_room;
 pub mod writer;

@@ -16,3 +16,15 @@ pub fn raise_open_files(connections: usize) -> anyhow::Result<u64> {
     );
     Ok(limit)
 }
+
+/// Connections the gateway can keep open: `wanted`, or fewer when the open-files
+/// limit would run out first (then a new connection gets a clean 503, not EMFILE).
+pub fn connection_cap(wanted: usize) -> usize {
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _)) if soft != rlimit::INFINITY => {
+            let room = soft.saturating_sub(SPARE).max(1);
+            wanted.min(usize::try_from(room).unwrap_or(usize::MAX))
+        }
+        _ => wanted,
+    }
+}

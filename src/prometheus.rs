@@ -11,6 +11,12 @@ pub const HTTP_REQUESTS: &str = "herdgate_http_requests_total";
 pub const HTTP_DURATION: &str = "herdgate_http_request_duration_seconds";
 /// Open client connections.
 pub const HTTP_CONNECTIONS: &str = "herdgate_http_connections_open";
+/// Connections turned away with a 503 because HERDGATE_MAX_CONNECTIONS were open.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "herdgate_http_connections_refused_total";
+/// Bytes held by the read cache (events and seat pages), as of the last scrape.
+pub const READ_CACHE_BYTES: &str = "herdgate_read_cache_bytes";
+/// Login attempts answered 429, by `scope` (account or client).
+pub const LOGIN_LIMITED: &str = "herdgate_login_limited_total";
 /// Hold requests by `outcome`: placed, replayed, taken, limited, busy, not_found,
 /// mismatch, unavailable; and lifecycle changes: confirmed, cancelled, expired.
 pub const HOLDS: &str = "herdgate_holds_total";

@@ -35,8 +35,9 @@ pub async fn run_until_signal(config: Config, role: Role) -> anyhow::Result<()> 
             "HERDGATE_TOKEN_SECRET is not set: tokens are signed with the public development secret"
         );
     }
-    // Every in-flight request holds a socket; the usual soft limit of 1,024 is far too few.
-    if let Err(e) = crate::limits::raise_open_files(config.http.max_in_flight) {
+    // Every connection holds a socket; the usual soft limit of 1,024 is far too few.
+    let sockets = config.http.max_connections.max(config.http.max_in_flight);
+    if let Err(e) = crate::limits::raise_open_files(sockets) {
         tracing::warn!(
             error = format!("{e:#}"),
             "the open-files limit caps connections"
@@ -62,6 +63,11 @@ pub async fn run(
         // Not fatal: the inventory task retries, and reads answer 404 or 503 meanwhile.
         tracing::warn!(error = format!("{e:#}"), "initial inventory load failed");
     }
+    match app.users.reload().await {
+        Ok(count) => tracing::info!(count, "user ids loaded"),
+        // Not fatal: unknown ids are looked up on first use, and reloads retry.
+        Err(e) => tracing::warn!(error = %e, "initial user id load failed"),
+    }
     let token = CancellationToken::new();
     // Background tasks stop even when this future is dropped rather than finished.
     let _stop_tasks = token.clone().drop_guard();
@@ -82,6 +88,7 @@ pub async fn run(
         )
         .run(token.clone()),
     );
+    tasks.spawn(app.users.clone().run(config.users_interval, token.clone()));
     let metrics = app.metrics;
     let upkeep = token.clone();
     tasks.spawn(async move {

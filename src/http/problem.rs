@@ -13,6 +13,7 @@ use crate::{
     auth::AuthError,
     bookings::{BookingError, HoldError},
     holds::StoreError,
+    users::UsersError,
 };
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -121,6 +122,30 @@ impl Problem {
         p
     }
 
+    /// Answered before hyper reads anything, by the accept loop.
+    pub fn too_many_connections() -> Self {
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-connections",
+            "Too many connections",
+            "the gateway has as many connections open as it allows; try again shortly",
+        );
+        p.retry_after = Some(1);
+        p
+    }
+
+    /// Login attempts over a rate (`scope` is "account" or "client").
+    pub fn login_limited(scope: &'static str, retry_after: u64) -> Self {
+        let mut p = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "login-rate-limited",
+            "Too many login attempts",
+            format!("too many login attempts for this {scope}; try again later"),
+        );
+        p.retry_after = Some(retry_after.max(1));
+        p.with("scope", Value::from(scope))
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -148,7 +173,8 @@ impl Problem {
         self
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    /// The JSON document alone.
+    pub fn body(&self) -> String {
         let mut body = json!({
             "type": format!("/problems/{}", self.kind),
             "title": self.title,
@@ -157,8 +183,12 @@ impl Problem {
         });
         body.as_object_mut()
             .expect("object literal")
-            .extend(self.extra);
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+            .extend(self.extra.clone());
+        body.to_string()
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.body())));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
@@ -264,6 +294,15 @@ impl From<tokio_postgres::Error> for Problem {
     }
 }
 
+impl From<UsersError> for Problem {
+    fn from(e: UsersError) -> Self {
+        match e {
+            UsersError::Pool(e) => e.into(),
+            UsersError::Query(e) => e.into(),
+        }
+    }
+}
+
 impl From<AuthError> for Problem {
     fn from(e: AuthError) -> Self {
         match e {
@@ -277,6 +316,12 @@ impl From<AuthError> for Problem {
                 StatusCode::UNAUTHORIZED,
                 "bad-token",
                 "Authentication required",
+                e.to_string(),
+            ),
+            AuthError::UnknownUser => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unknown-user",
+                "Unknown user",
                 e.to_string(),
             ),
             AuthError::Busy => Problem::unavailable("too many logins at once, try again", 1),

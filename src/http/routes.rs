@@ -13,10 +13,13 @@
 //! | `DELETE /api/bookings/:id` + Bearer | 200 CANCELLED; 409 booking-confirmed |
 //! | `GET /waiting-room[?eventId=]` | admission state per on-sale event |
 //! | `GET /metrics` | Prometheus text format |
+//! | `GET /openapi.json` | the API description, `openapi.json` at the repository root |
 //!
+//! `HEAD` is answered on every `GET` path. [`ENDPOINTS`] lists every (method,
+//! path) served; tests keep it, the router and `openapi.json` in step.
 //! Every failure is a [`Problem`]; handlers return `Result<Response, Problem>`.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use chrono::SecondsFormat;
@@ -33,6 +36,7 @@ use crate::{
     app::App,
     bookings::{self, Ending},
     catalog::{CatalogError, DEFAULT_PAGE, MAX_PAGE},
+    holds::StoreError,
     prometheus,
     telemetry::{self, spans},
     waiting_room,
@@ -40,12 +44,40 @@ use crate::{
 
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The API description, served as it is in the repository.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// Every method and path pattern served (`{id}` for a path id), as `openapi.json` names them.
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/api/events/{id}"),
+    ("GET", "/api/seats/available"),
+    ("GET", "/waiting-room"),
+    ("POST", "/api/users/login"),
+    ("POST", "/api/bookings"),
+    ("GET", "/api/bookings/{id}"),
+    ("DELETE", "/api/bookings/{id}"),
+    ("POST", "/api/bookings/{id}/confirm"),
+    ("HEAD", "/healthz"),
+    ("HEAD", "/readyz"),
+    ("HEAD", "/metrics"),
+    ("HEAD", "/openapi.json"),
+    ("HEAD", "/api/events/{id}"),
+    ("HEAD", "/api/seats/available"),
+    ("HEAD", "/waiting-room"),
+    ("HEAD", "/api/bookings/{id}"),
+];
+
 /// What a request asks for, once its method and path are known to be right.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     Event(i64),
     AvailableSeats,
     Login,
@@ -59,26 +91,33 @@ pub enum Route {
 impl Route {
     /// Resolves a request line: 404 for unknown paths, 405 for wrong methods,
     /// 400 for ids that are not positive integers.
+    /// HEAD is answered as GET: hyper sends the same head without the body.
     pub fn resolve(method: &Method, path: &str) -> Result<Route, Problem> {
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         let allow = match segments.as_slice() {
             ["healthz"] | ["readyz"] | ["api", "events", _] | ["api", "seats", "available"] => {
-                "GET"
+                "GET, HEAD"
             }
-            ["waiting-room"] | ["metrics"] => "GET",
+            ["waiting-room"] | ["metrics"] | ["openapi.json"] => "GET, HEAD",
             ["api", "users", "login"] | ["api", "bookings"] | ["api", "bookings", _, "confirm"] => {
                 "POST"
             }
-            ["api", "bookings", _] => "GET, DELETE",
+            ["api", "bookings", _] => "GET, HEAD, DELETE",
             _ => return Err(Problem::not_found(format!("no resource at {path}"))),
         };
         if !allow.split(", ").any(|m| m == method.as_str()) {
             return Err(Problem::method_not_allowed(allow));
         }
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         Ok(match segments.as_slice() {
             ["healthz"] => Route::Healthz,
             ["readyz"] => Route::Readyz,
             ["metrics"] => Route::Metrics,
+            ["openapi.json"] => Route::OpenApi,
             ["api", "events", id] => Route::Event(parse_id("event id", id)?),
             ["api", "seats", "available"] => Route::AvailableSeats,
             ["api", "users", "login"] => Route::Login,
@@ -92,7 +131,10 @@ impl Route {
 
     /// Health checks and metrics must answer even when the gateway is full.
     fn counts_as_load(&self) -> bool {
-        !matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+        !matches!(
+            self,
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi
+        )
     }
 
     /// The route's label in metrics: the path pattern, never the ids in it.
@@ -101,6 +143,7 @@ impl Route {
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
             Route::Event(_) => "/api/events/:id",
             Route::AvailableSeats => "/api/seats/available",
             Route::Login => "/api/users/login",
@@ -194,6 +237,8 @@ where
         Route::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "up"}))),
         Route::Readyz => readyz(app).await,
         Route::Metrics => {
+            metrics::gauge!(prometheus::READ_CACHE_BYTES)
+                .set(app.catalog.cache_bytes().await as f64);
             let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -201,6 +246,10 @@ where
             );
             Ok(response)
         }
+        Route::OpenApi => Ok(json_bytes(
+            StatusCode::OK,
+            Bytes::from_static(OPENAPI.as_bytes()),
+        )),
         Route::Event(id) => event(app, id).await,
         Route::AvailableSeats => available_seats(app, req.uri().query()).await,
         Route::Login => login(app, req).await,
@@ -302,17 +351,43 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Before any work: one client address may not make the gateway check passwords for everyone.
+    if let Some(peer) = req.extensions().get::<crate::http::Peer>() {
+        app.login_clients
+            .hit(peer.0.ip())
+            .await
+            .map_err(|wait| limited("client", wait))?;
+    }
     let http = &app.config.http;
     let body: LoginRequest = read_json(req, http.max_body, http.body_timeout).await?;
-    if body.email.is_empty() || body.email.len() > 254 || !body.email.contains('@') {
+    // PostgreSQL refuses text with NUL in it (SQLSTATE 22021): say so before asking it.
+    if body.email.is_empty()
+        || body.email.len() > 254
+        || !body.email.contains('@')
+        || body.email.chars().any(char::is_control)
+    {
         return Err(Problem::invalid_body(
-            "email must be an email address of at most 254 bytes",
+            "email must be an email address of at most 254 bytes, without control characters",
         ));
     }
-    if body.password.is_empty() || body.password.len() > 1024 {
-        return Err(Problem::invalid_body("password must be 1 to 1024 bytes"));
+    if body.password.is_empty() || body.password.len() > 1024 || body.password.contains('\0') {
+        return Err(Problem::invalid_body(
+            "password must be 1 to 1024 bytes, without NUL",
+        ));
     }
-    let token = app.auth.login(&app.pg, &body.email, &body.password).await?;
+    // Failures count against the account, so guessing one's password stops while its owner still logs in.
+    let account = body.email.trim().to_lowercase();
+    app.login_accounts
+        .check(account.clone())
+        .await
+        .map_err(|wait| limited("account", wait))?;
+    let token = match app.auth.login(&app.pg, &body.email, &body.password).await {
+        Err(crate::auth::AuthError::BadCredentials) => {
+            app.login_accounts.count(account).await;
+            return Err(crate::auth::AuthError::BadCredentials.into());
+        }
+        result => result?,
+    };
     Ok(json_response(
         StatusCode::OK,
         &LoginResponse {
@@ -323,12 +398,21 @@ where
     ))
 }
 
+fn limited(scope: &'static str, wait: Duration) -> Problem {
+    metrics::counter!(prometheus::LOGIN_LIMITED, "scope" => scope).increment(1);
+    Problem::login_limited(scope, crate::rate_limit::retry_after_secs(wait))
+}
+
 async fn place_hold<B>(app: &App, req: Request<B>) -> Result<Response<Full<Bytes>>, Problem>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let user_id = authenticate(app, &req)?;
+    // A 201 must reach PostgreSQL, whose bookings reference users (see `users`).
+    if !app.users.exists(user_id).await? {
+        return Err(crate::auth::AuthError::UnknownUser.into());
+    }
     let headers = req.headers();
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
@@ -346,7 +430,7 @@ where
     let http = &app.config.http;
     let body: bookings::HoldRequest = read_json(req, http.max_body, http.body_timeout).await?;
     let holds = &app.config.holds;
-    let (view, _new) = bookings::place(
+    let (view, new) = bookings::place(
         &app.store,
         holds.coalesce.then_some(&app.coalescer),
         holds,
@@ -356,13 +440,38 @@ where
         &traceparent,
     )
     .await?;
-    let mut response = json_response(StatusCode::CREATED, &view);
+    let (status, view) = match new {
+        true => (StatusCode::CREATED, view),
+        false => replayed(app, user_id, view).await?,
+    };
+    let mut response = json_response(status, &view);
     let location = format!("/api/bookings/{}", view.booking_id);
     response.headers_mut().insert(
         header::LOCATION,
         HeaderValue::from_str(&location).expect("uuid is a valid header"),
     );
     Ok(response)
+}
+
+/// An Idempotency-Key's booking as it stands now, not as it was when the key
+/// was first used: 201 while it is still the PENDING hold that request made,
+/// 200 with its present status (CONFIRMED, CANCELLED, EXPIRED) once it changed.
+async fn replayed(
+    app: &App,
+    user_id: i64,
+    then: bookings::BookingView,
+) -> Result<(StatusCode, bookings::BookingView), Problem> {
+    let id: Uuid = then.booking_id.parse().map_err(|_| Problem::internal())?;
+    match bookings::status(&app.store, &app.pg, user_id, id).await {
+        Ok(now) if now.status == "PENDING" => Ok((StatusCode::CREATED, now)),
+        Ok(now) => Ok((StatusCode::OK, now)),
+        // Redis let it go and PostgreSQL has not recorded it yet.
+        Err(bookings::BookingError::NotFound(_)) => Err(Problem::unavailable(
+            format!("booking {id} is being recorded; try again shortly"),
+            1,
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn end_booking<B>(
@@ -444,6 +553,16 @@ impl From<CatalogError> for Problem {
             CatalogError::Store(e) => e.into(),
             CatalogError::Pool(e) => e.into(),
             CatalogError::Query(e) => e.into(),
+            CatalogError::Shared(shared) => match Arc::try_unwrap(shared) {
+                Ok(e) => e.into(),
+                // Waiters on the same failed fetch: the same answer, from a shared cause.
+                Err(shared) => match &*shared {
+                    CatalogError::Store(StoreError::Unavailable(_)) | CatalogError::Pool(_) => {
+                        Problem::unavailable("the seat store did not answer in time", 1)
+                    }
+                    e => Problem::unexpected(e),
+                },
+            },
         }
     }
 }
@@ -550,6 +669,84 @@ mod tests {
             resolve(Method::GET, "/api/events/99999999999999999999"),
             Err(400)
         );
+    }
+
+    /// A concrete path for a pattern of [`ENDPOINTS`].
+    fn example(pattern: &str) -> String {
+        let id = if pattern.starts_with("/api/bookings/") {
+            "0190a4b2-0000-7000-8000-000000000001"
+        } else {
+            "7"
+        };
+        pattern.replace("{id}", id)
+    }
+
+    #[test]
+    fn every_endpoint_resolves_and_other_methods_are_405() {
+        let methods = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::DELETE,
+            Method::PUT,
+        ];
+        for (_, pattern) in ENDPOINTS {
+            for method in &methods {
+                let listed = ENDPOINTS.contains(&(method.as_str(), pattern));
+                let got = resolve(method.clone(), &example(pattern));
+                match listed {
+                    true => assert!(got.is_ok(), "{method} {pattern}: {got:?}"),
+                    false => assert_eq!(got, Err(405), "{method} {pattern}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_route_is_an_endpoint() {
+        // Exhaustive: a new route does not compile until it is given its endpoint here.
+        let pattern = |route: &Route| match route {
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Event(_) => "/api/events/{id}",
+            Route::AvailableSeats => "/api/seats/available",
+            Route::Login => "/api/users/login",
+            Route::PlaceHold => "/api/bookings",
+            Route::Booking(_) | Route::CancelBooking(_) => "/api/bookings/{id}",
+            Route::ConfirmBooking(_) => "/api/bookings/{id}/confirm",
+            Route::WaitingRoom => "/waiting-room",
+        };
+        for (method, path) in ENDPOINTS {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let route = Route::resolve(&method, &example(path)).unwrap();
+            assert_eq!(pattern(&route), *path, "{method} {path}");
+            assert_eq!(route.name().replace(":id", "{id}"), *path);
+        }
+    }
+
+    #[test]
+    fn openapi_json_documents_exactly_the_endpoints() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let mut served: Vec<(String, String)> = ENDPOINTS
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
     }
 
     #[test]

@@ -115,6 +115,12 @@ impl Conn {
         Ok(Conn { sender })
     }
 
+    /// True once the server closed it (the gateway closes idle connections,
+    /// HERDGATE_IDLE_TIMEOUT): a new one is needed, as any HTTP client's pool would open.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// Sends one request and reads the whole answer: its status and body.
     pub async fn send(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<(u16, Bytes)> {
         self.sender.ready().await?;

@@ -164,6 +164,11 @@ impl Driver {
                 if open_loop {
                     tokio::time::sleep_until(due).await;
                 }
+                if conn.is_closed()
+                    && let Ok(fresh) = open_with_retries(&self.target).await
+                {
+                    conn = fresh;
+                }
                 let bearer = user_of(&call).map(|u| self.tokens.bearer(u));
                 let request = self.target.request(self.event, &call, bearer);
                 let sent = Instant::now();

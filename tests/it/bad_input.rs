@@ -21,7 +21,7 @@ async fn unknown_routes_and_wrong_methods_are_404_and_405() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["allow"], "GET");
+    assert_eq!(response.headers()["allow"], "GET, HEAD");
     assert_problem(response, 405).await;
     assert_problem(app.get("/api/users/login").await, 405).await;
     still_healthy(&app).await;
