@@ -405,20 +405,30 @@ async fn idle_sockets_past_the_open_files_limit_get_503s_and_the_gateway_recover
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = std::process::Command::new("prlimit")
-        .args([
-            "--nofile=400:400",
-            "--",
-            env!("CARGO_BIN_EXE_herdgate"),
-            "serve",
-        ])
-        .envs(iso.env())
-        .env(config::ENV_ADDR, &addr)
-        .env(config::ENV_IDLE_TIMEOUT, "2s")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    /// Killed when dropped, so a failed assertion leaves no gateway running.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Killed(
+        std::process::Command::new("prlimit")
+            .args([
+                "--nofile=400:400",
+                "--",
+                env!("CARGO_BIN_EXE_herdgate"),
+                "serve",
+            ])
+            .envs(iso.env())
+            .env(config::ENV_ADDR, &addr)
+            .env(config::ENV_IDLE_TIMEOUT, "2s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
@@ -453,6 +463,4 @@ async fn idle_sockets_past_the_open_files_limit_get_503s_and_the_gateway_recover
         .expect("answered after the idle sockets were closed");
     assert_eq!(after.status(), 200);
     drop(idle);
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
