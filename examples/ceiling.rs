@@ -16,10 +16,6 @@ use hyper_util::{
     server::conn::auto,
 };
 
-/// The allocator herdgate runs on, so the ratio measures herdgate's work, not malloc's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const BODY: &[u8] = br#"{"bookingId":"01a22ab3-1283-72d0-9dee-373a70dd8182","status":"PENDING","eventId":1,"seatId":5,"userId":2,"expiresAt":"2026-11-30T04:35:08.483Z"}"#;
 
 #[tokio::main]

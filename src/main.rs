@@ -12,11 +12,6 @@ use herdgate::{
     telemetry::{self, TraceConfig},
 };
 
-/// glibc's malloc and free were a fifth of the gateway's CPU on the durable path
-/// (perf, `herdgate load distinct`); mimalloc's thread-local free lists cost less.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// sysexits' EX_USAGE: the configuration is wrong, retrying will not help.
 const EX_USAGE: u8 = 64;
 
