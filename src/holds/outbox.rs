@@ -1,9 +1,13 @@
 //! Visiting the loaded events as a whole: which events have an outbox, how
 //! deep each is, and when each one's first hold falls due.
 
-use fred::interfaces::{HashesInterface, SetsInterface, SortedSetsInterface, StreamsInterface};
+use fred::{
+    clients::{Client, Pipeline},
+    interfaces::{HashesInterface, SetsInterface, SortedSetsInterface, StreamsInterface},
+    types::FromValue,
+};
 
-use super::{Store, StoreError};
+use super::{EventKeys, Store, StoreError};
 
 /// Commands sent in one pipeline when visiting every event.
 const PIPELINE: usize = 1_000;
@@ -30,16 +34,10 @@ impl Store {
     /// Every loaded event with the depth of its outbox, pipelined.
     pub async fn outbox_depths(&self) -> Result<Vec<(i64, u64)>, StoreError> {
         let events = self.loaded_events().await?;
-        let mut depths = Vec::with_capacity(events.len());
-        for chunk in events.chunks(PIPELINE) {
-            let pipeline = self.client().pipeline();
-            for &event_id in chunk {
-                let () = pipeline.xlen(self.keys.event(event_id).outbox()).await?;
-            }
-            let counts: Vec<u64> = pipeline.all().await?;
-            depths.extend(chunk.iter().copied().zip(counts));
-        }
-        Ok(depths)
+        let depths: Vec<u64> = self
+            .pipelined(&events, |p, k| async move { p.xlen(k.outbox()).await })
+            .await?;
+        Ok(events.into_iter().zip(depths).collect())
     }
 
     /// When the event's first live hold falls due (ms since epoch), if it has one.
@@ -62,46 +60,43 @@ impl Store {
     /// [`Store::first_due`] of every loaded event, pipelined.
     pub async fn first_due_all(&self) -> Result<Vec<(i64, Option<i64>)>, StoreError> {
         let events = self.loaded_events().await?;
-        let mut firsts = Vec::with_capacity(events.len());
-        for chunk in events.chunks(PIPELINE) {
-            let pipeline = self.client().pipeline();
-            for &event_id in chunk {
-                let () = pipeline
-                    .zrange(
-                        self.keys.event(event_id).holds(),
-                        0,
-                        0,
-                        None,
-                        false,
-                        None,
-                        true,
-                    )
-                    .await?;
-            }
-            let heads: Vec<Vec<(String, f64)>> = pipeline.all().await?;
-            firsts.extend(
-                chunk
-                    .iter()
-                    .zip(heads)
-                    .map(|(&id, head)| (id, head.first().map(|(_, due)| *due as i64))),
-            );
-        }
-        Ok(firsts)
+        let heads: Vec<Vec<(String, f64)>> = self
+            .pipelined(&events, |p, k| async move {
+                p.zrange(k.holds(), 0, 0, None, false, None, true).await
+            })
+            .await?;
+        Ok(events
+            .into_iter()
+            .zip(heads)
+            .map(|(id, head)| (id, head.first().map(|(_, due)| *due as i64)))
+            .collect())
     }
 
     /// The status each event has in Redis, `None` for one not loaded, pipelined.
     pub async fn event_statuses(&self, events: &[i64]) -> Result<Vec<Option<String>>, StoreError> {
-        let mut statuses = Vec::with_capacity(events.len());
+        self.pipelined(
+            events,
+            |p, k| async move { p.hget(k.event(), "status").await },
+        )
+        .await
+    }
+
+    /// One command per event, sent `PIPELINE` at a time; the replies in order.
+    async fn pipelined<T, F, Fut>(&self, events: &[i64], queue: F) -> Result<Vec<T>, StoreError>
+    where
+        T: FromValue,
+        F: Fn(Pipeline<Client>, EventKeys) -> Fut,
+        Fut: Future<Output = Result<(), fred::error::Error>>,
+    {
+        let mut replies = Vec::with_capacity(events.len());
         for chunk in events.chunks(PIPELINE) {
             let pipeline = self.client().pipeline();
             for &event_id in chunk {
-                let () = pipeline
-                    .hget(self.keys.event(event_id).event(), "status")
-                    .await?;
+                queue(pipeline.clone(), self.keys.event(event_id)).await?;
             }
-            let chunk: Vec<Option<String>> = pipeline.all().await?;
-            statuses.extend(chunk);
+            let chunk: Vec<T> = pipeline.all().await?;
+            replies.extend(chunk);
         }
-        Ok(statuses)
+        Ok(replies)
     }
 }

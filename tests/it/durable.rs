@@ -33,6 +33,19 @@ async fn outbox_len(app: &TestApp, event_id: i64) -> u64 {
     app.iso.redis().await.xlen(outbox).await.unwrap()
 }
 
+/// Waits until PostgreSQL holds `bookings` bookings and event 1's outbox is empty.
+async fn all_landed(app: &TestApp, bookings: i64) {
+    let pg = app.iso.pg().await;
+    eventually(Duration::from_secs(15), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == bookings
+    })
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        outbox_len(app, 1).await == 0
+    })
+    .await;
+}
+
 /// Holds seats 1..=n of event 1, one user each; every answer must be 201.
 async fn hold_seats(app: &TestApp, n: usize) {
     let users = user_ids(&app.iso.pg().await).await;
@@ -131,15 +144,7 @@ async fn holds_waiting_in_the_outbox_travel_as_one_batch_per_type_in_outbox_orde
         "outbox order: {seqs:?}"
     );
 
-    let pg = app.iso.pg().await;
-    eventually(Duration::from_secs(10), || async {
-        scalar(&pg, "SELECT count(*) FROM bookings").await == 12
-    })
-    .await;
-    eventually(Duration::from_secs(10), || async {
-        outbox_len(&app, 1).await == 0
-    })
-    .await;
+    all_landed(&app, 12).await;
     let _ = connection.close(200, "done".into()).await;
 }
 
@@ -193,14 +198,7 @@ async fn holds_no_queue_would_take_stay_in_the_outbox_until_one_is_bound_again()
         )
         .await
         .unwrap();
-    eventually(Duration::from_secs(15), || async {
-        scalar(&pg, "SELECT count(*) FROM bookings").await == 20
-    })
-    .await;
-    eventually(Duration::from_secs(10), || async {
-        outbox_len(&app, 1).await == 0
-    })
-    .await;
+    all_landed(&app, 20).await;
     let _ = connection.close(200, "done".into()).await;
 }
 
