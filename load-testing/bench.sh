@@ -71,6 +71,8 @@ export HERDGATE_ADDR=127.0.0.1:$BENCH_PORT
 # The bench measures the hot path, not the per-user limit or backpressure.
 export HERDGATE_MAX_HOLDS_PER_USER=1000000 HERDGATE_OUTBOX_MAX=10000000
 export HERDGATE_MAX_IN_FLIGHT=16384
+# The 10,000-user herd opens every connection before the release: keep them open meanwhile.
+export HERDGATE_IDLE_TIMEOUT=60s
 pg_base=postgres://postgres@127.0.0.1:$PG_PORT
 current=""
 
