@@ -101,15 +101,10 @@ impl Relay {
                 let _ = connection.close(200, "relay stopping".into()).await;
                 return Ok(());
             }
-            let mut scan = Instant::now() >= next_scan;
             while let Some(notice) = activity.try_next() {
-                match notice {
-                    Activity::Event(event_id) => {
-                        active.insert(event_id);
-                    }
-                    Activity::Missed => scan = true,
-                }
+                heed(notice, &mut active, &mut next_scan);
             }
+            let scan = Instant::now() >= next_scan;
             if scan {
                 next_scan = Instant::now() + self.scan;
                 // Entries a notice did not announce (lost, or left by a relay that
@@ -127,10 +122,7 @@ impl Relay {
             if active.is_empty() {
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    notice = activity.next() => match notice {
-                        Activity::Event(event_id) => { active.insert(event_id); }
-                        Activity::Missed => next_scan = Instant::now(),
-                    },
+                    notice = activity.next() => heed(notice, &mut active, &mut next_scan),
                     _ = tokio::time::sleep_until(next_scan) => {}
                 }
                 continue;
@@ -266,20 +258,21 @@ impl Relay {
                     continue;
                 }
             };
-            let at = match batches.iter().position(|b| b.kind == event.kind) {
+            let at = match batches.iter().position(|b| b.message.kind == event.kind) {
                 Some(at) => at,
                 None => {
-                    batches.push(Batch::new(&event.kind));
+                    batches.push(Batch::new(&event.kind, event_id));
                     batches.len() - 1
                 }
             };
             batches[at].push(id, event);
         }
         // A booking's hold.placed goes out before its later event (see HoldBatch).
-        batches.sort_by_key(|b| b.kind != BookingStatus::Pending.event_type());
+        batches.sort_by_key(|b| b.message.kind != BookingStatus::Pending.event_type());
         let mut confirms = Vec::with_capacity(batches.len());
         for batch in batches {
-            let (message, spans) = batch.message(exchange, event_id);
+            let Batch { ids, mut message } = batch;
+            let spans = trace(&mut message, exchange);
             let payload = serde_json::to_vec(&message)?;
             let confirm = channel
                 .basic_publish(
@@ -291,10 +284,10 @@ impl Relay {
                         ..Default::default()
                     },
                     &payload,
-                    properties(event_id, &batch.ids, message.events[0].occurred_at),
+                    properties(event_id, &ids, message.events[0].occurred_at),
                 )
                 .await?;
-            confirms.push((batch.ids, confirm, spans));
+            confirms.push((ids, confirm, spans));
         }
         let mut refused = 0;
         let mut confirmed = 0;
@@ -340,6 +333,16 @@ impl Relay {
     }
 }
 
+/// An event with work becomes active; lost notices bring the scan forward.
+fn heed(notice: Activity, active: &mut BTreeSet<i64>, next_scan: &mut Instant) {
+    match notice {
+        Activity::Event(event_id) => {
+            active.insert(event_id);
+        }
+        Activity::Missed => *next_scan = Instant::now(),
+    }
+}
+
 /// The outbox depth gauges, set only when a depth changed: a scan of a large,
 /// quiet catalogue then touches no metric.
 #[derive(Default)]
@@ -354,48 +357,46 @@ impl Depths {
     }
 }
 
-/// The outbox entries of one type read in one round, on their way to one message.
+/// The outbox entries of one type read in one round, and the message they make.
 struct Batch {
-    kind: String,
     ids: Vec<String>,
-    events: Vec<HoldEvent>,
+    message: HoldBatch,
 }
 
 impl Batch {
-    fn new(kind: &str) -> Self {
+    fn new(kind: &str, event_id: i64) -> Self {
         Batch {
-            kind: kind.to_string(),
             ids: Vec::new(),
-            events: Vec::new(),
+            message: HoldBatch::new(kind, event_id, Vec::new()),
         }
     }
 
     fn push(&mut self, id: &str, event: HoldEvent) {
         self.ids.push(id.to_string());
-        self.events.push(event);
+        self.message.events.push(event);
     }
+}
 
-    /// The message, and a publish span for each event whose trace is exported:
-    /// traced, an event carries its publish span's context, so the writer's span
-    /// is its child; untraced, the context stored with the entry passes through.
-    fn message(&self, exchange: &str, event_id: i64) -> (HoldBatch, Vec<Span>) {
-        let mut events = self.events.clone();
-        let mut spans = Vec::new();
-        if telemetry::exporting() {
-            for event in &mut events {
-                let sampled = event.traceparent.as_deref();
-                if !sampled.is_some_and(telemetry::context::is_sampled) {
-                    continue;
-                }
-                let span = spans::publish(exchange, event);
-                if let Some(traceparent) = telemetry::context::traceparent(&span) {
-                    event.traceparent = Some(traceparent);
-                    spans.push(span);
-                }
-            }
-        }
-        (HoldBatch::new(&self.kind, event_id, events), spans)
+/// A publish span for each event of `message` whose trace is exported: traced,
+/// an event carries its publish span's context, so the writer's span is its
+/// child; untraced, the context stored with the entry passes through.
+fn trace(message: &mut HoldBatch, exchange: &str) -> Vec<Span> {
+    let mut spans = Vec::new();
+    if !telemetry::exporting() {
+        return spans;
     }
+    for event in &mut message.events {
+        let sampled = event.traceparent.as_deref();
+        if !sampled.is_some_and(telemetry::context::is_sampled) {
+            continue;
+        }
+        let span = spans::publish(exchange, event);
+        if let Some(traceparent) = telemetry::context::traceparent(&span) {
+            event.traceparent = Some(traceparent);
+            spans.push(span);
+        }
+    }
+    spans
 }
 
 /// Persistent JSON; the message id names the event and the batch's first and
