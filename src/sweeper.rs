@@ -98,12 +98,7 @@ impl Sweeper {
                 }
             }
             while let Some(notice) = activity.try_next() {
-                match notice {
-                    Activity::Event(event_id) => {
-                        deadlines.set(event_id, self.store.first_due(event_id).await?)
-                    }
-                    Activity::Missed => next_scan = Instant::now(),
-                }
+                self.heed(notice, &mut deadlines, &mut next_scan).await?;
             }
             let now_ms = chrono::Utc::now().timestamp_millis();
             while let Some((due_ms, event_id)) = deadlines.first().filter(|&(d, _)| d <= now_ms) {
@@ -114,7 +109,7 @@ impl Sweeper {
                     Err(e) => tracing::warn!(event_id, error = %e, "sweeping an event failed"),
                 }
                 let next = self.store.first_due(event_id).await?;
-                // A hold that would not expire (not due by Redis's count yet) waits a round.
+                // The same head again (its sweep failed, or the script skipped it): a round later.
                 let next = next.map(|n| if n == due_ms { n.max(now_ms + 1) } else { n });
                 deadlines.set(event_id, next);
             }
@@ -128,15 +123,26 @@ impl Sweeper {
             };
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                notice = activity.next() => match notice {
-                    Activity::Event(event_id) => {
-                        deadlines.set(event_id, self.store.first_due(event_id).await?)
-                    }
-                    Activity::Missed => next_scan = Instant::now(),
-                },
+                notice = activity.next() => self.heed(notice, &mut deadlines, &mut next_scan).await?,
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
+    }
+
+    /// An event with a new first deadline is read again; lost notices bring the scan forward.
+    async fn heed(
+        &self,
+        notice: Activity,
+        deadlines: &mut Deadlines,
+        next_scan: &mut Instant,
+    ) -> Result<(), StoreError> {
+        match notice {
+            Activity::Event(event_id) => {
+                deadlines.set(event_id, self.store.first_due(event_id).await?)
+            }
+            Activity::Missed => *next_scan = Instant::now(),
+        }
+        Ok(())
     }
 
     /// One round over every loaded event; how many holds this call expired.
