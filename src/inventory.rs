@@ -108,28 +108,16 @@ impl Inventory {
             || (self.store.loaded_event_count().await? as usize) < on_sale;
         // Only events whose status moved since the last sync need a look in Redis,
         // unless this is a full round.
-        let rows: Vec<_> = rows
+        let moved: Vec<_> = rows
             .iter()
             .filter(|row| {
                 full || previous.get(&row.get::<_, i64>("id"))
                     != Some(&row.get::<_, String>("status"))
             })
             .collect();
-        let ids: Vec<i64> = rows.iter().map(|row| row.get("id")).collect();
+        let ids: Vec<i64> = moved.iter().map(|row| row.get("id")).collect();
         let loaded = self.store.event_statuses(&ids).await?;
-        let mut events: Vec<OnSaleEvent> = match full {
-            true => Vec::with_capacity(on_sale),
-            // The events not looked at keep their place in the list.
-            false => self
-                .on_sale()
-                .iter()
-                .filter(|e| {
-                    !ids.contains(&e.id) && statuses.get(&e.id).is_some_and(|s| s == "ON_SALE")
-                })
-                .cloned()
-                .collect(),
-        };
-        for (row, in_redis) in rows.into_iter().zip(loaded) {
+        for (row, in_redis) in moved.into_iter().zip(loaded) {
             let event = EventRow {
                 id: row.get("id"),
                 name: row.get("name"),
@@ -156,15 +144,15 @@ impl Inventory {
                     "event status changed"
                 );
             }
-            if event.status != "ON_SALE" {
-                continue;
-            }
-            events.push(OnSaleEvent {
-                id: event.id,
-                name: event.name,
-            });
         }
-        events.sort_by_key(|e| e.id);
+        let events: Vec<OnSaleEvent> = rows
+            .iter()
+            .filter(|row| row.get::<_, &str>("status") == "ON_SALE")
+            .map(|row| OnSaleEvent {
+                id: row.get("id"),
+                name: row.get("name"),
+            })
+            .collect();
         *self.on_sale.write().expect("on-sale lock") = Arc::new(events);
         // Only once every event has been seen through: a failed sync looks again.
         self.seen.lock().expect("inventory lock").statuses = statuses;
