@@ -6,9 +6,9 @@
 //! A message that can never be applied (malformed) is rejected to the
 //! dead-letter queue with its reason logged, and an event of a batch refused
 //! by a constraint is published there alone, so neither blocks the queue nor
-//! holds back the rest of its batch. Anything else that fails (PostgreSQL or RabbitMQ away)
-//! drops the session: unacked messages go back to the queue, and the writer
-//! reconnects with backoff.
+//! holds back the rest of its batch. Anything else that fails (PostgreSQL or
+//! RabbitMQ away) drops the session: unacked messages go back to the queue, and
+//! the writer reconnects with backoff.
 
 pub mod apply;
 
