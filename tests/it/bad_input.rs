@@ -4,11 +4,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{TestApp, assert_problem, spawn_app};
-
-async fn still_healthy(app: &TestApp) {
-    assert_eq!(app.get("/healthz").await.status(), 200);
-}
+use crate::helpers::{assert_problem, spawn_app};
 
 #[tokio::test]
 async fn unknown_routes_and_wrong_methods_are_404_and_405() {
@@ -24,7 +20,7 @@ async fn unknown_routes_and_wrong_methods_are_404_and_405() {
     assert_eq!(response.headers()["allow"], "GET, HEAD");
     assert_problem(response, 405).await;
     assert_problem(app.get("/api/users/login").await, 405).await;
-    still_healthy(&app).await;
+    app.assert_healthy().await;
 }
 
 #[tokio::test]
@@ -47,7 +43,7 @@ async fn ids_that_are_not_positive_integers_are_400() {
         let p = assert_problem(app.get(path).await, 400).await;
         assert!(!p["detail"].as_str().unwrap().is_empty(), "{path}");
     }
-    still_healthy(&app).await;
+    app.assert_healthy().await;
 }
 
 #[tokio::test]
@@ -65,13 +61,9 @@ async fn malformed_or_mistyped_login_bodies_are_400() {
         r#"{"email":"","password":"password"}"#,
         r#"{"email":"test@example.com","password":""}"#,
     ] {
-        let response = app
-            .post("/api/users/login", Some("application/json"), body)
-            .await;
-        let p = assert_problem(response, 400).await;
-        assert_eq!(p["type"], "/problems/invalid-body", "{body}");
+        app.assert_invalid_login_body(body).await;
     }
-    still_healthy(&app).await;
+    app.assert_healthy().await;
 }
 
 #[tokio::test]
@@ -122,7 +114,7 @@ async fn an_oversize_body_is_413_whether_announced_or_streamed() {
         )
         .await;
     assert_problem(streamed, 413).await;
-    still_healthy(&app).await;
+    app.assert_healthy().await;
 }
 
 #[tokio::test]
@@ -144,5 +136,5 @@ async fn a_client_that_never_finishes_its_body_gets_408() {
     let response = String::from_utf8_lossy(&response[..read]);
     assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     assert!(response.contains("application/problem+json"), "{response}");
-    still_healthy(&app).await;
+    app.assert_healthy().await;
 }

@@ -289,6 +289,24 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// The process still answers its liveness probe.
+    pub async fn assert_healthy(&self) {
+        assert_eq!(self.get("/healthz").await.status(), 200);
+    }
+
+    /// `body` sent to the login endpoint is a 400 `invalid-body` problem.
+    pub async fn assert_invalid_login_body(&self, body: &str) {
+        let response = self
+            .post(
+                "/api/users/login",
+                Some("application/json"),
+                body.to_string(),
+            )
+            .await;
+        let p = assert_problem(response, 400).await;
+        assert_eq!(p["type"], "/problems/invalid-body", "{body}");
+    }
+
     /// A bearer token for `user_id`, minted with the app's secret.
     pub fn token(&self, user_id: i64) -> String {
         self.auth.issue(user_id).unwrap().token

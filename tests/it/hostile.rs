@@ -39,10 +39,6 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String,
     )
 }
 
-async fn still_healthy(app: &TestApp) {
-    assert_eq!(app.get("/healthz").await.status(), 200);
-}
-
 fn with(
     pairs: &'static [(&'static str, &'static str)],
 ) -> impl FnOnce(&mut std::collections::HashMap<String, String>) {
@@ -60,7 +56,7 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_idle_timeout() {
     let (sent, took) = read_until_closed(&mut silent, Duration::from_secs(3)).await;
     assert!(sent.is_empty(), "{sent}");
     assert!(took >= Duration::from_millis(250), "{took:?}");
-    still_healthy(&app).await;
+    app.assert_healthy().await;
 }
 
 #[tokio::test]
@@ -90,7 +86,7 @@ async fn a_header_sent_a_byte_at_a_time_is_cut_at_the_header_timeout() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
         "{took:?}"
     );
-    still_healthy(&app).await;
+    app.assert_healthy().await;
 }
 
 #[tokio::test]
@@ -116,7 +112,7 @@ async fn an_http2_preface_gets_no_connection_of_its_own() {
         .unwrap();
     let (_, took) = read_until_closed(&mut h2, Duration::from_secs(3)).await;
     assert!(took < Duration::from_secs(2), "{took:?}");
-    still_healthy(&app).await;
+    app.assert_healthy().await;
 }
 
 #[tokio::test]
@@ -149,7 +145,7 @@ async fn connections_over_the_cap_get_a_503_problem_and_the_gateway_recovers() {
     assert_eq!(body["type"], "/problems/too-many-connections");
     // The held ones idle out, and the slots are free again.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    still_healthy(&app).await;
+    app.assert_healthy().await;
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("herdgate_http_connections_refused_total 1"),
@@ -277,13 +273,9 @@ async fn a_nul_byte_in_a_login_is_a_400_not_a_500() {
         r#"{"email":"test@example.com\u0000","password":"x"}"#,
         r#"{"email":"test@example.com","password":"pass\u0000word"}"#,
     ] {
-        let response = app
-            .post("/api/users/login", Some("application/json"), body)
-            .await;
-        let p = assert_problem(response, 400).await;
-        assert_eq!(p["type"], "/problems/invalid-body", "{body}");
+        app.assert_invalid_login_body(body).await;
     }
-    still_healthy(&app).await;
+    app.assert_healthy().await;
 }
 
 #[tokio::test]
@@ -389,7 +381,7 @@ async fn malformed_request_heads_are_refused_and_the_gateway_stays_up() {
         let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
         assert!(answer.starts_with(status), "{status}: {answer}");
     }
-    still_healthy(&app).await;
+    app.assert_healthy().await;
 }
 
 /// The issue's repro: with few open files, idle sockets used to take the last
