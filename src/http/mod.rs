@@ -107,10 +107,13 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             let open = metrics::gauge!(crate::prometheus::HTTP_CONNECTIONS);
             open.increment(1);
             // Until its first byte a connection is a socket and a task; hyper's
-            // buffers (16 KiB) only come with a request.
+            // buffers (16 KiB) only come with a request. A peek, not `readable()`,
+            // which is ready at once on a fresh socket (tokio allows it to be
+            // spurious), so the wait would be hyper's, buffers and all.
+            let mut first_byte = [0u8; 1];
             let spoke = tokio::select! {
-                ready = tokio::time::timeout(idle_timeout, stream.readable()) => {
-                    matches!(ready, Ok(Ok(())))
+                first = tokio::time::timeout(idle_timeout, stream.peek(&mut first_byte)) => {
+                    matches!(first, Ok(Ok(1)))
                 }
                 _ = stopping.cancelled() => false,
             };

@@ -59,6 +59,22 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_idle_timeout() {
     app.assert_healthy().await;
 }
 
+/// Before its first byte a connection waits out the idle timeout, not hyper's
+/// header timeout: it has no hyper connection (and no buffers) yet.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_waits_without_a_header_deadline() {
+    let app = spawn_app_with(with(&[
+        (config::ENV_IDLE_TIMEOUT, "2s"),
+        (config::ENV_HEADER_TIMEOUT, "300ms"),
+    ]))
+    .await;
+    let mut silent = TcpStream::connect(app.addr).await.unwrap();
+    let (sent, took) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(sent.is_empty(), "{sent}");
+    assert!(took >= Duration::from_millis(1800), "closed after {took:?}");
+    app.assert_healthy().await;
+}
+
 #[tokio::test]
 async fn a_header_sent_a_byte_at_a_time_is_cut_at_the_header_timeout() {
     let app = spawn_app_with(with(&[
