@@ -73,7 +73,7 @@ run() { # label
     sample_rss "$work/$label.rss" &
     sampler=$!
     $bin load normal --base "$base" --users 1000 --rate "$RATE" --connections 16 \
-        --duration "$DURATION" --json | tail -n 1 >"$work/$label.json"
+        --duration "$DURATION" --json --svg "$work/$label.svg" | tail -n 1 >"$work/$label.json"
     kill "$sampler"
     wait "$sampler" 2>/dev/null || true
     sampler=
