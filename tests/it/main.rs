@@ -20,5 +20,6 @@ mod otlp;
 mod processes;
 mod read_api;
 mod schema;
+mod schemathesis;
 mod traces;
 mod writer;
