@@ -122,6 +122,8 @@ async fn schemathesis_finds_only_documented_answers_and_no_server_errors() {
         pinned(),
         started.elapsed()
     );
+    // The phases and the summary, for `--nocapture`.
+    eprintln!("{}", tail(&stdout, 4_000));
     let log = reports.join("output.txt");
     std::fs::write(&log, format!("{stdout}\n{stderr}")).unwrap();
     assert!(
