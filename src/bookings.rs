@@ -408,7 +408,73 @@ pub fn valid_traceparent(value: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The Idempotency-Key pattern `openapi.json` promises clients.
+    fn documented_pattern() -> String {
+        let doc: serde_json::Value = serde_json::from_str(crate::http::routes::OPENAPI).unwrap();
+        let parameters = doc["paths"]["/api/bookings"]["post"]["parameters"]
+            .as_array()
+            .unwrap();
+        let key = parameters
+            .iter()
+            .find(|p| p["name"] == "Idempotency-Key")
+            .unwrap();
+        key["schema"]["pattern"].as_str().unwrap().to_string()
+    }
+
+    /// The documented pattern without its anchors, for generating strings: it
+    /// must be anchored at both ends, or it would allow anything around a match.
+    fn documented_keys() -> impl Strategy<Value = String> {
+        let pattern = documented_pattern();
+        let inner = pattern
+            .strip_prefix('^')
+            .and_then(|p| p.strip_suffix('$'))
+            .expect("the Idempotency-Key pattern is anchored");
+        proptest::string::string_regex(inner).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Every key the document allows is accepted.
+        #[test]
+        fn documented_idempotency_keys_are_accepted(
+            key in documented_keys()
+        ) {
+            prop_assert!(valid_idempotency_key(&key), "{key:?}");
+        }
+
+        /// Every key accepted is one the document allows, a valid header value,
+        /// and free of the braces and spaces that would change a Redis key's slot
+        /// or shape; anything else is refused without a panic.
+        #[test]
+        fn accepted_idempotency_keys_are_documented_and_plain(
+            key in prop_oneof![any::<String>(), "[ -~]{0,130}", "[A-Za-z0-9._:-]{120,130}"]
+        ) {
+            let allowed = (1..=128).contains(&key.chars().count())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c));
+            prop_assert_eq!(valid_idempotency_key(&key), allowed, "{:?}", key);
+            if allowed {
+                let header = http::HeaderValue::from_str(&key).unwrap();
+                prop_assert_eq!(header.to_str().unwrap(), key.as_str());
+                prop_assert!(!key.contains(['{', '}', ' ']), "{:?}", key);
+            }
+        }
+
+        /// A traceparent stored with a hold is the W3C shape or nothing.
+        #[test]
+        fn accepted_traceparents_have_the_w3c_shape(
+            value in prop_oneof![any::<String>(), "[0-9a-f-]{50,60}", "[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-fg]{2}"]
+        ) {
+            if valid_traceparent(&value) {
+                prop_assert_eq!(value.len(), 55);
+                prop_assert!(value.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+            }
+        }
+    }
 
     #[test]
     fn idempotency_keys_are_short_and_plain() {

@@ -6,7 +6,7 @@ use fred::{
 };
 
 use super::{
-    CANCEL_HOLD, CONFIRM_HOLD, EXPIRE_HOLD, EventKeys, HOLD_RETENTION_MS, PLACE_HOLD,
+    CANCEL_HOLD, CONFIRM_HOLD, EXPIRE_HOLD, EventKeys, HOLD_RETENTION_MS, Keys, PLACE_HOLD,
     SET_EVENT_STATUS, Store, StoreError, reply_error,
 };
 
@@ -72,34 +72,7 @@ impl Store {
     /// Holds a seat in one atomic step (one round-trip), or says why not.
     #[tracing::instrument(skip_all, fields(event_id = req.event_id, seat_id = req.seat_id))]
     pub async fn place_hold(&self, req: &PlaceHold<'_>) -> Result<HoldOutcome, StoreError> {
-        let k = self.keys.event(req.event_id);
-        let idem = req.idempotency_key.unwrap_or("");
-        let keys = vec![
-            k.event(),
-            k.seats(),
-            k.available(),
-            k.lock(req.seat_id),
-            k.holds(),
-            k.hold(req.booking_id),
-            k.user_holds(req.user_id),
-            k.idempotency(req.user_id, if idem.is_empty() { "-" } else { idem }),
-            k.outbox(),
-            k.seq(),
-        ];
-        let args = vec![
-            req.booking_id.to_string(),
-            req.seat_id.to_string(),
-            req.user_id.to_string(),
-            req.now_ms.to_string(),
-            req.ttl_ms.to_string(),
-            req.max_per_user.to_string(),
-            idem.to_string(),
-            req.idempotency_ttl_ms.to_string(),
-            req.outbox_max.to_string(),
-            req.traceparent.to_string(),
-            self.keys.activity(),
-            req.event_id.to_string(),
-        ];
+        let (keys, args) = place_hold_call(&self.keys, req);
         let reply = self.eval(&PLACE_HOLD, &self.place_hold, keys, args).await?;
         parse_hold_outcome(&reply).ok_or_else(|| reply_error(&PLACE_HOLD, &reply))
     }
@@ -261,6 +234,41 @@ impl Store {
     }
 }
 
+/// `place_hold.lua`'s KEYS and ARGV for `req`, in its header's order. The
+/// Idempotency-Key is the only text from the client in either; the KEYS[8]
+/// placeholder `-` of a request without one is never touched by the script.
+fn place_hold_call(keys: &Keys, req: &PlaceHold<'_>) -> (Vec<String>, Vec<String>) {
+    let k = keys.event(req.event_id);
+    let idem = req.idempotency_key.unwrap_or("");
+    let names = vec![
+        k.event(),
+        k.seats(),
+        k.available(),
+        k.lock(req.seat_id),
+        k.holds(),
+        k.hold(req.booking_id),
+        k.user_holds(req.user_id),
+        k.idempotency(req.user_id, if idem.is_empty() { "-" } else { idem }),
+        k.outbox(),
+        k.seq(),
+    ];
+    let args = vec![
+        req.booking_id.to_string(),
+        req.seat_id.to_string(),
+        req.user_id.to_string(),
+        req.now_ms.to_string(),
+        req.ttl_ms.to_string(),
+        req.max_per_user.to_string(),
+        idem.to_string(),
+        req.idempotency_ttl_ms.to_string(),
+        req.outbox_max.to_string(),
+        req.traceparent.to_string(),
+        keys.activity(),
+        req.event_id.to_string(),
+    ];
+    (names, args)
+}
+
 fn parse_hold_outcome(reply: &Value) -> Option<HoldOutcome> {
     let Value::Array(items) = reply else {
         return None;
@@ -306,4 +314,113 @@ fn parse_transition(reply: &Value) -> Option<Transition> {
         "gone" => Transition::Gone(items.get(1)?.as_string()?),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::bookings::{valid_idempotency_key, valid_traceparent};
+
+    /// The highest `<what>[n]` the script's header mentions.
+    fn declared(source: &str, what: &str) -> usize {
+        let header = source.split("]]").next().unwrap();
+        header
+            .match_indices(what)
+            .filter_map(|(at, _)| {
+                let rest = &header[at + what.len()..];
+                rest[..rest.find(']')?].parse::<usize>().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The part of a key Redis Cluster hashes: between the first `{` and the
+    /// next `}`, when not empty; else the whole key.
+    fn hash_tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let close = key[open + 1..].find('}')? + open + 1;
+                (close > open + 1).then(|| &key[open + 1..close])
+            })
+            .unwrap_or(key)
+    }
+
+    /// Idempotency-Keys the gateway lets through: its own rule, as the route applies it.
+    fn idempotency_key() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(
+            prop_oneof!["[A-Za-z0-9._:-]{1,128}", "[-:.]{1,4}", "[0-9:]{1,6}"]
+                .prop_filter("the route refuses it", |k| valid_idempotency_key(k)),
+        )
+    }
+
+    fn traceparent() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[0-9a-fA-F]{2}-[0-9a-fA-F]{32}-[0-9a-fA-F]{16}-[0-9a-fA-F]{2}"
+                .prop_filter("the route drops it", |t| valid_traceparent(t)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever the client sent, the script gets as many KEYS and ARGV as its
+        /// header lists, all KEYS in the event's cluster slot, and the values
+        /// back unchanged in their places.
+        #[test]
+        fn place_hold_arguments_follow_the_header_and_stay_in_the_event_slot(
+            event_id in any::<i64>(),
+            seat_id in any::<i64>(),
+            user_id in 1..=i64::MAX,
+            idem in idempotency_key(),
+            traceparent in traceparent(),
+            booking in any::<u128>(),
+        ) {
+            let booking_id = uuid::Uuid::from_u128(booking).to_string();
+            let req = PlaceHold {
+                event_id,
+                seat_id,
+                user_id,
+                booking_id: &booking_id,
+                now_ms: 1_700_000_000_000,
+                ttl_ms: 600_000,
+                max_per_user: 8,
+                idempotency_key: idem.as_deref(),
+                idempotency_ttl_ms: 86_400_000,
+                outbox_max: 200_000,
+                traceparent: &traceparent,
+            };
+            let (names, args) = place_hold_call(&Keys::new("hg:"), &req);
+            prop_assert_eq!(names.len(), PLACE_HOLD.keys);
+            prop_assert_eq!(args.len(), declared(PLACE_HOLD.source, "ARGV["));
+            let slot = format!("e:{event_id}");
+            for name in &names {
+                prop_assert_eq!(hash_tag(name), slot.as_str(), "{}", name);
+            }
+            prop_assert_eq!(&args[0], &booking_id);
+            prop_assert_eq!(args[1].parse::<i64>().unwrap(), seat_id);
+            prop_assert_eq!(args[2].parse::<i64>().unwrap(), user_id);
+            prop_assert_eq!(&args[6], idem.as_deref().unwrap_or(""));
+            prop_assert_eq!(&args[9], &traceparent);
+            prop_assert_eq!(args[11].parse::<i64>().unwrap(), event_id);
+        }
+
+        /// Two requests share an idempotency record only when they are the same
+        /// user with the same key, and a seat lock only for the same seat.
+        #[test]
+        fn client_values_never_share_a_key_by_accident(
+            a in (1..=i64::MAX, idempotency_key(), any::<i64>()),
+            b in (1..=i64::MAX, idempotency_key(), any::<i64>()),
+        ) {
+            let ((user_a, Some(key_a), seat_a), (user_b, Some(key_b), seat_b)) = (a, b) else {
+                return Ok(());
+            };
+            let k = Keys::new("hg:").event(1);
+            let same_record = k.idempotency(user_a, &key_a) == k.idempotency(user_b, &key_b);
+            prop_assert_eq!(same_record, user_a == user_b && key_a == key_b);
+            prop_assert_eq!(k.lock(seat_a) == k.lock(seat_b), seat_a == seat_b);
+        }
+    }
 }

@@ -82,9 +82,12 @@ fn json_error(e: &serde_json::Error) -> String {
 #[cfg(test)]
 mod tests {
     use http_body_util::Full;
+    use proptest::prelude::*;
     use serde::Deserialize;
+    use serde_json::{Value, json};
 
     use super::*;
+    use crate::{auth::LoginRequest, bookings::HoldRequest};
 
     #[derive(Debug, Deserialize)]
     struct Login {
@@ -135,6 +138,149 @@ mod tests {
         for (req, status) in cases {
             let problem = read(req).await.unwrap_err();
             assert_eq!(problem.status.as_u16(), status, "{problem:?}");
+        }
+    }
+
+    const LIMIT: usize = 16_384;
+
+    /// `body` read as `T` the way the routes read it, on a runtime of its own.
+    fn read_bytes<T: DeserializeOwned>(body: Vec<u8>) -> Result<T, Problem> {
+        let req = Request::post("/")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(read_json(req, LIMIT, Duration::from_secs(1)))
+    }
+
+    /// A refused body is a 400 or 413 problem document that says so.
+    fn assert_refused(problem: Problem) -> Result<(), TestCaseError> {
+        let status = problem.status.as_u16();
+        prop_assert!(status == 400 || status == 413, "{:?}", problem);
+        let response = problem.into_response();
+        prop_assert_eq!(
+            &response.headers()[header::CONTENT_TYPE],
+            super::super::problem::CONTENT_TYPE
+        );
+        let body = futures::executor::block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        prop_assert_eq!(&doc["status"], &json!(status));
+        prop_assert!(doc["type"].is_string() && doc["detail"].is_string());
+        Ok(())
+    }
+
+    /// The members the routes read, as whatever JSON they hold: the oracle.
+    /// Other members are skipped as the routes skip them (a number too large
+    /// for a `Value`, say, is no error there).
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Members {
+        #[serde(default)]
+        event_id: Value,
+        #[serde(default)]
+        seat_id: Value,
+        #[serde(default)]
+        email: Value,
+        #[serde(default)]
+        password: Value,
+    }
+
+    /// A JSON value of any type, the kind a client may put where a number goes.
+    fn scalar() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| json!(f).to_string()),
+            Just("1e400".to_string()),
+            Just("-0".to_string()),
+            Just("99999999999999999999".to_string()),
+            any::<String>().prop_map(|s| json!(s).to_string()),
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+        ]
+    }
+
+    /// Bodies a client may send: bytes, near-JSON, objects with odd members.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            (scalar(), scalar())
+                .prop_map(|(e, s)| format!(r#"{{"eventId":{e},"seatId":{s}}}"#).into_bytes()),
+            (scalar(), scalar(), "[a-zA-Z]{1,8}")
+                .prop_map(
+                    |(a, b, k)| format!(r#" {{"{k}":{a},"seatId":{b},"eventId":1}} "#).into_bytes()
+                ),
+            (scalar(), scalar())
+                .prop_map(|(e, p)| format!(r#"{{"email":{e},"password":{p}}}"#).into_bytes()),
+            "[{}\\[\\]\":,0-9a-zA-Z \\\\]{0,40}".prop_map(String::into_bytes),
+            (0usize..40, proptest::collection::vec(any::<u8>(), 1..4)).prop_map(|(at, junk)| {
+                let mut b = br#"{"eventId":1,"seatId":2}"#.to_vec();
+                let at = at.min(b.len());
+                b.splice(at..at, junk);
+                b
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any body of `POST /api/bookings` is a hold request that says exactly
+        /// what the JSON says, or a 400/413 problem; never a panic.
+        #[test]
+        fn any_hold_body_is_read_or_refused(body in body()) {
+            match read_bytes::<HoldRequest>(body.clone()) {
+                Ok(req) => {
+                    let value: Members = serde_json::from_slice(&body).unwrap();
+                    prop_assert_eq!(value.event_id.as_i64(), Some(req.event_id));
+                    prop_assert_eq!(value.seat_id.as_i64(), Some(req.seat_id));
+                }
+                Err(problem) => assert_refused(problem)?,
+            }
+        }
+
+        /// The same for the login body.
+        #[test]
+        fn any_login_body_is_read_or_refused(body in body()) {
+            match read_bytes::<LoginRequest>(body.clone()) {
+                Ok(req) => {
+                    let value: Members = serde_json::from_slice(&body).unwrap();
+                    prop_assert_eq!(value.email.as_str(), Some(req.email.as_str()));
+                    prop_assert_eq!(value.password.as_str(), Some(req.password.as_str()));
+                }
+                Err(problem) => assert_refused(problem)?,
+            }
+        }
+
+        /// Every pair of ids, with members we do not know around them, reads back.
+        #[test]
+        fn hold_bodies_round_trip(
+            event_id in any::<i64>(),
+            seat_id in any::<i64>(),
+            extra in proptest::collection::btree_map("[a-z]{1,6}", scalar(), 0..3),
+        ) {
+            let mut body = serde_json::Map::new();
+            for (k, v) in extra {
+                body.insert(k, serde_json::from_str(&v).unwrap_or(Value::Null));
+            }
+            body.insert("eventId".into(), event_id.into());
+            body.insert("seatId".into(), seat_id.into());
+            let req: HoldRequest = read_bytes(serde_json::to_vec(&body).unwrap()).unwrap();
+            prop_assert_eq!((req.event_id, req.seat_id), (event_id, seat_id));
+        }
+
+        /// A body past the limit is a 413 whatever it holds.
+        #[test]
+        fn a_body_past_the_limit_is_413(extra in 1usize..4096, fill in any::<u8>()) {
+            let problem = read_bytes::<HoldRequest>(vec![fill; LIMIT + extra]).unwrap_err();
+            prop_assert_eq!(problem.status.as_u16(), 413);
         }
     }
 }

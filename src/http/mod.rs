@@ -16,6 +16,7 @@
 pub mod body;
 pub mod idle;
 pub mod problem;
+pub mod query;
 pub mod routes;
 
 use std::{

@@ -26,16 +26,21 @@ use chrono::SecondsFormat;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Body;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{body::read_json, problem::Problem};
+use super::{
+    body::read_json,
+    problem::Problem,
+    query::{Query, SeatsQuery, parse_id},
+};
 use crate::{
     app::App,
+    auth::LoginRequest,
     bookings::{self, Ending},
-    catalog::{CatalogError, DEFAULT_PAGE, MAX_PAGE},
+    catalog::CatalogError,
     holds::StoreError,
     prometheus,
     telemetry::{self, spans},
@@ -310,32 +315,17 @@ async fn event(app: &App, id: i64) -> Result<Response<Full<Bytes>>, Problem> {
 }
 
 async fn available_seats(app: &App, query: Option<&str>) -> Result<Response<Full<Bytes>>, Problem> {
-    let query = Query::parse(query);
-    let event_id = query
-        .positive("eventId")?
-        .ok_or_else(|| Problem::bad_request("the query parameter eventId is required"))?;
-    let limit = match query.positive("limit")? {
-        None => DEFAULT_PAGE,
-        Some(n) if n <= i64::from(MAX_PAGE) => n as u32,
-        Some(_) => {
-            return Err(Problem::bad_request(format!(
-                "limit must be at most {MAX_PAGE}"
-            )));
-        }
-    };
-    let after = query.non_negative("after")?.unwrap_or(0);
+    let SeatsQuery {
+        event_id,
+        after,
+        limit,
+    } = SeatsQuery::parse(query)?;
     match app.catalog.available_seats(event_id, after, limit).await? {
         Some(body) => Ok(json_bytes(StatusCode::OK, body)),
         None => Err(Problem::not_found(format!(
             "event {event_id} is unknown or not on sale"
         ))),
     }
-}
-
-#[derive(Deserialize)]
-struct LoginRequest {
-    email: String,
-    password: String,
 }
 
 #[derive(Serialize)]
@@ -360,23 +350,11 @@ where
     }
     let http = &app.config.http;
     let body: LoginRequest = read_json(req, http.max_body, http.body_timeout).await?;
-    // PostgreSQL refuses text with NUL in it (SQLSTATE 22021): say so before asking it.
-    if body.email.is_empty()
-        || body.email.len() > 254
-        || !body.email.contains('@')
-        || body.email.chars().any(char::is_control)
-    {
-        return Err(Problem::invalid_body(
-            "email must be an email address of at most 254 bytes, without control characters",
-        ));
-    }
-    if body.password.is_empty() || body.password.len() > 1024 || body.password.contains('\0') {
-        return Err(Problem::invalid_body(
-            "password must be 1 to 1024 bytes, without NUL",
-        ));
+    if let Some(why) = body.invalid() {
+        return Err(Problem::invalid_body(why));
     }
     // Failures count against the account, so guessing one's password stops while its owner still logs in.
-    let account = body.email.trim().to_lowercase();
+    let account = body.account();
     app.login_accounts
         .check(account.clone())
         .await
@@ -567,54 +545,10 @@ impl From<CatalogError> for Problem {
     }
 }
 
-/// The query string's pairs, percent-decoded.
-struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn parse(query: Option<&str>) -> Self {
-        Query(
-            form_urlencoded::parse(query.unwrap_or("").as_bytes())
-                .into_owned()
-                .collect(),
-        )
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn positive(&self, name: &str) -> Result<Option<i64>, Problem> {
-        self.get(name).map(|v| parse_id(name, v)).transpose()
-    }
-
-    fn non_negative(&self, name: &str) -> Result<Option<i64>, Problem> {
-        self.get(name)
-            .map(|v| match v.parse::<i64>() {
-                Ok(n) if n >= 0 => Ok(n),
-                _ => Err(Problem::bad_request(format!(
-                    "{name} must be a non-negative integer, not {v:?}"
-                ))),
-            })
-            .transpose()
-    }
-}
-
 fn parse_uuid(value: &str) -> Result<Uuid, Problem> {
     value
         .parse()
         .map_err(|_| Problem::bad_request(format!("a booking id is a UUID, not {value:?}")))
-}
-
-fn parse_id(name: &str, value: &str) -> Result<i64, Problem> {
-    match value.parse::<i64>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(Problem::bad_request(format!(
-            "{name} must be a positive integer, not {value:?}"
-        ))),
-    }
 }
 
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
@@ -747,14 +681,5 @@ mod tests {
         documented.sort();
         served.sort();
         assert_eq!(documented, served);
-    }
-
-    #[test]
-    fn query_parameters_are_checked() {
-        let q = Query::parse(Some("eventId=7&after=0&limit=x"));
-        assert_eq!(q.positive("eventId").unwrap(), Some(7));
-        assert_eq!(q.non_negative("after").unwrap(), Some(0));
-        assert!(q.positive("limit").is_err());
-        assert_eq!(q.positive("missing").unwrap(), None);
     }
 }
