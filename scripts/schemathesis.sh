@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# schemathesis for the contract test (tests/it/schemathesis.rs): source this, then
-# `ensure_schemathesis`. Installs the version pinned in scripts/schemathesis.txt (its
+# schemathesis for the contract test (tests/it/schemathesis.rs): source this after
+# scripts/services.sh, then `ensure_schemathesis`. Installs the version pinned in scripts/schemathesis.txt (its
 # dependencies pinned by scripts/schemathesis.lock) from PyPI into .venv-schemathesis at
 # the repository root, and reuses that venv while it holds exactly these pins.
 
@@ -19,10 +19,13 @@ ensure_schemathesis() {
         echo "schemathesis: $("$_st_dir/bin/schemathesis" --version) in $_st_dir, reused"
         return
     fi
-    command -v python3 >/dev/null || { _st_err "python3 is needed to install schemathesis"; return; }
+    # A fresh Debian has neither python3 nor its venv module (services.sh installs them).
+    if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        _svc_apt_install python3 python3-venv || return
+    fi
     echo "schemathesis: installing $(grep -v '^#' scripts/schemathesis.txt) into $_st_dir (pip log: $log)"
     rm -rf "$_st_dir"
-    python3 -m venv "$_st_dir" || { _st_err "python3 -m venv failed (on Debian: apt-get install python3-venv)"; return; }
+    python3 -m venv "$_st_dir" || { _st_err "python3 -m venv failed"; return; }
     "$_st_dir/bin/pip" install --disable-pip-version-check -q \
         -r scripts/schemathesis.txt -c scripts/schemathesis.lock >"$log" 2>&1 ||
         { tail -20 "$log" >&2; _st_err "pip could not install schemathesis"; return; }
