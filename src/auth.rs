@@ -4,12 +4,8 @@
 //! HERDGATE_TOKEN_SECRET, so any gateway verifies them without a database call.
 //! Anyone with the secret can mint one (`herdgate token --user ID`), which is how
 //! load tests get 200,000 users without 200,000 logins.
-//!
-//! A buyer sends the same token with every request of an on-sale, so a token once
-//! verified is remembered (by its exact bytes, until it expires) and the next
-//! request skips the base64, JSON and HMAC work, a tenth of a herd answer's cost.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 use argon2::{
@@ -25,10 +21,6 @@ use tokio::sync::Semaphore;
 use crate::config::{AuthConfig, Config};
 
 const ISSUER: &str = "herdgate";
-/// Leeway on `exp` and `nbf`, seconds, for clocks a little apart.
-const LEEWAY_SECS: u64 = 5;
-/// Memory for remembered tokens: about 60,000 of the ones `issue` signs.
-const VERIFIED_BYTES: u64 = 16 * 1024 * 1024;
 /// A login waits this long for a free password-check slot before it gets 503.
 const LOGIN_QUEUE_WAIT: Duration = Duration::from_secs(2);
 
@@ -113,8 +105,6 @@ pub struct Auth {
     login_slots: Semaphore,
     /// Checked against when the email is unknown, so both cases take as long.
     dummy_hash: String,
-    /// Tokens that verified: token -> (user id, `exp`). Only tokens we signed get in.
-    verified: moka::sync::Cache<Arc<str>, (i64, u64)>,
 }
 
 impl Auth {
@@ -125,7 +115,7 @@ impl Auth {
         validation.set_required_spec_claims(&["exp", "sub", "iss"]);
         // A token that says it is not valid yet is refused (jsonwebtoken skips `nbf` unless told).
         validation.validate_nbf = true;
-        validation.leeway = LEEWAY_SECS;
+        validation.leeway = 5;
         Ok(Auth {
             encoding: EncodingKey::from_secret(secret).context("bad token secret")?,
             decoding: DecodingKey::from_secret(secret).context("bad token secret")?,
@@ -133,10 +123,6 @@ impl Auth {
             ttl: chrono::Duration::from_std(config.token_ttl).context("token TTL too long")?,
             login_slots: Semaphore::new(config.login_concurrency),
             dummy_hash: hash_password("not a real password")?,
-            verified: moka::sync::Cache::builder()
-                .max_capacity(VERIFIED_BYTES)
-                .weigher(|token: &Arc<str>, _| u32::try_from(token.len() + 48).unwrap_or(u32::MAX))
-                .build(),
         })
     }
 
@@ -161,26 +147,14 @@ impl Auth {
 
     /// The user id a bearer token stands for.
     pub fn verify(&self, token: &str) -> Result<i64, AuthError> {
-        let now = jsonwebtoken::get_current_timestamp();
-        // A remembered token was past its `nbf` already; only its expiry can have come since.
-        if let Some((user_id, exp)) = self.verified.get(token)
-            && now <= exp + LEEWAY_SECS
-        {
-            return Ok(user_id);
-        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| AuthError::BadToken)?;
-        let user_id = data
-            .claims
+        data.claims
             .sub
             .parse::<i64>()
             .ok()
             .filter(|id| *id > 0)
-            .ok_or(AuthError::BadToken)?;
-        if let Ok(exp) = u64::try_from(data.claims.exp) {
-            self.verified.insert(token.into(), (user_id, exp));
-        }
-        Ok(user_id)
+            .ok_or(AuthError::BadToken)
     }
 
     /// Checks an email and password against PostgreSQL and issues a token.
@@ -284,27 +258,6 @@ mod tests {
         let auth = auth("0123456789abcdef0123456789abcdef");
         let token = auth.issue(42).unwrap();
         assert_eq!(auth.verify(&token.token).unwrap(), 42);
-    }
-
-    /// The second verify is answered from the remembered tokens: it must still
-    /// see the expiry come.
-    #[test]
-    fn a_remembered_token_is_refused_once_it_expires() {
-        let auth = auth("0123456789abcdef0123456789abcdef");
-        let now = jsonwebtoken::get_current_timestamp() as i64;
-        let claims = Claims {
-            sub: "42".into(),
-            iss: ISSUER.into(),
-            iat: now - 60,
-            // Expired, but within the leeway for one more second or so.
-            exp: now - LEEWAY_SECS as i64 + 1,
-        };
-        let token =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding).unwrap();
-        assert_eq!(auth.verify(&token).unwrap(), 42);
-        assert_eq!(auth.verify(&token).unwrap(), 42, "remembered");
-        std::thread::sleep(Duration::from_millis(2_100));
-        assert!(matches!(auth.verify(&token), Err(AuthError::BadToken)));
     }
 
     #[test]
