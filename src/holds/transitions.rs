@@ -139,7 +139,7 @@ impl Store {
     /// there is no such hold (the scripts then find nothing and say so).
     async fn hold_owner(&self, k: &EventKeys, booking_id: &str) -> Result<(i64, i64), StoreError> {
         let owner: Vec<Option<i64>> = self
-            .client()
+            .live_client()?
             .hmget(k.hold(booking_id), vec!["seatId", "userId"])
             .await?;
         Ok(match owner.as_slice() {

@@ -208,6 +208,10 @@ impl Problem {
     }
 }
 
+/// The detail of a 503 while the gateway knows Redis is down: certain, as
+/// nothing was sent.
+pub const UNREACHABLE: &str = "the seat store is unreachable: nothing was done; try again shortly";
+
 impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Self {
         match e {
@@ -215,6 +219,7 @@ impl From<StoreError> for Problem {
                 tracing::warn!(error = %e, "redis unavailable");
                 Problem::unavailable("the seat store did not answer in time", 1)
             }
+            StoreError::Disconnected => Problem::unavailable(UNREACHABLE, 1),
             e @ StoreError::Reply { .. } => Problem::unexpected(&e),
         }
     }

@@ -538,6 +538,9 @@ impl From<CatalogError> for Problem {
                     CatalogError::Store(StoreError::Unavailable(_)) | CatalogError::Pool(_) => {
                         Problem::unavailable("the seat store did not answer in time", 1)
                     }
+                    CatalogError::Store(StoreError::Disconnected) => {
+                        Problem::unavailable(super::problem::UNREACHABLE, 1)
+                    }
                     e => Problem::unexpected(e),
                 },
             },
