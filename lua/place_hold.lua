@@ -16,10 +16,11 @@
   ARGV[9]  max outbox length     ARGV[10] W3C traceparent or ""
   ARGV[11] activity channel      ARGV[12] event id (the message published on it)
   Returns {"ok", booking_id, expires_ms}      placed
-          {"replay", booking_id, expires_ms}  same idempotency key and seat as before
+          {"replay", booking_id, expires_ms}  same idempotency key and seat as before, or
+                                              the seat is this user's own live hold already
           {"mismatch"}                        idempotency key used before for another seat
           {"no_event"} | {"no_seat"}          unknown, not loaded or not on sale | seat not in event
-          {"taken"}                           seat held or booked by anyone
+          {"taken"}                           seat held by another user, or booked
           {"limit", retry_after_ms}           user holds the maximum already
           {"busy"}                            outbox at its bound: back off
           {"collision"}                       a hold with this booking id exists: draw another id
@@ -46,8 +47,20 @@ end
 if redis.call('HEXISTS', KEYS[2], seat) == 0 then
   return {'no_seat'}
 end
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  return {'taken'}
+-- The lock names the booking holding the seat. When that is a live hold of
+-- this very user, the request is a retry whose answer was lost (a timeout
+-- while Redis stalled, after which the script still ran): it gets its hold,
+-- not "taken", and counts nothing twice. A new Idempotency-Key learns it too.
+local holder = redis.call('GET', KEYS[4])
+if holder then
+  local own = redis.call('ZSCORE', KEYS[7], holder)
+  if not own or tonumber(own) <= now then
+    return {'taken'}
+  end
+  if idem ~= '' then
+    redis.call('SET', KEYS[8], seat .. ':' .. holder .. ':' .. own, 'PX', ARGV[8])
+  end
+  return {'replay', holder, tonumber(own)}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
 if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[6]) then

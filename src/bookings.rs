@@ -61,7 +61,7 @@ pub enum BookingError {
 pub enum HoldError {
     #[error("eventId and seatId must be positive integers")]
     InvalidIds,
-    #[error("seat {seat_id} is held or booked by someone else")]
+    #[error("seat {seat_id} is held by someone else or already booked")]
     Taken { seat_id: i64 },
     #[error("event {0} is unknown or not on sale")]
     NoEvent(i64),
@@ -78,9 +78,11 @@ pub enum HoldError {
 }
 
 /// Holds `req.seat_id` for `user_id`. `Ok((view, true))` for a new hold,
-/// `Ok((view, false))` for the answer an earlier request with the same
-/// Idempotency-Key got. With a `coalescer`, concurrent requests for the same
-/// seat share one Redis call (see [`crate::coalesce`]).
+/// `Ok((view, false))` for a hold that was there already: the answer an
+/// earlier request with the same Idempotency-Key got, or the user's own live
+/// hold of this seat (a retry after a lost answer, with or without a key).
+/// With a `coalescer`, concurrent requests for the same seat share one Redis
+/// call (see [`crate::coalesce`]).
 #[tracing::instrument(skip_all, fields(event_id = req.event_id, seat_id = req.seat_id, user_id))]
 pub async fn place(
     store: &Store,
@@ -140,7 +142,8 @@ impl Attempt<'_> {
             Turn::Lead(leader) => {
                 let result = self.alone().await;
                 leader.finish(match &result {
-                    Ok(_) | Err(HoldError::Taken { .. }) => Shared::Taken,
+                    Ok(_) => Shared::TakenBy(self.user_id),
+                    Err(HoldError::Taken { .. }) => Shared::Taken,
                     Err(HoldError::NoEvent(_)) => Shared::NoEvent,
                     Err(HoldError::NoSeat { .. }) => Shared::NoSeat,
                     Err(_) => Shared::AskAgain,
@@ -148,6 +151,10 @@ impl Attempt<'_> {
                 return result;
             }
             Turn::Follow(Shared::AskAgain) => {
+                return self.alone().await;
+            }
+            // The seat is this user's own now: Redis answers it as theirs.
+            Turn::Follow(Shared::TakenBy(user_id)) if user_id == self.user_id => {
                 return self.alone().await;
             }
             Turn::Follow(shared) => shared,
