@@ -49,6 +49,10 @@ pub enum BookingError {
     Gone { id: Uuid, status: String },
     #[error("booking {0} is confirmed and cannot be cancelled")]
     Confirmed(Uuid),
+    /// The confirm or cancel was sent but its answer never came (a timeout):
+    /// it may have taken effect, which a retry then answers.
+    #[error("no answer from redis to a confirm or cancel: {0}")]
+    Undecided(fred::error::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("database unavailable: {0}")]
@@ -343,14 +347,20 @@ pub async fn end(
         Ending::Confirm => {
             store
                 .confirm_hold(event_id, &booking, user_id, now_ms, traceparent)
-                .await?
+                .await
         }
         Ending::Cancel => {
             store
                 .cancel_hold(event_id, &booking, user_id, now_ms, traceparent)
-                .await?
+                .await
         }
     };
+    // A lost answer may hide a change that happened; a retry finds it done
+    // (both scripts answer a booking already in their target status).
+    let transition = transition.map_err(|e| match e {
+        StoreError::Unavailable(e) => BookingError::Undecided(e),
+        e => BookingError::Store(e),
+    })?;
     let view = settle(pg, user_id, id, event_id, transition, ending.status()).await?;
     metrics::counter!(prometheus::HOLDS, "outcome" => ending.outcome()).increment(1);
     Ok(view)
