@@ -16,8 +16,8 @@
   ARGV[9]  max outbox length     ARGV[10] W3C traceparent or ""
   ARGV[11] activity channel      ARGV[12] event id (the message published on it)
   Returns {"ok", booking_id, expires_ms}      placed
-          {"replay", booking_id, expires_ms}  same idempotency key and seat as before, or
-                                              the seat is this user's own live hold already
+          {"replay", booking_id, expires_ms}  same idempotency key and seat as before
+          {"own", booking_id, expires_ms}     the seat is this user's own live hold already
           {"mismatch"}                        idempotency key used before for another seat
           {"no_event"} | {"no_seat"}          unknown, not loaded or not on sale | seat not in event
           {"taken"}                           seat held by another user, or booked
@@ -48,19 +48,17 @@ if redis.call('HEXISTS', KEYS[2], seat) == 0 then
   return {'no_seat'}
 end
 -- The lock names the booking holding the seat. When that is a live hold of
--- this very user, the request is a retry whose answer was lost (a timeout
+-- this very user, the request may be a retry whose answer was lost (a timeout
 -- while Redis stalled, after which the script still ran): it gets its hold,
--- not "taken", and counts nothing twice. A new Idempotency-Key learns it too.
+-- not "taken", and counts nothing twice. A new Idempotency-Key is not
+-- recorded: it placed nothing, and asking again answers the same way.
 local holder = redis.call('GET', KEYS[4])
 if holder then
   local own = redis.call('ZSCORE', KEYS[7], holder)
   if not own or tonumber(own) <= now then
     return {'taken'}
   end
-  if idem ~= '' then
-    redis.call('SET', KEYS[8], seat .. ':' .. holder .. ':' .. own, 'PX', ARGV[8])
-  end
-  return {'replay', holder, tonumber(own)}
+  return {'own', holder, tonumber(own)}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
 if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[6]) then

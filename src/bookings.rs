@@ -61,6 +61,19 @@ pub enum BookingError {
     Query(#[from] tokio_postgres::Error),
 }
 
+/// How a hold request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// This request placed the hold (201).
+    New,
+    /// The same Idempotency-Key and seat as an earlier request: its booking.
+    Replayed,
+    /// The seat was already this user's own live hold, and still is: that
+    /// booking (200), for a retry whose first answer was lost, say a 503
+    /// after a timeout while the script still ran.
+    Own,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
     #[error("eventId and seatId must be positive integers")]
@@ -81,11 +94,10 @@ pub enum HoldError {
     Store(#[from] StoreError),
 }
 
-/// Holds `req.seat_id` for `user_id`. `Ok((view, true))` for a new hold,
-/// `Ok((view, false))` for a hold that was there already: the answer an
-/// earlier request with the same Idempotency-Key got, or the user's own live
-/// hold of this seat (a retry after a lost answer, with or without a key).
-/// With a `coalescer`, concurrent requests for the same seat share one Redis
+/// Holds `req.seat_id` for `user_id`, or finds the hold that was there
+/// already (see [`Held`]): the answer an earlier request with the same
+/// Idempotency-Key got, or the user's own live hold of this seat (a retry
+/// after a lost answer, with or without a key). With a `coalescer`, concurrent requests for the same seat share one Redis
 /// call (see [`crate::coalesce`]).
 #[tracing::instrument(skip_all, fields(event_id = req.event_id, seat_id = req.seat_id, user_id))]
 pub async fn place(
@@ -96,7 +108,7 @@ pub async fn place(
     req: &HoldRequest,
     idempotency_key: Option<&str>,
     traceparent: &str,
-) -> Result<(BookingView, bool), HoldError> {
+) -> Result<(BookingView, Held), HoldError> {
     if req.event_id <= 0 || req.seat_id <= 0 {
         return Err(HoldError::InvalidIds);
     }
@@ -113,8 +125,9 @@ pub async fn place(
         None => attempt.alone().await,
     };
     let outcome = match &result {
-        Ok((_, true)) => "placed",
-        Ok((_, false)) => "replayed",
+        Ok((_, Held::New)) => "placed",
+        Ok((_, Held::Replayed)) => "replayed",
+        Ok((_, Held::Own)) => "own",
         Err(HoldError::Taken { .. }) => "taken",
         Err(HoldError::UserLimit { .. }) => "limited",
         Err(HoldError::Busy) => "busy",
@@ -140,7 +153,7 @@ struct Attempt<'a> {
 
 impl Attempt<'_> {
     /// Leads the script call for this seat, or shares the outcome of the one in flight.
-    async fn coalesced(&self, coalescer: &Coalescer) -> Result<(BookingView, bool), HoldError> {
+    async fn coalesced(&self, coalescer: &Coalescer) -> Result<(BookingView, Held), HoldError> {
         let req = self.req;
         let shared = match coalescer.join(req.event_id, req.seat_id).await {
             Turn::Lead(leader) => {
@@ -177,7 +190,7 @@ impl Attempt<'_> {
     }
 
     /// One script call, decided by Redis alone.
-    async fn alone(&self) -> Result<(BookingView, bool), HoldError> {
+    async fn alone(&self) -> Result<(BookingView, Held), HoldError> {
         let Attempt {
             store,
             config,
@@ -226,11 +239,15 @@ impl Attempt<'_> {
             HoldOutcome::Placed {
                 booking_id,
                 expires_ms,
-            } => Ok((view(booking_id, expires_ms), true)),
+            } => Ok((view(booking_id, expires_ms), Held::New)),
             HoldOutcome::Replayed {
                 booking_id,
                 expires_ms,
-            } => Ok((view(booking_id, expires_ms), false)),
+            } => Ok((view(booking_id, expires_ms), Held::Replayed)),
+            HoldOutcome::Own {
+                booking_id,
+                expires_ms,
+            } => Ok((view(booking_id, expires_ms), Held::Own)),
             HoldOutcome::Taken => Err(HoldError::Taken {
                 seat_id: req.seat_id,
             }),

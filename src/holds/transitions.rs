@@ -38,6 +38,11 @@ pub enum HoldOutcome {
         booking_id: String,
         expires_ms: i64,
     },
+    /// The seat is already this user's own live (PENDING) hold.
+    Own {
+        booking_id: String,
+        expires_ms: i64,
+    },
     IdempotencyMismatch,
     NoEvent,
     NoSeat,
@@ -282,6 +287,10 @@ fn parse_hold_outcome(reply: &Value) -> Option<HoldOutcome> {
             expires_ms: number(2)?,
         },
         "replay" => HoldOutcome::Replayed {
+            booking_id: booking()?,
+            expires_ms: number(2)?,
+        },
+        "own" => HoldOutcome::Own {
             booking_id: booking()?,
             expires_ms: number(2)?,
         },
