@@ -252,27 +252,43 @@ async fn with_redis_stalled_answers_are_bounded_and_every_buyer_who_got_503_find
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed())).await;
     let client = private_client(&redis).await;
     let keys = Keys::new(app.iso.prefix.clone()).event(1);
-    let mut phantoms = 0;
+    // Seat -> the booking its lock names: placed though its buyer got 503.
+    let mut phantoms = HashMap::new();
     for &seat in &unavailable {
         let lock: Option<String> = client.get(keys.lock(seat)).await.unwrap();
-        phantoms += usize::from(lock.is_some());
+        if let Some(booking) = lock {
+            phantoms.insert(seat, booking);
+        }
     }
-    assert!(phantoms > 0, "no 503 hid a hold: the stall did not bite");
+    assert!(
+        !phantoms.is_empty(),
+        "no 503 hid a hold: the stall did not bite"
+    );
 
-    // Each of those buyers retries: the same Idempotency-Key, another one, or
-    // none. Each finds their hold (or places it now), never "taken".
+    // Each of those buyers retries: the same Idempotency-Key (a replay, 201),
+    // another one or none (their own hold, 200). Each finds the very booking
+    // the lock names, never "taken"; a 503 that hid nothing places it now.
     let recovered = Instant::now();
     for &seat in &unavailable {
-        let retry_key = match seat % 6 {
-            1 | 4 => key(seat),
-            _ if seat % 3 != 0 => Some(format!("again-{seat}")),
-            _ => None,
+        let same_key = seat % 6 == 1 || seat % 6 == 4;
+        let retry_key = match seat % 3 {
+            _ if same_key => key(seat),
+            0 => None,
+            _ => Some(format!("again-{seat}")),
         };
         let a = hold(&app, user_of(seat), seat, retry_key.as_deref()).await;
-        assert!(
-            a.status == 201 || a.status == 200,
+        let expected = match phantoms.get(&seat) {
+            Some(_) if same_key => 201,
+            Some(_) => 200,
+            None => 201,
+        };
+        assert_eq!(
+            a.status, expected,
             "seat {seat} retried with {retry_key:?}: {a:?}"
         );
+        if let Some(booking) = phantoms.get(&seat) {
+            assert_eq!(a.booking().as_ref(), Some(booking), "{a:?}");
+        }
         assert_eq!(a.body["status"], "PENDING", "{a:?}");
         assert_eq!(a.body["userId"], user_of(seat));
         told.insert(a.booking().unwrap(), "PENDING".into());
@@ -292,10 +308,11 @@ async fn with_redis_stalled_answers_are_bounded_and_every_buyer_who_got_503_find
     let persisted = assert_persisted_exactly(&app, &told).await;
     eprintln!(
         "stall: {HOLDS} holds in {run:?}, {placed} answered 201, {} answered 503 \
-         (slowest answer {max:?}), {phantoms} of those placed anyway; first 201 \
+         (slowest answer {max:?}), {} of those placed anyway; first 201 \
          {recovery:?} after the pause; all retried in {retried:?}: none taken; {} bookings \
          acknowledged, all in PostgreSQL {persisted:?} after the retries",
         unavailable.len(),
+        phantoms.len(),
         told.len()
     );
     // A 503 after a timeout does not say nothing happened: it says it may have.
