@@ -6,7 +6,8 @@
   KEYS[4]  seat lock string    (SET lock booking_id PX ttl NX, as the prototype)
   KEYS[5]  holds zset          (booking id scored by expiry ms, for the sweeper)
   KEYS[6]  hold hash           (the booking's state)
-  KEYS[7]  user holds zset     (this user's holds of this event, scored by expiry ms)
+  KEYS[7]  user holds zset     (this user's live holds of this event, scored by expiry ms;
+                                a lock naming one of them is the seat of this user's own)
   KEYS[8]  idempotency string  ("seat:booking:expires"; unused when ARGV[7] is empty)
   KEYS[9]  outbox stream       (events for the relay)
   KEYS[10] sequence string     (INCR: orders every change of this event)
