@@ -6,7 +6,8 @@
   KEYS[4]  seat lock string    (SET lock booking_id PX ttl NX, as the prototype)
   KEYS[5]  holds zset          (booking id scored by expiry ms, for the sweeper)
   KEYS[6]  hold hash           (the booking's state)
-  KEYS[7]  user holds zset     (this user's holds of this event, scored by expiry ms)
+  KEYS[7]  user holds zset     (this user's live holds of this event, scored by expiry ms;
+                                a lock naming one of them is the seat of this user's own)
   KEYS[8]  idempotency string  ("seat:booking:expires"; unused when ARGV[7] is empty)
   KEYS[9]  outbox stream       (events for the relay)
   KEYS[10] sequence string     (INCR: orders every change of this event)
@@ -17,9 +18,10 @@
   ARGV[11] activity channel      ARGV[12] event id (the message published on it)
   Returns {"ok", booking_id, expires_ms}      placed
           {"replay", booking_id, expires_ms}  same idempotency key and seat as before
+          {"own", booking_id, expires_ms}     the seat is this user's own live hold already
           {"mismatch"}                        idempotency key used before for another seat
           {"no_event"} | {"no_seat"}          unknown, not loaded or not on sale | seat not in event
-          {"taken"}                           seat held or booked by anyone
+          {"taken"}                           seat held by another user, or booked
           {"limit", retry_after_ms}           user holds the maximum already
           {"busy"}                            outbox at its bound: back off
           {"collision"}                       a hold with this booking id exists: draw another id
@@ -46,8 +48,18 @@ end
 if redis.call('HEXISTS', KEYS[2], seat) == 0 then
   return {'no_seat'}
 end
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  return {'taken'}
+-- The lock names the booking holding the seat. When that is a live hold of
+-- this very user, the request may be a retry whose answer was lost (a timeout
+-- while Redis stalled, after which the script still ran): it gets its hold,
+-- not "taken", and counts nothing twice. A new Idempotency-Key is not
+-- recorded: it placed nothing, and asking again answers the same way.
+local holder = redis.call('GET', KEYS[4])
+if holder then
+  local own = redis.call('ZSCORE', KEYS[7], holder)
+  if not own or tonumber(own) <= now then
+    return {'taken'}
+  end
+  return {'own', holder, tonumber(own)}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
 if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[6]) then

@@ -49,6 +49,10 @@ pub enum BookingError {
     Gone { id: Uuid, status: String },
     #[error("booking {0} is confirmed and cannot be cancelled")]
     Confirmed(Uuid),
+    /// The confirm or cancel was sent but its answer never came (a timeout):
+    /// it may have taken effect, which a retry then answers.
+    #[error("no answer from redis to a confirm or cancel: {0}")]
+    Undecided(fred::error::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("database unavailable: {0}")]
@@ -57,11 +61,24 @@ pub enum BookingError {
     Query(#[from] tokio_postgres::Error),
 }
 
+/// How a hold request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// This request placed the hold (201).
+    New,
+    /// The same Idempotency-Key and seat as an earlier request: its booking.
+    Replayed,
+    /// The seat was already this user's own live hold, and still is: that
+    /// booking (200), for a retry whose first answer was lost, say a 503
+    /// after a timeout while the script still ran.
+    Own,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
     #[error("eventId and seatId must be positive integers")]
     InvalidIds,
-    #[error("seat {seat_id} is held or booked by someone else")]
+    #[error("seat {seat_id} is held by someone else or already booked")]
     Taken { seat_id: i64 },
     #[error("event {0} is unknown or not on sale")]
     NoEvent(i64),
@@ -77,10 +94,11 @@ pub enum HoldError {
     Store(#[from] StoreError),
 }
 
-/// Holds `req.seat_id` for `user_id`. `Ok((view, true))` for a new hold,
-/// `Ok((view, false))` for the answer an earlier request with the same
-/// Idempotency-Key got. With a `coalescer`, concurrent requests for the same
-/// seat share one Redis call (see [`crate::coalesce`]).
+/// Holds `req.seat_id` for `user_id`, or finds the hold that was there
+/// already (see [`Held`]): the answer an earlier request with the same
+/// Idempotency-Key got, or the user's own live hold of this seat (a retry
+/// after a lost answer, with or without a key). With a `coalescer`, concurrent requests for the same seat share one Redis
+/// call (see [`crate::coalesce`]).
 #[tracing::instrument(skip_all, fields(event_id = req.event_id, seat_id = req.seat_id, user_id))]
 pub async fn place(
     store: &Store,
@@ -90,7 +108,7 @@ pub async fn place(
     req: &HoldRequest,
     idempotency_key: Option<&str>,
     traceparent: &str,
-) -> Result<(BookingView, bool), HoldError> {
+) -> Result<(BookingView, Held), HoldError> {
     if req.event_id <= 0 || req.seat_id <= 0 {
         return Err(HoldError::InvalidIds);
     }
@@ -107,8 +125,9 @@ pub async fn place(
         None => attempt.alone().await,
     };
     let outcome = match &result {
-        Ok((_, true)) => "placed",
-        Ok((_, false)) => "replayed",
+        Ok((_, Held::New)) => "placed",
+        Ok((_, Held::Replayed)) => "replayed",
+        Ok((_, Held::Own)) => "own",
         Err(HoldError::Taken { .. }) => "taken",
         Err(HoldError::UserLimit { .. }) => "limited",
         Err(HoldError::Busy) => "busy",
@@ -134,13 +153,14 @@ struct Attempt<'a> {
 
 impl Attempt<'_> {
     /// Leads the script call for this seat, or shares the outcome of the one in flight.
-    async fn coalesced(&self, coalescer: &Coalescer) -> Result<(BookingView, bool), HoldError> {
+    async fn coalesced(&self, coalescer: &Coalescer) -> Result<(BookingView, Held), HoldError> {
         let req = self.req;
         let shared = match coalescer.join(req.event_id, req.seat_id).await {
             Turn::Lead(leader) => {
                 let result = self.alone().await;
                 leader.finish(match &result {
-                    Ok(_) | Err(HoldError::Taken { .. }) => Shared::Taken,
+                    Ok(_) => Shared::TakenBy(self.user_id),
+                    Err(HoldError::Taken { .. }) => Shared::Taken,
                     Err(HoldError::NoEvent(_)) => Shared::NoEvent,
                     Err(HoldError::NoSeat { .. }) => Shared::NoSeat,
                     Err(_) => Shared::AskAgain,
@@ -148,6 +168,10 @@ impl Attempt<'_> {
                 return result;
             }
             Turn::Follow(Shared::AskAgain) => {
+                return self.alone().await;
+            }
+            // The seat is this user's own now: Redis answers it as theirs.
+            Turn::Follow(Shared::TakenBy(user_id)) if user_id == self.user_id => {
                 return self.alone().await;
             }
             Turn::Follow(shared) => shared,
@@ -166,7 +190,7 @@ impl Attempt<'_> {
     }
 
     /// One script call, decided by Redis alone.
-    async fn alone(&self) -> Result<(BookingView, bool), HoldError> {
+    async fn alone(&self) -> Result<(BookingView, Held), HoldError> {
         let Attempt {
             store,
             config,
@@ -215,11 +239,15 @@ impl Attempt<'_> {
             HoldOutcome::Placed {
                 booking_id,
                 expires_ms,
-            } => Ok((view(booking_id, expires_ms), true)),
+            } => Ok((view(booking_id, expires_ms), Held::New)),
             HoldOutcome::Replayed {
                 booking_id,
                 expires_ms,
-            } => Ok((view(booking_id, expires_ms), false)),
+            } => Ok((view(booking_id, expires_ms), Held::Replayed)),
+            HoldOutcome::Own {
+                booking_id,
+                expires_ms,
+            } => Ok((view(booking_id, expires_ms), Held::Own)),
             HoldOutcome::Taken => Err(HoldError::Taken {
                 seat_id: req.seat_id,
             }),
@@ -336,14 +364,20 @@ pub async fn end(
         Ending::Confirm => {
             store
                 .confirm_hold(event_id, &booking, user_id, now_ms, traceparent)
-                .await?
+                .await
         }
         Ending::Cancel => {
             store
                 .cancel_hold(event_id, &booking, user_id, now_ms, traceparent)
-                .await?
+                .await
         }
     };
+    // A lost answer may hide a change that happened; a retry finds it done
+    // (both scripts answer a booking already in their target status).
+    let transition = transition.map_err(|e| match e {
+        StoreError::Unavailable(e) => BookingError::Undecided(e),
+        e => BookingError::Store(e),
+    })?;
     let view = settle(pg, user_id, id, event_id, transition, ending.status()).await?;
     metrics::counter!(prometheus::HOLDS, "outcome" => ending.outcome()).increment(1);
     Ok(view)

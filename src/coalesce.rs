@@ -11,7 +11,8 @@
 //! HERDGATE_REDIS_TIMEOUT; well under a millisecond on a local Redis), and only
 //! ever a 409 or 404, never a 201. Nothing is kept once the leader is done. Any other
 //! outcome (the leader's own limit, an error) sends the waiters to Redis
-//! themselves. Requests with an Idempotency-Key never wait: their answer is
+//! themselves, and so does a seat the leader took for a waiter's own user: the
+//! seat is theirs, which Redis answers (see `place_hold.lua`), not "taken". Requests with an Idempotency-Key never wait: their answer is
 //! their own.
 
 use std::{collections::HashMap, sync::Mutex};
@@ -22,6 +23,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shared {
     Taken,
+    /// The leader took the seat for this user: taken for everyone else.
+    TakenBy(i64),
     NoEvent,
     NoSeat,
     /// Nothing to share: ask Redis yourself.

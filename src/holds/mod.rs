@@ -57,9 +57,15 @@ pub const HOLD_RETENTION_MS: i64 = 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Redis did not answer in time or is unreachable; the caller answers 503.
+    /// Redis did not answer in time, or the connection failed with the command
+    /// on its way: whether it ran is unknown. The caller answers 503 and says so.
     #[error("redis unavailable: {0}")]
     Unavailable(#[from] fred::error::Error),
+    /// No connection to Redis at the moment of the call, so nothing was sent:
+    /// certainly not run. Answered at once (503) instead of waiting for the
+    /// command timeout while the client reconnects.
+    #[error("redis unreachable: not connected, nothing sent")]
+    Disconnected,
     /// A script answered in a shape this code does not know: a bug, not load.
     #[error("unexpected reply from script {script}: {reply}")]
     Reply { script: &'static str, reply: String },
@@ -109,12 +115,25 @@ impl Store {
         &self.keys
     }
 
+    /// A connected client of the pool when there is one (background work may
+    /// wait on it for a reconnect; requests use [`Store::live_client`]).
     pub fn client(&self) -> &Client {
-        self.pool.next()
+        self.pool.next_connected()
+    }
+
+    /// A connected client, or [`StoreError::Disconnected`] at once: while the
+    /// client knows Redis is down (refused, closed), a request fails fast
+    /// rather than waiting the command timeout for a reconnect.
+    fn live_client(&self) -> Result<&Client, StoreError> {
+        let client = self.pool.next_connected();
+        match client.is_connected() {
+            true => Ok(client),
+            false => Err(StoreError::Disconnected),
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.client().ping::<()>(None).await?;
+        self.live_client()?.ping::<()>(None).await?;
         Ok(())
     }
 
@@ -139,8 +158,9 @@ impl Store {
         args: Vec<String>,
     ) -> Result<Value, StoreError> {
         debug_assert_eq!(keys.len(), def.keys, "{} takes {} keys", def.name, def.keys);
+        let client = self.live_client()?;
         let started = std::time::Instant::now();
-        let call = script.evalsha_with_reload::<Value, _, _>(self.client(), keys, args);
+        let call = script.evalsha_with_reload::<Value, _, _>(client, keys, args);
         // Only inside a kept trace: a dropped request pays for no span.
         let traced = crate::telemetry::exporting() && crate::telemetry::context::in_sampled_span();
         let reply = match traced {

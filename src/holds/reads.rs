@@ -117,7 +117,7 @@ impl Store {
     ) -> Result<Option<HoldState>, StoreError> {
         let k = self.keys.event(event_id);
         let fields: std::collections::HashMap<String, String> =
-            self.client().hgetall(k.hold(booking_id)).await?;
+            self.live_client()?.hgetall(k.hold(booking_id)).await?;
         let int = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
         Ok(
             match (

@@ -38,6 +38,11 @@ pub enum HoldOutcome {
         booking_id: String,
         expires_ms: i64,
     },
+    /// The seat is already this user's own live (PENDING) hold.
+    Own {
+        booking_id: String,
+        expires_ms: i64,
+    },
     IdempotencyMismatch,
     NoEvent,
     NoSeat,
@@ -139,7 +144,7 @@ impl Store {
     /// there is no such hold (the scripts then find nothing and say so).
     async fn hold_owner(&self, k: &EventKeys, booking_id: &str) -> Result<(i64, i64), StoreError> {
         let owner: Vec<Option<i64>> = self
-            .client()
+            .live_client()?
             .hmget(k.hold(booking_id), vec!["seatId", "userId"])
             .await?;
         Ok(match owner.as_slice() {
@@ -282,6 +287,10 @@ fn parse_hold_outcome(reply: &Value) -> Option<HoldOutcome> {
             expires_ms: number(2)?,
         },
         "replay" => HoldOutcome::Replayed {
+            booking_id: booking()?,
+            expires_ms: number(2)?,
+        },
+        "own" => HoldOutcome::Own {
             booking_id: booking()?,
             expires_ms: number(2)?,
         },

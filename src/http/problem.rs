@@ -208,6 +208,10 @@ impl Problem {
     }
 }
 
+/// The detail of a 503 while the gateway knows Redis is down: certain, as
+/// nothing was sent.
+pub const UNREACHABLE: &str = "the seat store is unreachable: nothing was done; try again shortly";
+
 impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Self {
         match e {
@@ -215,6 +219,7 @@ impl From<StoreError> for Problem {
                 tracing::warn!(error = %e, "redis unavailable");
                 Problem::unavailable("the seat store did not answer in time", 1)
             }
+            StoreError::Disconnected => Problem::unavailable(UNREACHABLE, 1),
             e @ StoreError::Reply { .. } => Problem::unexpected(&e),
         }
     }
@@ -255,6 +260,14 @@ impl From<HoldError> for Problem {
                 "Idempotency-Key reused",
                 detail,
             ),
+            HoldError::Store(StoreError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "redis unavailable while placing a hold");
+                Problem::unavailable(
+                    "the seat store did not answer in time: the hold may or may not have \
+                     been placed; retry the same request: it finds your hold",
+                    1,
+                )
+            }
             HoldError::Store(e) => e.into(),
         }
     }
@@ -274,6 +287,14 @@ impl From<BookingError> for Problem {
                 "Booking confirmed",
                 detail,
             ),
+            BookingError::Undecided(e) => {
+                tracing::warn!(error = %e, "redis unavailable while ending a hold");
+                Problem::unavailable(
+                    "the seat store did not answer in time: the change may or may not have \
+                     been made; retry the same request: it answers the booking as it stands",
+                    1,
+                )
+            }
             BookingError::Store(e) => e.into(),
             BookingError::Pool(e) => e.into(),
             BookingError::Query(e) => e.into(),

@@ -39,7 +39,7 @@ use super::{
 use crate::{
     app::App,
     auth::LoginRequest,
-    bookings::{self, Ending},
+    bookings::{self, Ending, Held},
     catalog::CatalogError,
     holds::StoreError,
     prometheus,
@@ -408,7 +408,7 @@ where
     let http = &app.config.http;
     let body: bookings::HoldRequest = read_json(req, http.max_body, http.body_timeout).await?;
     let holds = &app.config.holds;
-    let (view, new) = bookings::place(
+    let (view, held) = bookings::place(
         &app.store,
         holds.coalesce.then_some(&app.coalescer),
         holds,
@@ -418,9 +418,11 @@ where
         &traceparent,
     )
     .await?;
-    let (status, view) = match new {
-        true => (StatusCode::CREATED, view),
-        false => replayed(app, user_id, view).await?,
+    let (status, view) = match held {
+        Held::New => (StatusCode::CREATED, view),
+        Held::Replayed => replayed(app, user_id, view).await?,
+        // Found in the same atomic step as a live PENDING hold of this user.
+        Held::Own => (StatusCode::OK, view),
     };
     let mut response = json_response(status, &view);
     let location = format!("/api/bookings/{}", view.booking_id);
@@ -537,6 +539,9 @@ impl From<CatalogError> for Problem {
                 Err(shared) => match &*shared {
                     CatalogError::Store(StoreError::Unavailable(_)) | CatalogError::Pool(_) => {
                         Problem::unavailable("the seat store did not answer in time", 1)
+                    }
+                    CatalogError::Store(StoreError::Disconnected) => {
+                        Problem::unavailable(super::problem::UNREACHABLE, 1)
                     }
                     e => Problem::unexpected(e),
                 },

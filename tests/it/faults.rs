@@ -11,13 +11,13 @@ use std::{
 use crate::helpers::{Isolation, assert_problem, eventually, json, spawn_app_on, user_ids};
 
 /// A redis-server of this test's own, killed with SIGKILL when dropped.
-struct PrivateRedis {
+pub struct PrivateRedis {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl PrivateRedis {
-    fn start_on(port: u16) -> Self {
+    pub fn start_on(port: u16) -> Self {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -63,18 +63,29 @@ impl PrivateRedis {
 
     /// On a free port below Linux's ephemeral range (32768 and up), so that
     /// while this Redis is down no other test's `bind(0)` can take its port.
-    fn start() -> Self {
+    pub fn start() -> Self {
         let port = std::iter::repeat_with(|| fastrand::u16(20_000..32_000))
             .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
             .unwrap();
         Self::start_on(port)
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    fn kill(&mut self) {
+    /// Runs one command on this server with redis-cli; its reply, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli is installed");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }

@@ -188,17 +188,53 @@ async fn a_retry_with_the_same_idempotency_key_gets_the_same_booking() {
     // The same key for another seat is refused, and holds nothing.
     let other = assert_problem(app.post_hold(&token, 1, 10, Some("order-42")).await, 422).await;
     assert_eq!(other["type"], "/problems/idempotency-key-reused");
-    // Without the key, asking again for your own seat is a plain 409.
-    assert_problem(app.post_hold(&token, 1, 9, None).await, 409).await;
+    // Without the key, or with another, asking again for your own seat finds
+    // your hold (a retry after a lost answer): 200, the same booking, nothing new.
+    for key in [None, Some("order-43"), Some("order-43")] {
+        let response = app.post_hold(&token, 1, 9, key).await;
+        assert_eq!(
+            response.headers()["location"],
+            format!("/api/bookings/{}", first["bookingId"].as_str().unwrap())
+        );
+        let own = json(response, 200).await;
+        assert_eq!(own["bookingId"], first["bookingId"]);
+        assert_eq!(own["status"], "PENDING");
+    }
     drained(&app, 1).await;
     let pg = app.iso.pg().await;
     assert_eq!(
         scalar(&pg, "SELECT count(*) FROM bookings WHERE seat_id = 10").await,
         0
     );
+    assert_eq!(
+        scalar(&pg, "SELECT count(*) FROM bookings WHERE seat_id = 9").await,
+        1
+    );
     // Another user's identical key is theirs alone.
     let stranger = app.token(user + 1);
     assert_problem(app.post_hold(&stranger, 1, 9, Some("order-42")).await, 409).await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_of_one_user_for_one_seat_all_get_that_users_hold() {
+    let app = spawn_app().await;
+    let users = user_ids(&app.iso.pg().await).await;
+    let token = app.token(users[0]);
+    // Coalesced: the leader's hold is no "taken" for its own user's other
+    // requests: one 201 placed it, the others find it as that user's (200).
+    let answers = futures::future::join_all((0..20).map(|_| app.post_hold(&token, 1, 11, None)));
+    let mut ids = HashSet::new();
+    let mut statuses = Vec::new();
+    for response in answers.await {
+        statuses.push(response.status().as_u16());
+        let body: Value = response.json().await.unwrap();
+        ids.insert(body["bookingId"].to_string());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [vec![200; 19], vec![201]].concat());
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    // Anyone else still finds the seat taken.
+    assert_problem(app.post_hold(&app.token(users[1]), 1, 11, None).await, 409).await;
 }
 
 #[tokio::test]

@@ -98,7 +98,8 @@ async fn normal_load_keeps_to_its_rate() {
     // when the server (a debug build, sharing its cores with other tests) falls behind.
     assert_eq!(summary.requests, 200, "{summary:?}");
     assert!(count(&summary, "201") <= 40, "{summary:?}");
-    let expected: u64 = ["201", "409", "429"]
+    // 200: a user asked again for a seat they hold, and was answered that hold.
+    let expected: u64 = ["201", "200", "409", "429"]
         .iter()
         .map(|s| count(&summary, s))
         .sum();

@@ -8,6 +8,7 @@ mod compose;
 mod durable;
 mod expiry;
 mod faults;
+mod faults_redis;
 mod fuzz;
 mod helpers;
 mod holds;
