@@ -12,8 +12,8 @@
 //! ever a 409 or 404, never a 201. Nothing is kept once the leader is done. Any other
 //! outcome (the leader's own limit, an error) sends the waiters to Redis
 //! themselves, and so does a seat the leader took for a waiter's own user: the
-//! seat is theirs, which Redis answers (see `place_hold.lua`), not "taken". Requests with an Idempotency-Key never wait: their answer is
-//! their own.
+//! seat is theirs, which Redis answers (see `place_hold.lua`), not "taken".
+//! Requests with an Idempotency-Key never wait: their answer is their own.
 
 use std::{collections::HashMap, sync::Mutex};
 
