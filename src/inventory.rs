@@ -4,19 +4,31 @@
 //! then every `interval`, any on-sale event whose `event` key is missing is loaded
 //! again. One process loads an event at a time (the `loading` key); the `event`
 //! key is written last, so its presence means the inventory is complete.
+//!
+//! Between syncs, the gateway remembers which events PostgreSQL had on sale. A
+//! request that finds such an event missing from Redis (Redis lost its data, or
+//! the event was just put on sale) is told to try again shortly, and nudges the
+//! loader to sync at once: however many requests nudge, a gateway syncs at most
+//! once per [`NUDGE_GAP`], so a herd never reaches PostgreSQL.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use fred::{
-    interfaces::{HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface},
+    interfaces::{
+        HashesInterface, KeysInterface, PubsubInterface, SetsInterface, SortedSetsInterface,
+    },
     types::{Expiration, SetOptions},
 };
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::holds::Store;
@@ -32,6 +44,9 @@ const SEQ_GAP: i64 = 1_000_000_000;
 const FULL_SYNC_EVERY: u32 = 12;
 /// A loader that died keeps others out for at most this long.
 const LOADING_LOCK: Duration = Duration::from_secs(120);
+/// Nudged syncs (see [`Inventory::awaits_load`]) start at least this far apart,
+/// whatever the number of requests that nudge.
+pub const NUDGE_GAP: Duration = Duration::from_millis(250);
 
 /// An event that takes bookings now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +58,13 @@ pub struct OnSaleEvent {
 pub struct Inventory {
     store: Store,
     pg: deadpool_postgres::Pool,
+    /// Sorted by id.
     on_sale: RwLock<Arc<Vec<OnSaleEvent>>>,
     seen: Mutex<Seen>,
+    /// Wakes the loader before its interval: an on-sale event was missing from Redis.
+    nudge: Notify,
+    /// The next sync looks at every event in Redis, not only those whose status moved.
+    full_next: AtomicBool,
 }
 
 /// What the last syncs saw, so a quiet catalogue is not read again from Redis
@@ -63,7 +83,25 @@ impl Inventory {
             pg,
             on_sale: RwLock::new(Arc::new(Vec::new())),
             seen: Mutex::new(Seen::default()),
+            nudge: Notify::new(),
+            full_next: AtomicBool::new(false),
         }
+    }
+
+    /// Called when Redis does not have `event_id` (or not on sale): true when
+    /// PostgreSQL had it on sale at the last sync, so the answer is "try again
+    /// shortly", not "unknown". Then the loader is nudged to sync now; many
+    /// nudges between two syncs make one sync.
+    pub fn awaits_load(&self, event_id: i64) -> bool {
+        let on_sale = self
+            .on_sale()
+            .binary_search_by_key(&event_id, |e| e.id)
+            .is_ok();
+        if on_sale {
+            self.full_next.store(true, Ordering::Relaxed);
+            self.nudge.notify_one();
+        }
+        on_sale
     }
 
     /// The on-sale events as of the last sync.
@@ -104,6 +142,8 @@ impl Inventory {
             (seen.rounds - 1, std::mem::take(&mut seen.statuses))
         };
         let full = round % FULL_SYNC_EVERY == 0
+            // A request found an on-sale event missing from Redis.
+            || self.full_next.swap(false, Ordering::Relaxed)
             // Fewer loaded events than on sale: Redis lost data, or an event is new.
             || (self.store.loaded_event_count().await? as usize) < on_sale;
         // Only events whose status moved since the last sync need a look in Redis,
@@ -159,13 +199,24 @@ impl Inventory {
         Ok(())
     }
 
-    /// Syncs every `interval` until `stop` is cancelled; failures are logged and retried.
+    /// Syncs every `interval`, and when nudged (at most once per [`NUDGE_GAP`]),
+    /// until `stop` is cancelled; failures are logged and retried.
     pub async fn run(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        let mut last = Instant::now();
         loop {
-            tokio::select! {
+            let nudged = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(interval) => false,
+                _ = self.nudge.notified() => true,
+            };
+            if nudged {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(NUDGE_GAP.saturating_sub(last.elapsed())) => {}
+                }
+                tracing::debug!("an on-sale event is missing from Redis: syncing now");
             }
+            last = Instant::now();
             if let Err(e) = self.sync().await {
                 tracing::warn!(error = format!("{e:#}"), "inventory sync failed");
             }
@@ -281,6 +332,12 @@ impl Inventory {
     /// (expiring with the hold, or never once confirmed), hold state and user
     /// counts, and moves the change counter past every stored `seq`, so the
     /// writer keeps ordering new holds after old ones.
+    ///
+    /// A PENDING booking already past its expiry is restored too, without a seat
+    /// lock, as a hold that is due: its final event died with the Redis that lost
+    /// its data, and the sweeper now expires it (seat back in `available`,
+    /// `hold.expired` relayed, the row EXPIRED and the seat AVAILABLE in
+    /// PostgreSQL) instead of it staying PENDING there for good.
     async fn restore_holds(&self, event_id: i64) -> anyhow::Result<()> {
         let keys = self.store.keys().event(event_id);
         let redis = self.store.client();
@@ -300,7 +357,7 @@ impl Inventory {
                         (extract(epoch FROM confirmed_at) * 1000)::bigint AS confirmed_ms
                    FROM bookings
                   WHERE event_id = $1
-                    AND (status = 'CONFIRMED' OR (status = 'PENDING' AND expires_at > now()))",
+                    AND status IN ('CONFIRMED', 'PENDING')",
                 &[&event_id],
             )
             .await?;
@@ -309,15 +366,20 @@ impl Inventory {
             .set::<(), _, _>(keys.seq(), max_seq + SEQ_GAP, None, None, false)
             .await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut due = 0;
         for row in &live {
             let (id, seat, user): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
             let status: String = row.get(3);
             let expires_ms: i64 = row.get("expires_ms");
             let pending = status == "PENDING";
-            let expiry = pending.then(|| Expiration::PX((expires_ms - now_ms).max(1)));
-            redis
-                .set::<(), _, _>(keys.lock(seat), id.as_str(), expiry, None, false)
-                .await?;
+            if pending && expires_ms <= now_ms {
+                due += 1;
+            } else {
+                let expiry = pending.then(|| Expiration::PX(expires_ms - now_ms));
+                redis
+                    .set::<(), _, _>(keys.lock(seat), id.as_str(), expiry, None, false)
+                    .await?;
+            }
             redis
                 .hset::<(), _, _>(
                     keys.hold(&id),
@@ -363,9 +425,14 @@ impl Inventory {
             }
         }
         if !live.is_empty() {
+            // The sweeper learns of the restored holds now, not at its next scan.
+            redis
+                .publish::<(), _, _>(self.store.keys().activity(), event_id)
+                .await?;
             tracing::info!(
                 event_id,
                 holds = live.len(),
+                due,
                 max_seq,
                 "restored live bookings into Redis"
             );

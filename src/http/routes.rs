@@ -322,6 +322,7 @@ async fn available_seats(app: &App, query: Option<&str>) -> Result<Response<Full
     } = SeatsQuery::parse(query)?;
     match app.catalog.available_seats(event_id, after, limit).await? {
         Some(body) => Ok(json_bytes(StatusCode::OK, body)),
+        None if app.inventory.awaits_load(event_id) => Err(Problem::event_loading(event_id)),
         None => Err(Problem::not_found(format!(
             "event {event_id} is unknown or not on sale"
         ))),
@@ -417,7 +418,13 @@ where
         idempotency_key.as_deref(),
         &traceparent,
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        bookings::HoldError::NoEvent(id) if app.inventory.awaits_load(id) => {
+            Problem::event_loading(id)
+        }
+        e => e.into(),
+    })?;
     let (status, view) = match new {
         true => (StatusCode::CREATED, view),
         false => replayed(app, user_id, view).await?,

@@ -156,3 +156,47 @@ async fn an_event_taken_off_sale_stops_taking_holds_and_its_outbox_is_still_rela
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_on_sale_event_redis_lost_answers_503_and_is_reloaded_at_once_not_at_the_next_interval()
+{
+    // A loader interval far longer than the test: only the nudge can reload in time.
+    let app = spawn_app_on(Isolation::new().await, |env| {
+        env.insert("HERDGATE_INVENTORY_INTERVAL".into(), "10m".into());
+    })
+    .await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    json(app.post_hold(&app.token(users[0]), 1, 1, None).await, 201).await;
+    eventually(Duration::from_secs(10), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == 1
+    })
+    .await;
+    app.iso.flush_redis().await;
+
+    let lost = std::time::Instant::now();
+    let response = app.post_hold(&app.token(users[1]), 1, 2, None).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    let problem = assert_problem(response, 503).await;
+    assert_eq!(problem["type"], "/problems/event-loading", "{problem}");
+    let page = assert_problem(app.get("/api/seats/available?eventId=2").await, 503).await;
+    assert_eq!(page["type"], "/problems/event-loading", "{page}");
+    // Not on sale in PostgreSQL (event 4 is SCHEDULED), or unknown: still 404.
+    assert_problem(app.post_hold(&app.token(users[1]), 4, 1, None).await, 404).await;
+    assert_problem(app.post_hold(&app.token(users[1]), 999, 1, None).await, 404).await;
+
+    // Reloaded within a second or two of the first request that found it missing.
+    eventually(Duration::from_secs(5), || async {
+        app.post_hold(&app.token(users[1]), 1, 2, None)
+            .await
+            .status()
+            == 201
+    })
+    .await;
+    println!(
+        "event 1 took holds again {:?} after the flush",
+        lost.elapsed()
+    );
+    // The hold PostgreSQL knew was restored with it.
+    assert_problem(app.post_hold(&app.token(users[2]), 1, 1, None).await, 409).await;
+}
