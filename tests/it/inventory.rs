@@ -200,3 +200,43 @@ async fn an_on_sale_event_redis_lost_answers_503_and_is_reloaded_at_once_not_at_
     // The hold PostgreSQL knew was restored with it.
     assert_problem(app.post_hold(&app.token(users[2]), 1, 1, None).await, 409).await;
 }
+
+#[tokio::test]
+async fn a_pending_booking_whose_expiry_died_with_redis_is_expired_after_the_rebuild() {
+    let app = spawn_app().await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    // A hold PostgreSQL recorded whose hold.expired never came: Redis lost it
+    // with its data before the event was relayed.
+    let booking = herdgate::booking_id::new(1).unwrap();
+    pg.execute(
+        "INSERT INTO bookings (id, event_id, seat_id, user_id, status, expires_at, version, seq)
+         VALUES ($1, 1, 9, $2, 'PENDING', now() - interval '1 minute', 1, 1)",
+        &[&booking, &users[0]],
+    )
+    .await
+    .unwrap();
+    pg.execute("UPDATE seats SET status = 'HELD' WHERE id = 9", &[])
+        .await
+        .unwrap();
+    app.iso.flush_redis().await;
+
+    eventually(Duration::from_secs(15), || async {
+        let row = pg
+            .query_one(
+                "SELECT b.status, b.version, s.status FROM bookings b JOIN seats s ON s.id = b.seat_id
+                  WHERE b.id = $1",
+                &[&booking],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, String>(0), row.get::<_, i64>(1), row.get::<_, String>(2))
+            == ("EXPIRED".into(), 2, "AVAILABLE".into())
+    })
+    .await;
+    // The seat is listed and holdable again, and the stores agree.
+    let page = json(app.get("/api/seats/available?eventId=1&limit=1").await, 200).await;
+    assert_eq!(page["count"], DEMO_SEATS, "{page}");
+    json(app.post_hold(&app.token(users[1]), 1, 9, None).await, 201).await;
+    app.assert_stores_agree().await;
+}
