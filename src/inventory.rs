@@ -35,6 +35,8 @@ use crate::holds::Store;
 
 /// Seats written to Redis per command while loading.
 const LOAD_CHUNK: usize = 5_000;
+/// Restored bookings per pipeline (about five commands each).
+const RESTORE_CHUNK: usize = 1_000;
 /// A rebuilt counter starts this far past PostgreSQL's highest `seq`: events
 /// Redis made before it lost its data may still be on their way to the writer,
 /// and new holds must be ordered after them, not reuse their numbers.
@@ -367,62 +369,54 @@ impl Inventory {
             .await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut due = 0;
-        for row in &live {
-            let (id, seat, user): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            let status: String = row.get(3);
-            let expires_ms: i64 = row.get("expires_ms");
-            let pending = status == "PENDING";
-            if pending && expires_ms <= now_ms {
-                due += 1;
-            } else {
-                let expiry = pending.then(|| Expiration::PX(expires_ms - now_ms));
-                redis
-                    .set::<(), _, _>(keys.lock(seat), id.as_str(), expiry, None, false)
-                    .await?;
-            }
-            redis
-                .hset::<(), _, _>(
-                    keys.hold(&id),
-                    vec![
-                        ("bookingId", id.clone()),
-                        ("seatId", seat.to_string()),
-                        ("userId", user.to_string()),
-                        ("status", status.clone()),
-                        ("version", row.get::<_, i64>("version").to_string()),
-                        ("seq", row.get::<_, i64>("seq").to_string()),
-                        ("expiresAt", expires_ms.to_string()),
-                        ("createdAt", row.get::<_, i64>("created_ms").to_string()),
-                        (
-                            "confirmedAt",
-                            row.get::<_, Option<i64>>("confirmed_ms")
-                                .map_or(String::new(), |ms| ms.to_string()),
-                        ),
-                    ],
-                )
-                .await?;
-            redis.zrem::<(), _, _>(keys.available(), seat).await?;
-            if pending {
-                redis
-                    .zadd::<(), _, _>(
-                        keys.holds(),
-                        None,
-                        None,
-                        false,
-                        false,
-                        (expires_ms as f64, id.as_str()),
+        // Pipelined: a rebuild under a herd must not wait one round-trip per command.
+        for chunk in live.chunks(RESTORE_CHUNK) {
+            let pipeline = redis.pipeline();
+            for row in chunk {
+                let (id, seat, user): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                let status: String = row.get(3);
+                let expires_ms: i64 = row.get("expires_ms");
+                let pending = status == "PENDING";
+                if pending && expires_ms <= now_ms {
+                    due += 1;
+                } else {
+                    let expiry = pending.then(|| Expiration::PX(expires_ms - now_ms));
+                    pipeline
+                        .set::<(), _, _>(keys.lock(seat), id.as_str(), expiry, None, false)
+                        .await?;
+                }
+                pipeline
+                    .hset::<(), _, _>(
+                        keys.hold(&id),
+                        vec![
+                            ("bookingId", id.clone()),
+                            ("seatId", seat.to_string()),
+                            ("userId", user.to_string()),
+                            ("status", status.clone()),
+                            ("version", row.get::<_, i64>("version").to_string()),
+                            ("seq", row.get::<_, i64>("seq").to_string()),
+                            ("expiresAt", expires_ms.to_string()),
+                            ("createdAt", row.get::<_, i64>("created_ms").to_string()),
+                            (
+                                "confirmedAt",
+                                row.get::<_, Option<i64>>("confirmed_ms")
+                                    .map_or(String::new(), |ms| ms.to_string()),
+                            ),
+                        ],
                     )
                     .await?;
-                redis
-                    .zadd::<(), _, _>(
-                        keys.user_holds(user),
-                        None,
-                        None,
-                        false,
-                        false,
-                        (expires_ms as f64, id.as_str()),
-                    )
-                    .await?;
+                pipeline.zrem::<(), _, _>(keys.available(), seat).await?;
+                if pending {
+                    let entry = (expires_ms as f64, id.as_str());
+                    pipeline
+                        .zadd::<(), _, _>(keys.holds(), None, None, false, false, entry)
+                        .await?;
+                    pipeline
+                        .zadd::<(), _, _>(keys.user_holds(user), None, None, false, false, entry)
+                        .await?;
+                }
             }
+            let _: Vec<fred::types::Value> = pipeline.all().await?;
         }
         if !live.is_empty() {
             // The sweeper learns of the restored holds now, not at its next scan.
