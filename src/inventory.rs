@@ -90,15 +90,19 @@ impl Inventory {
         }
     }
 
+    /// Whether PostgreSQL had `event_id` on sale at the last sync.
+    pub fn was_on_sale(&self, event_id: i64) -> bool {
+        self.on_sale()
+            .binary_search_by_key(&event_id, |e| e.id)
+            .is_ok()
+    }
+
     /// Called when Redis does not have `event_id` (or not on sale): true when
     /// PostgreSQL had it on sale at the last sync, so the answer is "try again
     /// shortly", not "unknown". Then the loader is nudged to sync now; many
     /// nudges between two syncs make one sync.
     pub fn awaits_load(&self, event_id: i64) -> bool {
-        let on_sale = self
-            .on_sale()
-            .binary_search_by_key(&event_id, |e| e.id)
-            .is_ok();
+        let on_sale = self.was_on_sale(event_id);
         if on_sale {
             self.full_next.store(true, Ordering::Relaxed);
             self.nudge.notify_one();

@@ -467,8 +467,29 @@ async fn end_booking<B>(
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let user_id = authenticate(app, req)?;
     let traceparent = traceparent(req);
-    let view = bookings::end(&app.store, &app.pg, user_id, id, &traceparent, ending).await?;
-    Ok(json_response(StatusCode::OK, &view))
+    match bookings::end(&app.store, &app.pg, user_id, id, &traceparent, ending).await {
+        Ok(view) => Ok(json_response(StatusCode::OK, &view)),
+        Err(e @ (bookings::BookingError::NotFound(_) | bookings::BookingError::Gone { .. })) => {
+            Err(unless_loading(app, crate::booking_id::event_of(&id), e.into()).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `problem`, unless the booking's event is on sale in PostgreSQL and Redis
+/// has not loaded it (it lost its data): then its holds are not known yet,
+/// and the answer is 503 `event-loading` (the loader is nudged). Costs one
+/// Redis read, on this error path only.
+async fn unless_loading(app: &App, event_id: i64, problem: Problem) -> Result<Problem, Problem> {
+    if !app.inventory.was_on_sale(event_id) {
+        return Ok(problem);
+    }
+    let status = app.store.event_statuses(&[event_id]).await?;
+    match status.first() {
+        Some(Some(s)) if s == "ON_SALE" => Ok(problem),
+        _ if app.inventory.awaits_load(event_id) => Ok(Problem::event_loading(event_id)),
+        _ => Ok(problem),
+    }
 }
 
 /// The trace context stored with the outbox entry: while traces are exported,

@@ -167,12 +167,28 @@ async fn an_on_sale_event_redis_lost_answers_503_and_is_reloaded_at_once_not_at_
     .await;
     let pg = app.iso.pg().await;
     let users = user_ids(&pg).await;
-    json(app.post_hold(&app.token(users[0]), 1, 1, None).await, 201).await;
+    let held = json(app.post_hold(&app.token(users[0]), 1, 1, None).await, 201).await;
     eventually(Duration::from_secs(10), || async {
         scalar(&pg, "SELECT count(*) FROM bookings").await == 1
     })
     .await;
     app.iso.flush_redis().await;
+
+    // Confirming the hold PostgreSQL knows: not "expired", but "try again".
+    let confirm = app
+        .http
+        .post(format!(
+            "{}/api/bookings/{}/confirm",
+            app.base,
+            held["bookingId"].as_str().unwrap()
+        ))
+        .bearer_auth(app.token(users[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.headers()["retry-after"], "1");
+    let problem = assert_problem(confirm, 503).await;
+    assert_eq!(problem["type"], "/problems/event-loading", "{problem}");
 
     let lost = std::time::Instant::now();
     let response = app.post_hold(&app.token(users[1]), 1, 2, None).await;
