@@ -256,3 +256,46 @@ async fn a_pending_booking_whose_expiry_died_with_redis_is_expired_after_the_reb
     json(app.post_hold(&app.token(users[1]), 1, 9, None).await, 201).await;
     app.assert_stores_agree().await;
 }
+
+#[tokio::test]
+async fn a_hold_the_writer_stores_just_after_the_rebuild_still_keeps_its_seat() {
+    let app = spawn_app().await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    app.iso.flush_redis().await;
+    app.wait_until(|| async {
+        app.get("/api/seats/available?eventId=1&limit=1")
+            .await
+            .status()
+            == 200
+    })
+    .await;
+    // Relayed before Redis lost its data, stored by the writer only now.
+    let booking = herdgate::booking_id::new(1).unwrap();
+    pg.execute(
+        "INSERT INTO bookings (id, event_id, seat_id, user_id, status, expires_at, version, seq)
+         VALUES ($1, 1, 11, $2, 'PENDING', now() + interval '10 minutes', 1, 1)",
+        &[&booking, &users[0]],
+    )
+    .await
+    .unwrap();
+    pg.execute("UPDATE seats SET status = 'HELD' WHERE id = 11", &[])
+        .await
+        .unwrap();
+
+    // Within the first catch-ups (1 s and 2 s after the rebuild) the seat is its buyer's again.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_problem(app.post_hold(&app.token(users[1]), 1, 11, None).await, 409).await;
+    let view = json(
+        app.http
+            .get(format!("{}/api/bookings/{booking}", app.base))
+            .bearer_auth(app.token(users[0]))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(view["status"], "PENDING");
+    app.assert_stores_agree().await;
+}

@@ -23,9 +23,7 @@ use std::{
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use fred::{
-    interfaces::{
-        HashesInterface, KeysInterface, PubsubInterface, SetsInterface, SortedSetsInterface,
-    },
+    interfaces::{HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface},
     types::{Expiration, SetOptions},
 };
 use tokio::sync::Notify;
@@ -33,10 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::holds::Store;
 
+mod restore;
+
 /// Seats written to Redis per command while loading.
 const LOAD_CHUNK: usize = 5_000;
-/// Restored bookings per pipeline (about five commands each).
-const RESTORE_CHUNK: usize = 1_000;
 /// A rebuilt counter starts this far past PostgreSQL's highest `seq`: events
 /// Redis made before it lost its data may still be on their way to the writer,
 /// and new holds must be ordered after them, not reuse their numbers.
@@ -67,6 +65,9 @@ pub struct Inventory {
     nudge: Notify,
     /// The next sync looks at every event in Redis, not only those whose status moved.
     full_next: AtomicBool,
+    /// Events this process rebuilt lately: when, and how many catch-ups ran
+    /// (see [`restore::CATCH_UP_AT`]).
+    rebuilt: Mutex<HashMap<i64, (Instant, usize)>>,
 }
 
 /// What the last syncs saw, so a quiet catalogue is not read again from Redis
@@ -87,6 +88,7 @@ impl Inventory {
             seen: Mutex::new(Seen::default()),
             nudge: Notify::new(),
             full_next: AtomicBool::new(false),
+            rebuilt: Mutex::new(HashMap::new()),
         }
     }
 
@@ -208,6 +210,7 @@ impl Inventory {
     /// Syncs every `interval`, and when nudged (at most once per [`NUDGE_GAP`]),
     /// until `stop` is cancelled; failures are logged and retried.
     pub async fn run(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        tokio::spawn(self.clone().catch_up_loop(stop.clone()));
         let mut last = Instant::now();
         loop {
             let nudged = tokio::select! {
@@ -260,6 +263,10 @@ impl Inventory {
         let result = self.load(event).await;
         self.store.release_lock(keys.loading(), &token).await?;
         let available = result?;
+        self.rebuilt
+            .lock()
+            .expect("inventory lock")
+            .insert(event.id, (Instant::now(), 0));
         tracing::info!(
             event_id = event.id,
             available,
@@ -330,112 +337,6 @@ impl Inventory {
             )
             .await?;
         Ok(available)
-    }
-}
-
-impl Inventory {
-    /// Puts the live bookings PostgreSQL knows back into Redis: their seat locks
-    /// (expiring with the hold, or never once confirmed), hold state and user
-    /// counts, and moves the change counter past every stored `seq`, so the
-    /// writer keeps ordering new holds after old ones.
-    ///
-    /// A PENDING booking already past its expiry is restored too, without a seat
-    /// lock, as a hold that is due: its final event died with the Redis that lost
-    /// its data, and the sweeper now expires it (seat back in `available`,
-    /// `hold.expired` relayed, the row EXPIRED and the seat AVAILABLE in
-    /// PostgreSQL) instead of it staying PENDING there for good.
-    async fn restore_holds(&self, event_id: i64) -> anyhow::Result<()> {
-        let keys = self.store.keys().event(event_id);
-        let redis = self.store.client();
-        let client = self.pg.get().await?;
-        let max_seq: i64 = client
-            .query_one(
-                "SELECT coalesce(max(seq), 0) FROM bookings WHERE event_id = $1",
-                &[&event_id],
-            )
-            .await?
-            .get(0);
-        let live = client
-            .query(
-                "SELECT id::text, seat_id, user_id, status, version, seq,
-                        (extract(epoch FROM expires_at) * 1000)::bigint AS expires_ms,
-                        (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
-                        (extract(epoch FROM confirmed_at) * 1000)::bigint AS confirmed_ms
-                   FROM bookings
-                  WHERE event_id = $1
-                    AND status IN ('CONFIRMED', 'PENDING')",
-                &[&event_id],
-            )
-            .await?;
-        drop(client);
-        redis
-            .set::<(), _, _>(keys.seq(), max_seq + SEQ_GAP, None, None, false)
-            .await?;
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        let mut due = 0;
-        // Pipelined: a rebuild under a herd must not wait one round-trip per command.
-        for chunk in live.chunks(RESTORE_CHUNK) {
-            let pipeline = redis.pipeline();
-            for row in chunk {
-                let (id, seat, user): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
-                let status: String = row.get(3);
-                let expires_ms: i64 = row.get("expires_ms");
-                let pending = status == "PENDING";
-                if pending && expires_ms <= now_ms {
-                    due += 1;
-                } else {
-                    let expiry = pending.then(|| Expiration::PX(expires_ms - now_ms));
-                    pipeline
-                        .set::<(), _, _>(keys.lock(seat), id.as_str(), expiry, None, false)
-                        .await?;
-                }
-                pipeline
-                    .hset::<(), _, _>(
-                        keys.hold(&id),
-                        vec![
-                            ("bookingId", id.clone()),
-                            ("seatId", seat.to_string()),
-                            ("userId", user.to_string()),
-                            ("status", status.clone()),
-                            ("version", row.get::<_, i64>("version").to_string()),
-                            ("seq", row.get::<_, i64>("seq").to_string()),
-                            ("expiresAt", expires_ms.to_string()),
-                            ("createdAt", row.get::<_, i64>("created_ms").to_string()),
-                            (
-                                "confirmedAt",
-                                row.get::<_, Option<i64>>("confirmed_ms")
-                                    .map_or(String::new(), |ms| ms.to_string()),
-                            ),
-                        ],
-                    )
-                    .await?;
-                pipeline.zrem::<(), _, _>(keys.available(), seat).await?;
-                if pending {
-                    let entry = (expires_ms as f64, id.as_str());
-                    pipeline
-                        .zadd::<(), _, _>(keys.holds(), None, None, false, false, entry)
-                        .await?;
-                    pipeline
-                        .zadd::<(), _, _>(keys.user_holds(user), None, None, false, false, entry)
-                        .await?;
-                }
-            }
-            let _: Vec<fred::types::Value> = pipeline.all().await?;
-        }
-        if !live.is_empty() {
-            // The sweeper learns of the restored holds now, not at its next scan.
-            redis
-                .publish::<(), _, _>(self.store.keys().activity(), event_id)
-                .await?;
-            tracing::info!(
-                event_id,
-                holds = live.len(),
-                due,
-                max_seq,
-                "restored live bookings into Redis"
-            );
-        }
-        Ok(())
     }
 }
 
