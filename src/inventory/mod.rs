@@ -144,6 +144,17 @@ impl Inventory {
             .map(|row| (row.get("id"), row.get("status")))
             .collect();
         let on_sale = statuses.values().filter(|s| *s == "ON_SALE").count();
+        // First: from now on, a request for an event PostgreSQL just took off sale
+        // is 404, and one for an event just put on sale is 503 until it is loaded.
+        let events: Vec<OnSaleEvent> = rows
+            .iter()
+            .filter(|row| row.get::<_, &str>("status") == "ON_SALE")
+            .map(|row| OnSaleEvent {
+                id: row.get("id"),
+                name: row.get("name"),
+            })
+            .collect();
+        *self.on_sale.write().expect("on-sale lock") = Arc::new(events);
         let (round, previous) = {
             let mut seen = self.seen.lock().expect("inventory lock");
             seen.rounds += 1;
@@ -193,15 +204,6 @@ impl Inventory {
                 );
             }
         }
-        let events: Vec<OnSaleEvent> = rows
-            .iter()
-            .filter(|row| row.get::<_, &str>("status") == "ON_SALE")
-            .map(|row| OnSaleEvent {
-                id: row.get("id"),
-                name: row.get("name"),
-            })
-            .collect();
-        *self.on_sale.write().expect("on-sale lock") = Arc::new(events);
         // Only once every event has been seen through: a failed sync looks again.
         self.seen.lock().expect("inventory lock").statuses = statuses;
         Ok(())
