@@ -11,6 +11,14 @@
 //! when the writer falls behind, RabbitMQ refuses the relay's batches, they stay
 //! in the outbox, the outbox fills, and the gateway answers 503 with
 //! Retry-After. Backpressure reaches the buyer instead of an unbounded queue.
+//!
+//! Its delivery limit is declared explicitly ([`WRITER_DELIVERY_LIMIT`]): on
+//! RabbitMQ 4.x a quorum queue's default is 20, after which a message is
+//! dead-lettered, and every writer session PostgreSQL drops hands its unacked
+//! messages back, so a long PostgreSQL outage would dead-letter acknowledged
+//! holds. A queue declared by an older herdgate, without the limit, cannot be
+//! redeclared with it (RabbitMQ refuses to change a queue's arguments):
+//! [`Topology::declare_on`] then keeps it as it is and says so in the log.
 
 use std::time::Duration;
 
@@ -23,6 +31,14 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
 use crate::config::{AmqpConfig, DEFAULT_WRITER_QUEUE_MAX_BYTES};
+
+/// Deliveries of one message the writer queue allows before dead-lettering it.
+/// A delivery that ends without an ack (the writer's session dropped because
+/// PostgreSQL is away) counts, and the writer reconnects at most every 5 s, so
+/// this outlasts about two months of outage. A finite number, not 4.x's `-1`
+/// (unlimited): RabbitMQ 3.x accepts only non-negative limits, and one value
+/// on every version keeps redeclaring the queue equivalent across upgrades.
+pub const WRITER_DELIVERY_LIMIT: i64 = 1_000_000;
 
 /// Names of the exchanges and queues, all under one prefix.
 #[derive(Debug, Clone)]
@@ -93,20 +109,41 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        let mut writer_args = quorum(Some(&self.dead));
-        writer_args.insert(
-            "x-max-length-bytes".into(),
-            AMQPValue::LongLongInt(self.writer_queue_max_bytes as i64),
-        );
-        writer_args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
-        );
+        self.declare_writer_queue(channel, true).await
+    }
+
+    /// Declares the whole topology on a channel of `connection`, and returns
+    /// the channel. A writer queue declared by an older herdgate without the
+    /// delivery limit is kept as it is (a warning says what to do about it):
+    /// refusing to start would stop a running deployment at its upgrade.
+    pub async fn declare_on(&self, connection: &Connection) -> lapin::Result<Channel> {
+        let channel = connection.create_channel().await?;
+        match self.declare(&channel).await {
+            Err(e) if precondition_failed(&e) => {
+                // The broker closed that channel; the rest was declared before the writer queue.
+                let channel = connection.create_channel().await?;
+                self.declare_writer_queue(&channel, false).await?;
+                tracing::warn!(
+                    queue = self.writer_queue,
+                    error = %e,
+                    "the writer queue was declared without x-delivery-limit (by an older herdgate): \
+                     on RabbitMQ 4.x it dead-letters a message after 20 deliveries; \
+                     apply a delivery-limit policy, or drain and delete the queue once"
+                );
+                Ok(channel)
+            }
+            result => result.map(|()| channel),
+        }
+    }
+
+    /// The writer queue with its bound, its dead-letter exchange and (unless
+    /// `with_limit`) its delivery limit, bound to the exchange.
+    async fn declare_writer_queue(&self, channel: &Channel, with_limit: bool) -> lapin::Result<()> {
         channel
             .queue_declare(
                 self.writer_queue.as_str().into(),
                 QueueDeclareOptions::durable(),
-                writer_args,
+                self.writer_queue_args(with_limit),
             )
             .await?;
         channel
@@ -120,6 +157,33 @@ impl Topology {
             .await?;
         Ok(())
     }
+}
+
+impl Topology {
+    /// The writer queue's arguments, exactly as every process declares them.
+    pub fn writer_queue_args(&self, with_limit: bool) -> FieldTable {
+        let mut args = quorum(Some(&self.dead));
+        args.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(self.writer_queue_max_bytes as i64),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        if with_limit {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(WRITER_DELIVERY_LIMIT),
+            );
+        }
+        args
+    }
+}
+
+/// RabbitMQ refused a declaration that differs from what exists (406).
+fn precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 fn quorum(dead_letter_exchange: Option<&str>) -> FieldTable {
@@ -165,9 +229,9 @@ impl Broker {
             .connect()
             .await
             .context("failed to connect to RabbitMQ")?;
-        let channel = connection.create_channel().await?;
-        self.topology
-            .declare(&channel)
+        let channel = self
+            .topology
+            .declare_on(&connection)
             .await
             .context("failed to declare topology")?;
         Ok((connection, channel))

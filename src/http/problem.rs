@@ -122,6 +122,21 @@ impl Problem {
         p
     }
 
+    /// An event PostgreSQL has on sale that Redis has not loaded (yet, or again,
+    /// after Redis lost its data): the loader has been nudged.
+    pub fn event_loading(event_id: i64) -> Self {
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "event-loading",
+            "Event loading",
+            format!(
+                "event {event_id} is on sale and its seats are being loaded; try again shortly"
+            ),
+        );
+        p.retry_after = Some(1);
+        p
+    }
+
     /// Answered before hyper reads anything, by the accept loop.
     pub fn too_many_connections() -> Self {
         let mut p = Self::new(

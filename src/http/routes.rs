@@ -322,6 +322,7 @@ async fn available_seats(app: &App, query: Option<&str>) -> Result<Response<Full
     } = SeatsQuery::parse(query)?;
     match app.catalog.available_seats(event_id, after, limit).await? {
         Some(body) => Ok(json_bytes(StatusCode::OK, body)),
+        None if app.inventory.awaits_load(event_id) => Err(Problem::event_loading(event_id)),
         None => Err(Problem::not_found(format!(
             "event {event_id} is unknown or not on sale"
         ))),
@@ -417,7 +418,13 @@ where
         idempotency_key.as_deref(),
         &traceparent,
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        bookings::HoldError::NoEvent(id) if app.inventory.awaits_load(id) => {
+            Problem::event_loading(id)
+        }
+        e => e.into(),
+    })?;
     let (status, view) = match held {
         Held::New => (StatusCode::CREATED, view),
         Held::Replayed => replayed(app, user_id, view).await?,
@@ -462,8 +469,29 @@ async fn end_booking<B>(
 ) -> Result<Response<Full<Bytes>>, Problem> {
     let user_id = authenticate(app, req)?;
     let traceparent = traceparent(req);
-    let view = bookings::end(&app.store, &app.pg, user_id, id, &traceparent, ending).await?;
-    Ok(json_response(StatusCode::OK, &view))
+    match bookings::end(&app.store, &app.pg, user_id, id, &traceparent, ending).await {
+        Ok(view) => Ok(json_response(StatusCode::OK, &view)),
+        Err(e @ (bookings::BookingError::NotFound(_) | bookings::BookingError::Gone { .. })) => {
+            Err(unless_loading(app, crate::booking_id::event_of(&id), e.into()).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `problem`, unless the booking's event is on sale in PostgreSQL and Redis
+/// has not loaded it (it lost its data): then its holds are not known yet,
+/// and the answer is 503 `event-loading` (the loader is nudged). Costs one
+/// Redis read, on this error path only.
+async fn unless_loading(app: &App, event_id: i64, problem: Problem) -> Result<Problem, Problem> {
+    if !app.inventory.was_on_sale(event_id) {
+        return Ok(problem);
+    }
+    let status = app.store.event_statuses(&[event_id]).await?;
+    match status.first() {
+        Some(Some(s)) if s == "ON_SALE" => Ok(problem),
+        _ if app.inventory.awaits_load(event_id) => Ok(Problem::event_loading(event_id)),
+        _ => Ok(problem),
+    }
 }
 
 /// The trace context stored with the outbox entry: while traces are exported,

@@ -156,3 +156,146 @@ async fn an_event_taken_off_sale_stops_taking_holds_and_its_outbox_is_still_rela
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_on_sale_event_redis_lost_answers_503_and_is_reloaded_at_once_not_at_the_next_interval()
+{
+    // A loader interval far longer than the test: only the nudge can reload in time.
+    let app = spawn_app_on(Isolation::new().await, |env| {
+        env.insert("HERDGATE_INVENTORY_INTERVAL".into(), "10m".into());
+    })
+    .await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    let held = json(app.post_hold(&app.token(users[0]), 1, 1, None).await, 201).await;
+    eventually(Duration::from_secs(10), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == 1
+    })
+    .await;
+    app.iso.flush_redis().await;
+
+    // Confirming the hold PostgreSQL knows: not "expired", but "try again".
+    let confirm = app
+        .http
+        .post(format!(
+            "{}/api/bookings/{}/confirm",
+            app.base,
+            held["bookingId"].as_str().unwrap()
+        ))
+        .bearer_auth(app.token(users[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.headers()["retry-after"], "1");
+    let problem = assert_problem(confirm, 503).await;
+    assert_eq!(problem["type"], "/problems/event-loading", "{problem}");
+
+    let lost = std::time::Instant::now();
+    let response = app.post_hold(&app.token(users[1]), 1, 2, None).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    let problem = assert_problem(response, 503).await;
+    assert_eq!(problem["type"], "/problems/event-loading", "{problem}");
+    let page = assert_problem(app.get("/api/seats/available?eventId=2").await, 503).await;
+    assert_eq!(page["type"], "/problems/event-loading", "{page}");
+    // Not on sale in PostgreSQL (event 4 is SCHEDULED), or unknown: still 404.
+    assert_problem(app.post_hold(&app.token(users[1]), 4, 1, None).await, 404).await;
+    assert_problem(app.post_hold(&app.token(users[1]), 999, 1, None).await, 404).await;
+
+    // Reloaded within a second or two of the first request that found it missing.
+    eventually(Duration::from_secs(5), || async {
+        app.post_hold(&app.token(users[1]), 1, 2, None)
+            .await
+            .status()
+            == 201
+    })
+    .await;
+    println!(
+        "event 1 took holds again {:?} after the flush",
+        lost.elapsed()
+    );
+    // The hold PostgreSQL knew was restored with it.
+    assert_problem(app.post_hold(&app.token(users[2]), 1, 1, None).await, 409).await;
+}
+
+#[tokio::test]
+async fn a_pending_booking_whose_expiry_died_with_redis_is_expired_after_the_rebuild() {
+    let app = spawn_app().await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    // A hold PostgreSQL recorded whose hold.expired never came: Redis lost it
+    // with its data before the event was relayed.
+    let booking = herdgate::booking_id::new(1).unwrap();
+    pg.execute(
+        "INSERT INTO bookings (id, event_id, seat_id, user_id, status, expires_at, version, seq)
+         VALUES ($1, 1, 9, $2, 'PENDING', now() - interval '1 minute', 1, 1)",
+        &[&booking, &users[0]],
+    )
+    .await
+    .unwrap();
+    pg.execute("UPDATE seats SET status = 'HELD' WHERE id = 9", &[])
+        .await
+        .unwrap();
+    app.iso.flush_redis().await;
+
+    eventually(Duration::from_secs(15), || async {
+        let row = pg
+            .query_one(
+                "SELECT b.status, b.version, s.status FROM bookings b JOIN seats s ON s.id = b.seat_id
+                  WHERE b.id = $1",
+                &[&booking],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, String>(0), row.get::<_, i64>(1), row.get::<_, String>(2))
+            == ("EXPIRED".into(), 2, "AVAILABLE".into())
+    })
+    .await;
+    // The seat is listed and holdable again, and the stores agree.
+    let page = json(app.get("/api/seats/available?eventId=1&limit=1").await, 200).await;
+    assert_eq!(page["count"], DEMO_SEATS, "{page}");
+    json(app.post_hold(&app.token(users[1]), 1, 9, None).await, 201).await;
+    app.assert_stores_agree().await;
+}
+
+#[tokio::test]
+async fn a_hold_the_writer_stores_just_after_the_rebuild_still_keeps_its_seat() {
+    let app = spawn_app().await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    app.iso.flush_redis().await;
+    app.wait_until(|| async {
+        app.get("/api/seats/available?eventId=1&limit=1")
+            .await
+            .status()
+            == 200
+    })
+    .await;
+    // Relayed before Redis lost its data, stored by the writer only now.
+    let booking = herdgate::booking_id::new(1).unwrap();
+    pg.execute(
+        "INSERT INTO bookings (id, event_id, seat_id, user_id, status, expires_at, version, seq)
+         VALUES ($1, 1, 11, $2, 'PENDING', now() + interval '10 minutes', 1, 1)",
+        &[&booking, &users[0]],
+    )
+    .await
+    .unwrap();
+    pg.execute("UPDATE seats SET status = 'HELD' WHERE id = 11", &[])
+        .await
+        .unwrap();
+
+    // Within the first catch-ups (1 s and 2 s after the rebuild) the seat is its buyer's again.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_problem(app.post_hold(&app.token(users[1]), 1, 11, None).await, 409).await;
+    let view = json(
+        app.http
+            .get(format!("{}/api/bookings/{booking}", app.base))
+            .bearer_auth(app.token(users[0]))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(view["status"], "PENDING");
+    app.assert_stores_agree().await;
+}

@@ -3,6 +3,7 @@
 //! of them.
 
 mod bad_input;
+mod broker;
 mod checkout;
 mod compose;
 mod durable;

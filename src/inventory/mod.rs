@@ -4,10 +4,19 @@
 //! then every `interval`, any on-sale event whose `event` key is missing is loaded
 //! again. One process loads an event at a time (the `loading` key); the `event`
 //! key is written last, so its presence means the inventory is complete.
+//!
+//! Between syncs, the gateway remembers which events PostgreSQL had on sale. A
+//! request that finds such an event missing from Redis (Redis lost its data, or
+//! the event was just put on sale) is told to try again shortly, and nudges the
+//! loader to sync at once: however many requests nudge, a gateway syncs at most
+//! once per [`NUDGE_GAP`], so a herd never reaches PostgreSQL.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -17,9 +26,12 @@ use fred::{
     interfaces::{HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface},
     types::{Expiration, SetOptions},
 };
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::holds::Store;
+
+mod restore;
 
 /// Seats written to Redis per command while loading.
 const LOAD_CHUNK: usize = 5_000;
@@ -32,6 +44,9 @@ const SEQ_GAP: i64 = 1_000_000_000;
 const FULL_SYNC_EVERY: u32 = 12;
 /// A loader that died keeps others out for at most this long.
 const LOADING_LOCK: Duration = Duration::from_secs(120);
+/// Nudged syncs (see [`Inventory::awaits_load`]) start at least this far apart,
+/// whatever the number of requests that nudge.
+pub const NUDGE_GAP: Duration = Duration::from_millis(250);
 
 /// An event that takes bookings now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +58,16 @@ pub struct OnSaleEvent {
 pub struct Inventory {
     store: Store,
     pg: deadpool_postgres::Pool,
+    /// Sorted by id.
     on_sale: RwLock<Arc<Vec<OnSaleEvent>>>,
     seen: Mutex<Seen>,
+    /// Wakes the loader before its interval: an on-sale event was missing from Redis.
+    nudge: Notify,
+    /// The next sync looks at every event in Redis, not only those whose status moved.
+    full_next: AtomicBool,
+    /// Events this process rebuilt lately: when, and how many catch-ups ran
+    /// (see [`restore::CATCH_UP_AT`]).
+    rebuilt: Mutex<HashMap<i64, (Instant, usize)>>,
 }
 
 /// What the last syncs saw, so a quiet catalogue is not read again from Redis
@@ -63,7 +86,30 @@ impl Inventory {
             pg,
             on_sale: RwLock::new(Arc::new(Vec::new())),
             seen: Mutex::new(Seen::default()),
+            nudge: Notify::new(),
+            full_next: AtomicBool::new(false),
+            rebuilt: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether PostgreSQL had `event_id` on sale at the last sync.
+    pub fn was_on_sale(&self, event_id: i64) -> bool {
+        self.on_sale()
+            .binary_search_by_key(&event_id, |e| e.id)
+            .is_ok()
+    }
+
+    /// Called when Redis does not have `event_id` (or not on sale): true when
+    /// PostgreSQL had it on sale at the last sync, so the answer is "try again
+    /// shortly", not "unknown". Then the loader is nudged to sync now; many
+    /// nudges between two syncs make one sync.
+    pub fn awaits_load(&self, event_id: i64) -> bool {
+        let on_sale = self.was_on_sale(event_id);
+        if on_sale {
+            self.full_next.store(true, Ordering::Relaxed);
+            self.nudge.notify_one();
+        }
+        on_sale
     }
 
     /// The on-sale events as of the last sync.
@@ -98,12 +144,25 @@ impl Inventory {
             .map(|row| (row.get("id"), row.get("status")))
             .collect();
         let on_sale = statuses.values().filter(|s| *s == "ON_SALE").count();
+        // First: from now on, a request for an event PostgreSQL just took off sale
+        // is 404, and one for an event just put on sale is 503 until it is loaded.
+        let events: Vec<OnSaleEvent> = rows
+            .iter()
+            .filter(|row| row.get::<_, &str>("status") == "ON_SALE")
+            .map(|row| OnSaleEvent {
+                id: row.get("id"),
+                name: row.get("name"),
+            })
+            .collect();
+        *self.on_sale.write().expect("on-sale lock") = Arc::new(events);
         let (round, previous) = {
             let mut seen = self.seen.lock().expect("inventory lock");
             seen.rounds += 1;
             (seen.rounds - 1, std::mem::take(&mut seen.statuses))
         };
         let full = round % FULL_SYNC_EVERY == 0
+            // A request found an on-sale event missing from Redis.
+            || self.full_next.swap(false, Ordering::Relaxed)
             // Fewer loaded events than on sale: Redis lost data, or an event is new.
             || (self.store.loaded_event_count().await? as usize) < on_sale;
         // Only events whose status moved since the last sync need a look in Redis,
@@ -145,27 +204,30 @@ impl Inventory {
                 );
             }
         }
-        let events: Vec<OnSaleEvent> = rows
-            .iter()
-            .filter(|row| row.get::<_, &str>("status") == "ON_SALE")
-            .map(|row| OnSaleEvent {
-                id: row.get("id"),
-                name: row.get("name"),
-            })
-            .collect();
-        *self.on_sale.write().expect("on-sale lock") = Arc::new(events);
         // Only once every event has been seen through: a failed sync looks again.
         self.seen.lock().expect("inventory lock").statuses = statuses;
         Ok(())
     }
 
-    /// Syncs every `interval` until `stop` is cancelled; failures are logged and retried.
+    /// Syncs every `interval`, and when nudged (at most once per [`NUDGE_GAP`]),
+    /// until `stop` is cancelled; failures are logged and retried.
     pub async fn run(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        tokio::spawn(self.clone().catch_up_loop(stop.clone()));
+        let mut last = Instant::now();
         loop {
-            tokio::select! {
+            let nudged = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(interval) => false,
+                _ = self.nudge.notified() => true,
+            };
+            if nudged {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(NUDGE_GAP.saturating_sub(last.elapsed())) => {}
+                }
+                tracing::debug!("an on-sale event is missing from Redis: syncing now");
             }
+            last = Instant::now();
             if let Err(e) = self.sync().await {
                 tracing::warn!(error = format!("{e:#}"), "inventory sync failed");
             }
@@ -203,6 +265,10 @@ impl Inventory {
         let result = self.load(event).await;
         self.store.release_lock(keys.loading(), &token).await?;
         let available = result?;
+        self.rebuilt
+            .lock()
+            .expect("inventory lock")
+            .insert(event.id, (Instant::now(), 0));
         tracing::info!(
             event_id = event.id,
             available,
@@ -273,104 +339,6 @@ impl Inventory {
             )
             .await?;
         Ok(available)
-    }
-}
-
-impl Inventory {
-    /// Puts the live bookings PostgreSQL knows back into Redis: their seat locks
-    /// (expiring with the hold, or never once confirmed), hold state and user
-    /// counts, and moves the change counter past every stored `seq`, so the
-    /// writer keeps ordering new holds after old ones.
-    async fn restore_holds(&self, event_id: i64) -> anyhow::Result<()> {
-        let keys = self.store.keys().event(event_id);
-        let redis = self.store.client();
-        let client = self.pg.get().await?;
-        let max_seq: i64 = client
-            .query_one(
-                "SELECT coalesce(max(seq), 0) FROM bookings WHERE event_id = $1",
-                &[&event_id],
-            )
-            .await?
-            .get(0);
-        let live = client
-            .query(
-                "SELECT id::text, seat_id, user_id, status, version, seq,
-                        (extract(epoch FROM expires_at) * 1000)::bigint AS expires_ms,
-                        (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
-                        (extract(epoch FROM confirmed_at) * 1000)::bigint AS confirmed_ms
-                   FROM bookings
-                  WHERE event_id = $1
-                    AND (status = 'CONFIRMED' OR (status = 'PENDING' AND expires_at > now()))",
-                &[&event_id],
-            )
-            .await?;
-        drop(client);
-        redis
-            .set::<(), _, _>(keys.seq(), max_seq + SEQ_GAP, None, None, false)
-            .await?;
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        for row in &live {
-            let (id, seat, user): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            let status: String = row.get(3);
-            let expires_ms: i64 = row.get("expires_ms");
-            let pending = status == "PENDING";
-            let expiry = pending.then(|| Expiration::PX((expires_ms - now_ms).max(1)));
-            redis
-                .set::<(), _, _>(keys.lock(seat), id.as_str(), expiry, None, false)
-                .await?;
-            redis
-                .hset::<(), _, _>(
-                    keys.hold(&id),
-                    vec![
-                        ("bookingId", id.clone()),
-                        ("seatId", seat.to_string()),
-                        ("userId", user.to_string()),
-                        ("status", status.clone()),
-                        ("version", row.get::<_, i64>("version").to_string()),
-                        ("seq", row.get::<_, i64>("seq").to_string()),
-                        ("expiresAt", expires_ms.to_string()),
-                        ("createdAt", row.get::<_, i64>("created_ms").to_string()),
-                        (
-                            "confirmedAt",
-                            row.get::<_, Option<i64>>("confirmed_ms")
-                                .map_or(String::new(), |ms| ms.to_string()),
-                        ),
-                    ],
-                )
-                .await?;
-            redis.zrem::<(), _, _>(keys.available(), seat).await?;
-            if pending {
-                redis
-                    .zadd::<(), _, _>(
-                        keys.holds(),
-                        None,
-                        None,
-                        false,
-                        false,
-                        (expires_ms as f64, id.as_str()),
-                    )
-                    .await?;
-                redis
-                    .zadd::<(), _, _>(
-                        keys.user_holds(user),
-                        None,
-                        None,
-                        false,
-                        false,
-                        (expires_ms as f64, id.as_str()),
-                    )
-                    .await?;
-            }
-        }
-        if !live.is_empty() {
-            tracing::info!(
-                event_id,
-                holds = live.len(),
-                max_seq,
-                "restored live bookings into Redis"
-            );
-        }
-        Ok(())
     }
 }
 
