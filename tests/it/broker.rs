@@ -114,22 +114,7 @@ async fn a_message_handed_back_25_times_is_still_delivered_not_dead_lettered() {
         .await
         .expect("the writer queue declares x-delivery-limit 1000000");
 
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let confirm = channel
-        .basic_publish(
-            topology.exchange.as_str().into(),
-            "hold.placed".into(),
-            BasicPublishOptions::default(),
-            b"{\"schemaVersion\":1}",
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let confirm = publish_confirmed(&channel, topology, b"{\"schemaVersion\":1}").await;
     assert!(confirm.is_ack());
 
     // A writer whose every session fails hands the message back each time: 25
@@ -182,11 +167,24 @@ async fn a_writer_queue_declared_without_the_delivery_limit_is_kept_and_used() {
 
     let channel = topology.declare_on(&names.connection).await.unwrap();
     // The returned channel works, and the queue is bound: a publish is routed to it.
+    let confirm = publish_confirmed(&channel, topology, b"{}").await;
+    assert!(confirm.is_ack() && confirm.take_message().is_none());
+    assert_eq!(message_count(&channel, &topology.writer_queue).await, 1);
+    names.cleanup().await;
+}
+
+/// Publishes `body` as a persistent, mandatory `hold.placed` on a confirm
+/// channel, and waits for RabbitMQ's confirm.
+async fn publish_confirmed(
+    channel: &Channel,
+    topology: &Topology,
+    body: &[u8],
+) -> lapin::Confirmation {
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let confirm = channel
+    channel
         .basic_publish(
             topology.exchange.as_str().into(),
             "hold.placed".into(),
@@ -194,14 +192,11 @@ async fn a_writer_queue_declared_without_the_delivery_limit_is_kept_and_used() {
                 mandatory: true,
                 ..Default::default()
             },
-            b"{}",
-            BasicProperties::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
         )
         .await
         .unwrap()
         .await
-        .unwrap();
-    assert!(confirm.is_ack() && confirm.take_message().is_none());
-    assert_eq!(message_count(&channel, &topology.writer_queue).await, 1);
-    names.cleanup().await;
+        .unwrap()
 }
