@@ -69,7 +69,7 @@ pub struct LoadArgs {
     /// Skip the post-run drain and invariant checks (for a herdgate whose stores are out of reach).
     #[arg(long)]
     pub no_check: bool,
-    /// Where to write the latency picture (SVG); default herdgate-load-<scenario>.svg.
+    /// Where to write the latency picture (SVG); none is drawn without it.
     #[arg(long)]
     pub svg: Option<std::path::PathBuf>,
     /// Print one JSON summary object as the last line of standard output.

@@ -16,7 +16,7 @@ pub mod stats;
 pub mod svg;
 pub mod users;
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -76,10 +76,8 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
     let secs = timeline.last_answer.as_secs_f64();
     let throughput = snapshot.requests as f64 / secs.max(1e-9);
 
-    let picture = args
-        .svg
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("herdgate-load-{}.svg", args.scenario.name())));
+    // Drawn only when asked for: a run must not leave files where it was started.
+    let picture = args.svg.clone();
     let created = invariants::Created::parse(&recorder.created());
     let mut summary = Summary {
         scenario: args.scenario,
@@ -100,7 +98,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
         failures: snapshot.failures,
         errors: snapshot.errors,
         latency_ms: latency,
-        histogram: Some(picture.display().to_string()),
+        histogram: picture.as_ref().map(|p| p.display().to_string()),
         sellout: (args.scenario == Scenario::Sellout).then(|| Sellout {
             seats: seat_count,
             held: created.ids.len() as u64,
@@ -114,7 +112,9 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
         invariants: Vec::new(),
         passed: true,
     };
-    draw(&summary, &snapshot.latency, &picture)?;
+    if let Some(picture) = &picture {
+        draw(&summary, &snapshot.latency, picture)?;
+    }
     if args.no_check {
         return Ok(summary);
     }

@@ -189,6 +189,35 @@ async fn the_command_prints_a_json_summary_last_and_exits_zero() {
     assert!(summary["latencyMs"]["p99"].as_f64().unwrap() > 0.0);
 }
 
+/// The latency picture is drawn only with `--svg`: a run leaves nothing in the
+/// directory it was started from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_svg_the_command_writes_no_file() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("herdgate-load-cwd-{}", Uuid::new_v4()));
+    std::fs::create_dir(&dir).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herdgate"))
+        .args([
+            "load", "herd", "--users", "20", "--json", "--base", &app.base,
+        ])
+        .current_dir(&dir)
+        .envs(app.iso.env())
+        .output()
+        .await
+        .unwrap();
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(left.is_empty(), "the run left {left:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(summary["histogram"].is_null(), "{summary}");
+}
+
 #[tokio::test]
 async fn a_server_that_is_not_there_is_reported_not_waited_for() {
     let iso = Isolation::new().await;
