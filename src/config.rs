@@ -311,21 +311,20 @@ impl Config {
                     ENV_WRITER_QUEUE_MAX_BYTES,
                     &DEFAULT_WRITER_QUEUE_MAX_BYTES.to_string(),
                     parse_positive,
-                )? as u64,
+                )?,
             },
             auth: AuthConfig {
                 token_secret: SecretString::from(token_secret),
                 token_ttl: parse(env, ENV_TOKEN_TTL, "24h", parse_duration)?,
                 login_concurrency: parse(env, ENV_LOGIN_CONCURRENCY, "2", parse_positive)?,
-                login_account_rate: parse(env, ENV_LOGIN_ACCOUNT_RATE, "10", parse_positive)?
-                    as u32,
-                login_client_rate: parse(env, ENV_LOGIN_CLIENT_RATE, "60", parse_positive)? as u32,
+                login_account_rate: parse(env, ENV_LOGIN_ACCOUNT_RATE, "10", parse_positive)?,
+                login_client_rate: parse(env, ENV_LOGIN_CLIENT_RATE, "60", parse_positive)?,
             },
             holds: HoldConfig {
                 ttl: parse(env, ENV_HOLD_TTL, "600s", parse_duration)?,
-                max_per_user: parse(env, ENV_MAX_HOLDS_PER_USER, "8", parse_positive)? as u32,
+                max_per_user: parse(env, ENV_MAX_HOLDS_PER_USER, "8", parse_positive)?,
                 idempotency_ttl: parse(env, ENV_IDEMPOTENCY_TTL, "24h", parse_duration)?,
-                outbox_max: parse(env, ENV_OUTBOX_MAX, "200000", parse_positive)? as u64,
+                outbox_max: parse(env, ENV_OUTBOX_MAX, "200000", parse_positive)?,
                 relay_batch: parse(env, ENV_RELAY_BATCH, "500", parse_positive)?,
                 relay_claim_idle: parse(env, ENV_RELAY_CLAIM_IDLE, "15s", parse_duration)?,
                 coalesce: parse(env, ENV_COALESCE, "true", parse_bool)?,
@@ -338,7 +337,7 @@ impl Config {
                 prefetch: parse(env, ENV_WRITER_PREFETCH, "64", parse_positive)?,
             },
             seats_cache_ttl: parse(env, ENV_SEATS_CACHE_TTL, "250ms", parse_duration)?,
-            read_cache_bytes: parse(env, ENV_READ_CACHE_BYTES, "67108864", parse_positive)? as u64,
+            read_cache_bytes: parse(env, ENV_READ_CACHE_BYTES, "67108864", parse_positive)?,
             users_interval: parse(env, ENV_USERS_INTERVAL, "30s", parse_duration)?,
             inventory_interval: parse(env, ENV_INVENTORY_INTERVAL, "5s", parse_duration)?,
         })
@@ -439,9 +438,14 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be greater than zero".into()),
+/// A count greater than zero, in the field's own integer type: a value too large
+/// for it is refused, never truncated.
+fn parse_positive<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr<Err = std::num::ParseIntError> + Default + PartialEq,
+{
+    match s.parse::<T>() {
+        Ok(n) if n == T::default() => Err("must be greater than zero".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(format!("{e}; expected a positive integer")),
     }
@@ -519,6 +523,18 @@ mod tests {
         assert!(err.starts_with("HERDGATE_HOLD_TTL=\"soon\""), "{err}");
         let err = config(&[(ENV_DB_POOL, "0")]).unwrap_err().to_string();
         assert!(err.contains(ENV_DB_POOL), "{err}");
+    }
+
+    /// 2^32 + 1 once became a limit of 1 (`as u32`): it is refused instead.
+    #[test]
+    fn a_count_too_large_for_its_field_is_refused_not_truncated() {
+        let err = config(&[(ENV_MAX_HOLDS_PER_USER, "4294967297")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(ENV_MAX_HOLDS_PER_USER), "{err}");
+        assert!(err.contains("too large"), "{err}");
+        let ok = config(&[(ENV_MAX_HOLDS_PER_USER, "4294967295")]).unwrap();
+        assert_eq!(ok.holds.max_per_user, u32::MAX);
     }
 
     #[test]
