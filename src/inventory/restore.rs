@@ -5,7 +5,7 @@
 //! PostgreSQL when the rebuild read it; without the catch-up their buyer would
 //! hold a booking PostgreSQL calls PENDING on a seat Redis calls free.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use fred::{
     clients::{Client, Pipeline},
@@ -77,33 +77,50 @@ impl Inventory {
             )
             .await?
             .get(0);
+        drop(client);
+        let live = self
+            .live_bookings_of(&[event_id])
+            .await?
+            .remove(&event_id)
+            .unwrap_or_default();
+        Ok((max_seq, live))
+    }
+
+    /// The CONFIRMED and PENDING bookings of every event in `event_ids`, by
+    /// event, in one query: catch-ups for a whole catalogue loaded at start
+    /// must not cost PostgreSQL a scan per event.
+    async fn live_bookings_of(
+        &self,
+        event_ids: &[i64],
+    ) -> anyhow::Result<HashMap<i64, Vec<LiveBooking>>> {
+        let client = self.pg.get().await?;
         let rows = client
             .query(
-                "SELECT id::text, seat_id, user_id, status, version, seq,
+                "SELECT event_id, id::text, seat_id, user_id, status, version, seq,
                         (extract(epoch FROM expires_at) * 1000)::bigint AS expires_ms,
                         (extract(epoch FROM created_at) * 1000)::bigint AS created_ms,
                         (extract(epoch FROM confirmed_at) * 1000)::bigint AS confirmed_ms
                    FROM bookings
-                  WHERE event_id = $1
+                  WHERE event_id = ANY($1)
                     AND status IN ('CONFIRMED', 'PENDING')",
-                &[&event_id],
+                &[&event_ids],
             )
             .await?;
-        let live = rows
-            .iter()
-            .map(|row| LiveBooking {
-                id: row.get(0),
-                seat: row.get(1),
-                user: row.get(2),
-                status: row.get(3),
-                version: row.get(4),
-                seq: row.get(5),
-                expires_ms: row.get(6),
-                created_ms: row.get(7),
-                confirmed_ms: row.get(8),
-            })
-            .collect();
-        Ok((max_seq, live))
+        let mut by_event: HashMap<i64, Vec<LiveBooking>> = HashMap::new();
+        for row in &rows {
+            by_event.entry(row.get(0)).or_default().push(LiveBooking {
+                id: row.get(1),
+                seat: row.get(2),
+                user: row.get(3),
+                status: row.get(4),
+                version: row.get(5),
+                seq: row.get(6),
+                expires_ms: row.get(7),
+                created_ms: row.get(8),
+                confirmed_ms: row.get(9),
+            });
+        }
+        Ok(by_event)
     }
 
     /// Puts the live bookings PostgreSQL knows back into Redis: their seat locks
@@ -160,10 +177,9 @@ impl Inventory {
     /// writer stored them after the rebuild), each only while its seat is free:
     /// a seat someone else took since keeps its new holder, and the writer ends
     /// the older booking (lower `seq`). How many were restored.
-    async fn catch_up(&self, event_id: i64) -> anyhow::Result<usize> {
+    async fn catch_up(&self, event_id: i64, live: Vec<LiveBooking>) -> anyhow::Result<usize> {
         let keys = self.store.keys().event(event_id);
         let redis = self.store.client();
-        let (_, live) = self.live_bookings(event_id).await?;
         let mut restored = 0;
         for chunk in live.chunks(RESTORE_CHUNK) {
             let pipeline = redis.pipeline();
@@ -248,8 +264,23 @@ impl Inventory {
                     })
                     .collect()
             };
-            for event_id in due {
-                if let Err(e) = self.catch_up(event_id).await {
+            if due.is_empty() {
+                continue;
+            }
+            let live = match self.live_bookings_of(&due).await {
+                Ok(live) => live,
+                Err(e) => {
+                    tracing::warn!(
+                        events = due.len(),
+                        error = format!("{e:#}"),
+                        "catch-up failed"
+                    );
+                    continue;
+                }
+            };
+            // Only events with live bookings have anything to restore.
+            for (event_id, live) in live {
+                if let Err(e) = self.catch_up(event_id, live).await {
                     tracing::warn!(event_id, error = format!("{e:#}"), "catch-up failed");
                 }
             }
