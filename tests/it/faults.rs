@@ -175,19 +175,19 @@ async fn past_its_in_flight_limit_the_gateway_answers_503_at_once() {
 }
 
 /// One answer of the load run below.
-struct Answer {
-    started: Instant,
-    done: Instant,
-    status: u16,
-    problem: String,
-    user: i64,
-    booking: Option<uuid::Uuid>,
+pub struct Answer {
+    pub started: Instant,
+    pub done: Instant,
+    pub status: u16,
+    pub problem: String,
+    pub user: i64,
+    pub booking: Option<uuid::Uuid>,
 }
 
 /// Holds on random seats of event 1, each request for the next user in turn
 /// (so nobody reaches the per-user limit), from `workers` clients at once,
 /// until `until` or `max` requests.
-async fn hold_load(
+pub async fn hold_load(
     app: &crate::helpers::TestApp,
     users: &[i64],
     seats: i64,

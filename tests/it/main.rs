@@ -9,6 +9,7 @@ mod compose;
 mod durable;
 mod expiry;
 mod faults;
+mod faults_pg;
 mod faults_redis;
 mod fuzz;
 mod helpers;
