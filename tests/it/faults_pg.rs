@@ -5,7 +5,6 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    net::TcpListener,
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
@@ -14,7 +13,7 @@ use std::{
 use herdgate::config;
 
 use crate::{
-    faults::{Answer, hold_load},
+    faults::{Answer, free_port, hold_load},
     helpers::{Isolation, TestApp, eventually, scalar, spawn_app_on, user_ids},
 };
 
@@ -31,9 +30,7 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     pub fn start() -> Self {
         let bin = newest_postgres_bin();
-        let port = std::iter::repeat_with(|| fastrand::u16(20_000..32_000))
-            .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
-            .unwrap();
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("herdgate-pg-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir(&dir).unwrap();
         let uid = Command::new("id").arg("-u").output().unwrap();

@@ -11,6 +11,7 @@ mod expiry;
 mod faults;
 mod faults_pg;
 mod faults_redis;
+mod faults_redis_aof;
 mod fuzz;
 mod helpers;
 mod holds;
