@@ -16,8 +16,9 @@ use crate::{
 
 /// How long Redis stays down between its SIGTERM and its start.
 const DOWN: Duration = Duration::from_millis(2_500);
-/// Every answer comes within this: the 2 s Redis timeout and a margin.
-const ANSWER_BOUND: Duration = Duration::from_secs(3);
+/// Every answer comes within this: the 2 s Redis timeout, and as much again
+/// for a busy machine.
+const ANSWER_BOUND: Duration = Duration::from_secs(4);
 /// The first 201 after the restart comes within this of Redis answering again.
 const RECOVER_BOUND: Duration = Duration::from_secs(5);
 
@@ -26,9 +27,8 @@ async fn redis_restarted_with_aof_under_load_keeps_every_acknowledged_hold() {
     const SEATS: i64 = 6_000;
     const USERS: u32 = 3_000;
     const KEYED: usize = 20;
-    let dir = std::env::temp_dir().join(format!("herdgate-aof-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir(&dir).unwrap();
-    let dir_arg = dir.to_str().unwrap().to_string();
+    let dir = TempDir::new();
+    let dir_arg = dir.0.to_str().unwrap().to_string();
     let options = move |dir: &str| {
         let aof = ["--appendonly", "yes", "--appendfsync", "everysec", "--dir"];
         let mut options: Vec<String> = aof.iter().map(|s| s.to_string()).collect();
@@ -111,7 +111,7 @@ async fn redis_restarted_with_aof_under_load_keeps_every_acknowledged_hold() {
         assert_eq!(body["bookingId"], booking.to_string(), "{key} replayed");
     }
     // Answers to requests sent while Redis was away wait at most for the
-    // Redis timeout (2 s), plus a margin for a busy machine.
+    // Redis timeout (2 s), plus a margin (see ANSWER_BOUND).
     let during: Vec<&Answer> = answers
         .iter()
         .filter(|a| a.done > stopping && a.started < restarted)
@@ -216,5 +216,22 @@ async fn redis_restarted_with_aof_under_load_keeps_every_acknowledged_hold() {
         "messages left (writer queue, dead letters)"
     );
     drop(second);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A directory for the AOF, removed when dropped (after the test's Redis:
+/// declared before it).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("herdgate-aof-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
