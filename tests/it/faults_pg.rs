@@ -175,13 +175,14 @@ async fn probe(what: &'static str, request: reqwest::RequestBuilder) -> Probe {
 /// Every 200 ms until `until`: a login, an event PostgreSQL alone could
 /// know (not loaded in Redis: 404 while it answers), and a booking Redis
 /// does not have (404 from PostgreSQL while it answers).
-async fn probe_postgres(app: &TestApp, until: Instant) -> Vec<Probe> {
-    let token = app.token(1);
+async fn probe_postgres(app: &TestApp, user: i64, until: Instant) -> Vec<Probe> {
+    let token = app.token(user);
     let mut probes = Vec::new();
-    let mut i = 0;
+    let mut i = 0u32;
     while Instant::now() < until {
         i += 1;
-        let login = serde_json::json!({"email": format!("user{}@load.test", i % 50 + 1), "password": "password"});
+        let email = herdgate::seed::load_user_email(i % 50 + 1);
+        let login = serde_json::json!({"email": email, "password": "password"});
         let url = |path: String| format!("{}{path}", app.base);
         probes.push(
             probe(
@@ -242,7 +243,7 @@ async fn postgres_stopped_under_load_holds_go_on_reads_get_503_and_the_writer_ca
     let (answers, probes, (stopped, restarting)) = tokio::join!(
         // At most 7 requests per user: below the per-user hold limit of 8.
         hold_load(&app, &users, SEATS, 6, until, 7 * USERS as usize),
-        probe_postgres(&app, until),
+        probe_postgres(&app, users[0], until),
         async {
             tokio::time::sleep_until((start + Duration::from_secs(2)).into()).await;
             postgres.stop().await;
