@@ -92,6 +92,9 @@ pub enum AuthError {
     Busy,
     #[error("the user store is unavailable: {0}")]
     Unavailable(String),
+    /// The user lookup failed: PostgreSQL went away mid-query, or worse.
+    #[error("failed to look up user: {0}")]
+    Query(tokio_postgres::Error),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -168,14 +171,14 @@ impl Auth {
         let client = pg
             .get()
             .await
-            .context("failed to get a PostgreSQL connection")?;
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         let row = client
             .query_opt(
                 "SELECT id, password_hash FROM users WHERE email = lower($1)",
                 &[&email.trim()],
             )
             .await
-            .context("failed to look up user")?;
+            .map_err(AuthError::Query)?;
         drop(client);
         let (user_id, hash) = match &row {
             Some(row) => (Some(row.get::<_, i64>(0)), row.get::<_, String>(1)),

@@ -326,7 +326,26 @@ impl From<deadpool_postgres::PoolError> for Problem {
 
 impl From<tokio_postgres::Error> for Problem {
     fn from(e: tokio_postgres::Error) -> Self {
+        if postgres_away(&e) {
+            tracing::warn!(error = %e, "postgres unavailable");
+            return Problem::unavailable("the database did not answer", 1);
+        }
         Problem::unexpected(&e)
+    }
+}
+
+/// PostgreSQL is away rather than the query wrong: the connection closed or
+/// failed (a pooled connection the server dropped, say), or the server is
+/// shutting down or starting (SQLSTATE class 08, 57P01 to 57P03).
+pub fn postgres_away(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        }
+        None => {
+            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        }
     }
 }
 
@@ -361,6 +380,7 @@ impl From<AuthError> for Problem {
                 e.to_string(),
             ),
             AuthError::Busy => Problem::unavailable("too many logins at once, try again", 1),
+            AuthError::Query(e) => e.into(),
             AuthError::Unavailable(cause) => {
                 tracing::warn!(cause, "login: postgres unavailable");
                 Problem::unavailable("the user store did not answer, try again", 1)

@@ -571,6 +571,9 @@ impl From<CatalogError> for Problem {
                     CatalogError::Store(StoreError::Disconnected) => {
                         Problem::unavailable(super::problem::UNREACHABLE, 1)
                     }
+                    CatalogError::Query(e) if super::problem::postgres_away(e) => {
+                        Problem::unavailable("the database did not answer", 1)
+                    }
                     e => Problem::unexpected(e),
                 },
             },

@@ -18,6 +18,12 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// With `options` after the defaults (no persistence), which they
+    /// override: `["--appendonly", "yes", "--dir", ...]` for an AOF.
+    pub fn start_with(port: u16, options: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -29,6 +35,7 @@ impl PrivateRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(options)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/test installs it)");
@@ -61,13 +68,9 @@ impl PrivateRedis {
             && &reply == b"+PONG\r\n"
     }
 
-    /// On a free port below Linux's ephemeral range (32768 and up), so that
-    /// while this Redis is down no other test's `bind(0)` can take its port.
+    /// On a free port (see [`free_port`]).
     pub fn start() -> Self {
-        let port = std::iter::repeat_with(|| fastrand::u16(20_000..32_000))
-            .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
-            .unwrap();
-        Self::start_on(port)
+        Self::start_on(free_port())
     }
 
     pub fn url(&self) -> String {
@@ -89,6 +92,24 @@ impl PrivateRedis {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+
+    /// SIGTERM, as a service manager stops it: Redis shuts down as on
+    /// `SHUTDOWN` (an AOF is flushed and fsynced first). Waits for the exit.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success(), "kill -TERM {pid}");
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "redis-server exited with {exit}");
+    }
+}
+
+/// A free port below Linux's ephemeral range (32768 and up), so that while
+/// the server on it is down no other test's `bind(0)` can take it.
+pub fn free_port() -> u16 {
+    std::iter::repeat_with(|| fastrand::u16(20_000..32_000))
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .unwrap()
 }
 
 impl Drop for PrivateRedis {
@@ -182,6 +203,8 @@ pub struct Answer {
     pub problem: String,
     pub user: i64,
     pub booking: Option<uuid::Uuid>,
+    pub seat: i64,
+    pub retry_after: bool,
 }
 
 /// Holds on random seats of event 1, each request for the next user in turn
@@ -207,10 +230,10 @@ pub async fn hold_load(
             }
             let (user, token) = (users[i % users.len()], &tokens[i % users.len()]);
             let started = Instant::now();
-            let response = app
-                .post_hold(token, 1, fastrand::i64(1..=seats), None)
-                .await;
+            let seat = fastrand::i64(1..=seats);
+            let response = app.post_hold(token, 1, seat, None).await;
             let status = response.status().as_u16();
+            let retry_after = response.headers().contains_key("retry-after");
             let body: serde_json::Value = response.json().await.unwrap_or_default();
             answers.push(Answer {
                 started,
@@ -219,6 +242,8 @@ pub async fn hold_load(
                 problem: body["type"].as_str().unwrap_or("").to_string(),
                 user,
                 booking: body["bookingId"].as_str().and_then(|b| b.parse().ok()),
+                seat,
+                retry_after,
             });
         }
     };

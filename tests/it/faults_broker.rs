@@ -154,8 +154,9 @@ async fn rabbitmq_stopped_under_load_holds_go_on_then_503_and_everything_lands_a
     assert!(held_during > 0, "holds go on while the outbox has room");
     let full: Vec<&Answer> = answers.iter().filter(|a| a.status == 503).collect();
     assert!(
-        full.iter().all(|a| a.problem == "/problems/outbox-full"),
-        "the only 503 is a full outbox: {by_status:?}"
+        full.iter()
+            .all(|a| a.problem == "/problems/outbox-full" && a.retry_after),
+        "the only 503 is a full outbox, with Retry-After: {by_status:?}"
     );
     assert!(!full.is_empty(), "the outbox fills: {by_status:?}");
     let again = answers

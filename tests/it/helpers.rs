@@ -52,6 +52,8 @@ pub fn amqp_url() -> String {
 
 /// A database, a Redis prefix and RabbitMQ names of one test's own, migrated and seeded.
 pub struct Isolation {
+    /// The maintenance database of the server `database` lives on.
+    pub admin_url: String,
     pub database: String,
     pub database_url: String,
     pub prefix: String,
@@ -68,20 +70,27 @@ impl Isolation {
     }
 
     pub async fn with_seed(options: SeedOptions) -> Self {
+        Self::with_seed_on(&admin_url(), options).await
+    }
+
+    /// A database on the server whose maintenance database is `admin` (a
+    /// private cluster of the test's own, say), migrated and seeded.
+    pub async fn with_seed_on(admin: &str, options: SeedOptions) -> Self {
         LazyLock::force(&TRACING);
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("herdgate_test_{id}");
-        let mut pg: tokio_postgres::Config = admin_url().parse().unwrap();
+        let mut pg: tokio_postgres::Config = admin.parse().unwrap();
         pg.dbname(&database);
         migrate::run(&pg).await.expect("migrations apply");
         let (client, connection) = pg.connect(tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
         seed::run(&client, options).await.expect("seed applies");
-        let (base, _) = admin_url()
+        let (base, _) = admin
             .rsplit_once('/')
             .map(|(b, d)| (b.to_string(), d.to_string()))
             .unwrap();
         Isolation {
+            admin_url: admin.to_string(),
             database_url: format!("{base}/{database}"),
             database,
             prefix: format!("test:{id}:"),
@@ -128,8 +137,8 @@ impl Isolation {
 
     /// The database goes first: a sync still running in the app then fails
     /// instead of loading the inventory again after the flush.
-    async fn cleanup(database: String, prefix: String, amqp_prefix: String) {
-        let (admin, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+    async fn cleanup(admin: String, database: String, prefix: String, amqp_prefix: String) {
+        let (admin, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(connection);
@@ -193,20 +202,24 @@ async fn flush_prefix(prefix: &str) {
 impl Drop for Isolation {
     fn drop(&mut self) {
         let (database, prefix) = (self.database.clone(), std::mem::take(&mut self.prefix));
-        let amqp_prefix = self.amqp_prefix.clone();
+        let (admin, amqp_prefix) = (self.admin_url.clone(), self.amqp_prefix.clone());
         if prefix.is_empty() {
             return;
         }
         // Drop cannot await: clean up on a runtime of its own.
-        std::thread::spawn(move || {
+        let cleanup = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(Isolation::cleanup(database, prefix, amqp_prefix))
+                .block_on(Isolation::cleanup(admin, database, prefix, amqp_prefix))
         })
-        .join()
-        .expect("cleanup succeeds");
+        .join();
+        // A test failing while its private PostgreSQL is down cannot clean up
+        // there: a second panic would abort every test in the binary.
+        if !std::thread::panicking() {
+            cleanup.expect("cleanup succeeds");
+        }
     }
 }
 
@@ -340,6 +353,44 @@ impl TestApp {
     /// agree on every seat and live hold.
     pub async fn assert_stores_agree(&self) {
         assert_stores_agree(&self.config).await
+    }
+
+    /// Stops the app as SIGTERM would (HTTP drained, the writer settles its
+    /// batch and closes its connection, handing back anything unacked), then
+    /// counts what RabbitMQ still has: (messages in the writer queue, in the
+    /// dead-letter queue). (0, 0) means nothing was left unacked or unread.
+    pub async fn shut_down_and_count_queued(&mut self) -> (u32, u32) {
+        use lapin::{options::QueueDeclareOptions, types::FieldTable};
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(15), server)
+                .await
+                .expect("the app stops within 15 s")
+                .unwrap()
+                .expect("the app stops cleanly");
+        }
+        let topology = Topology::of(&self.config.amqp);
+        let connection = lapin::Connection::connect(&amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let mut counts = Vec::new();
+        for queue in [&topology.writer_queue, &topology.dead] {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let queue = channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+                .unwrap();
+            assert_eq!(queue.consumer_count(), 0, "a consumer is left");
+            counts.push(queue.message_count());
+        }
+        let _ = connection.close(200, "counted".into()).await;
+        (counts[0], counts[1])
     }
 
     /// Polls `check` until it holds, failing the test after 10 s.
