@@ -11,7 +11,7 @@ use std::{
 };
 
 use crate::{
-    faults::{Answer, hold_load},
+    faults::{Answer, assert_no_seat_booked_twice, assert_own_holds_are_theirs, hold_load},
     helpers::{Isolation, eventually, spawn_app_on, user_ids},
 };
 
@@ -195,16 +195,8 @@ async fn rabbitmq_stopped_under_load_holds_go_on_then_503_and_everything_lands_a
         placed.len(),
         caught_up.elapsed()
     );
-    let doubled: i64 = pg
-        .query_one(
-            "SELECT count(*) FROM (SELECT seat_id FROM bookings WHERE status IN \
-             ('PENDING', 'CONFIRMED') GROUP BY seat_id HAVING count(*) > 1) d",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(doubled, 0, "no seat has two live bookings");
+    assert_no_seat_booked_twice(&pg).await;
+    assert_own_holds_are_theirs(&answers);
     app.assert_stores_agree().await;
     // Nothing left unacknowledged or dead-lettered on the broker, once the
     // writer has acked what it just applied (duplicates of batches whose

@@ -14,7 +14,7 @@ use herdgate::config;
 
 use crate::{
     faults::{Answer, free_port, hold_load},
-    helpers::{Isolation, TestApp, eventually, scalar, spawn_app_on, user_ids},
+    helpers::{Isolation, TestApp, eventually, spawn_app_on, user_ids},
 };
 
 /// A PostgreSQL cluster of this test's own (trust auth, a free port, data in
@@ -278,16 +278,7 @@ async fn postgres_stopped_under_load_holds_go_on_reads_get_503_and_the_writer_ca
         placed.iter().any(|a| a.started > restarting),
         "the load ran past the restart"
     );
-    for own in answers.iter().filter(|a| a.status == 200) {
-        assert!(
-            placed
-                .iter()
-                .any(|a| a.user == own.user && a.booking == own.booking),
-            "200 for user {} names booking {:?}, not one of theirs",
-            own.user,
-            own.booking
-        );
-    }
+    crate::faults::assert_own_holds_are_theirs(&answers);
 
     // Reads that need PostgreSQL: 503 problems with Retry-After while it is
     // down, their usual answers otherwise, and never any other 5xx.
@@ -345,14 +336,7 @@ async fn postgres_stopped_under_load_holds_go_on_reads_get_503_and_the_writer_ca
         "PostgreSQL has other bookings than the 201s"
     );
     assert!(stored.iter().all(|(_, status)| status == "PENDING"));
-    let double = scalar(
-        &pg,
-        "SELECT count(*) FROM (SELECT seat_id FROM bookings
-          WHERE status IN ('PENDING', 'CONFIRMED') GROUP BY event_id, seat_id
-         HAVING count(*) > 1) d",
-    )
-    .await;
-    assert_eq!(double, 0, "seats with two live bookings");
+    let double = crate::faults::assert_no_seat_booked_twice(&pg).await;
     app.assert_stores_agree().await;
     let (queued, dead) = app.shut_down_and_count_queued().await;
     println!(

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::{
     faults::PrivateRedis,
-    helpers::{Isolation, TestApp, eventually, scalar, spawn_app_on, user_ids},
+    helpers::{Isolation, TestApp, eventually, spawn_app_on, user_ids},
 };
 
 /// The gateway's Redis timeout in the stall test: a 503 comes after it.
@@ -137,14 +137,7 @@ async fn assert_persisted_exactly(app: &TestApp, statuses: &HashMap<String, Stri
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let doubled = scalar(
-        &pg,
-        "SELECT count(*) FROM (SELECT seat_id FROM bookings
-          WHERE status IN ('PENDING', 'CONFIRMED') GROUP BY event_id, seat_id
-         HAVING count(*) > 1) d",
-    )
-    .await;
-    assert_eq!(doubled, 0, "seats with two live bookings");
+    crate::faults::assert_no_seat_booked_twice(&pg).await;
     app.assert_stores_agree().await;
     took
 }

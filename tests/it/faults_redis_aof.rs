@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     faults::{Answer, PrivateRedis, free_port, hold_load},
-    helpers::{Isolation, eventually, scalar, spawn_app_on, user_ids},
+    helpers::{Isolation, eventually, spawn_app_on, user_ids},
 };
 
 /// How long Redis stays down between its SIGTERM and its start.
@@ -189,14 +189,7 @@ async fn redis_restarted_with_aof_under_load_keeps_every_acknowledged_hold() {
             ),
         }
     }
-    let double = scalar(
-        &pg,
-        "SELECT count(*) FROM (SELECT seat_id FROM bookings
-          WHERE status IN ('PENDING', 'CONFIRMED') GROUP BY event_id, seat_id
-         HAVING count(*) > 1) d",
-    )
-    .await;
-    assert_eq!(double, 0, "seats with two live bookings");
+    let double = crate::faults::assert_no_seat_booked_twice(&pg).await;
     app.assert_stores_agree().await;
     let (queued, dead) = app.shut_down_and_count_queued().await;
     println!(
