@@ -167,10 +167,17 @@ impl Setup {
     async fn assert_stored(&self, acknowledged: &HashSet<String>, unanswered: &HashSet<i64>) {
         let pg = self.iso.pg().await;
         let expected = acknowledged.len() as i64;
+        let started = std::time::Instant::now();
         eventually(Duration::from_secs(60), || async {
             scalar(&pg, "SELECT count(*) FROM bookings").await >= expected
         })
         .await;
+        println!(
+            "{expected} acknowledged, {} unanswered when the process died; PostgreSQL held \
+             every acknowledged hold {:?} after the restart",
+            unanswered.len(),
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rows = pg
             .query("SELECT id::text, seat_id FROM bookings", &[])
