@@ -97,8 +97,8 @@ pub enum HoldError {
 /// Holds `req.seat_id` for `user_id`, or finds the hold that was there
 /// already (see [`Held`]): the answer an earlier request with the same
 /// Idempotency-Key got, or the user's own live hold of this seat (a retry
-/// after a lost answer, with or without a key). With a `coalescer`, concurrent requests for the same seat share one Redis
-/// call (see [`crate::coalesce`]).
+/// after a lost answer, with or without a key). With a `coalescer`, concurrent
+/// requests for the same seat share one Redis call (see [`crate::coalesce`]).
 #[tracing::instrument(skip_all, fields(event_id = req.event_id, seat_id = req.seat_id, user_id))]
 pub async fn place(
     store: &Store,
