@@ -327,18 +327,7 @@ async fn redis_losing_its_data_under_load_answers_honestly_and_is_rebuilt_from_p
         .filter(|a| a.started > flushed)
         .map(|a| a.booking.unwrap())
         .collect();
-    eventually(Duration::from_secs(30), || async {
-        let stored: i64 = pg
-            .query_one(
-                "SELECT count(*) FROM bookings WHERE id = ANY($1)",
-                &[&after],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        stored == after.len() as i64
-    })
-    .await;
+    await_stored(&pg, &after, Duration::from_secs(30)).await;
     // Holds relayed before the flush and stored after the rebuild are restored
     // by the loader's catch-ups, 1 s and 2 s after it (and later ones).
     tokio::time::sleep_until((recovered + Duration::from_millis(2_500)).into()).await;
@@ -443,4 +432,17 @@ pub fn assert_own_holds_are_theirs(answers: &[Answer]) {
             own.booking
         );
     }
+}
+
+/// Waits until PostgreSQL holds every booking of `ids`; fails after `within`.
+pub async fn await_stored(pg: &tokio_postgres::Client, ids: &[uuid::Uuid], within: Duration) {
+    eventually(within, || async {
+        let stored: i64 = pg
+            .query_one("SELECT count(*) FROM bookings WHERE id = ANY($1)", &[&ids])
+            .await
+            .unwrap()
+            .get(0);
+        stored == ids.len() as i64
+    })
+    .await;
 }

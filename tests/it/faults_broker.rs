@@ -11,8 +11,10 @@ use std::{
 };
 
 use crate::{
-    faults::{Answer, assert_no_seat_booked_twice, assert_own_holds_are_theirs, hold_load},
-    helpers::{Isolation, eventually, spawn_app_on, user_ids},
+    faults::{
+        Answer, assert_no_seat_booked_twice, assert_own_holds_are_theirs, await_stored, hold_load,
+    },
+    helpers::{Isolation, spawn_app_on, user_ids},
 };
 
 /// A RabbitMQ node of this test's own: its own node name, AMQP port and data
@@ -177,18 +179,7 @@ async fn rabbitmq_stopped_under_load_holds_go_on_then_503_and_everything_lands_a
         .map(|a| a.booking.unwrap())
         .collect();
     let caught_up = Instant::now();
-    eventually(Duration::from_secs(60), || async {
-        let stored: i64 = pg
-            .query_one(
-                "SELECT count(*) FROM bookings WHERE id = ANY($1)",
-                &[&placed],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        stored == placed.len() as i64
-    })
-    .await;
+    await_stored(&pg, &placed, Duration::from_secs(60)).await;
     println!(
         "{} holds acknowledged, {held_during} of them while the broker was down; all in \
          PostgreSQL {:?} after the load ended",
