@@ -143,7 +143,6 @@ impl Inventory {
             .iter()
             .map(|row| (row.get("id"), row.get("status")))
             .collect();
-        let on_sale = statuses.values().filter(|s| *s == "ON_SALE").count();
         // First: from now on, a request for an event PostgreSQL just took off sale
         // is 404, and one for an event just put on sale is 503 until it is loaded.
         let events: Vec<OnSaleEvent> = rows
@@ -154,6 +153,7 @@ impl Inventory {
                 name: row.get("name"),
             })
             .collect();
+        let on_sale = events.len();
         *self.on_sale.write().expect("on-sale lock") = Arc::new(events);
         let (round, previous) = {
             let mut seen = self.seen.lock().expect("inventory lock");
