@@ -126,9 +126,10 @@ impl Store {
     /// rather than waiting the command timeout for a reconnect.
     fn live_client(&self) -> Result<&Client, StoreError> {
         let client = self.pool.next_connected();
-        match client.is_connected() {
-            true => Ok(client),
-            false => Err(StoreError::Disconnected),
+        if client.is_connected() {
+            Ok(client)
+        } else {
+            Err(StoreError::Disconnected)
         }
     }
 
