@@ -1,19 +1,65 @@
 //! herdgate: a ticket-booking gateway built for the thundering herd.
 //!
-//! - [`http`]: the lean hyper server: accept loop, routing, problem documents.
-//! - [`catalog`]: the read side (events, available seats), served from Redis behind a
-//!   short single-flight cache so a herd of identical reads costs one Redis call.
-//! - [`auth`]: argon2 password checks and signed bearer tokens; [`users`]: which user
-//!   ids exist; [`rate_limit`]: login attempts per account and per client.
-//! - [`holds`]: Redis key layout and the Lua scripts, one typed call per `lua/*.lua`.
-//! - [`inventory`]: loads each on-sale event's seats from PostgreSQL into Redis.
-//! - [`relay`], [`writer`]: hold events from the Redis outbox to RabbitMQ, then PostgreSQL.
+//! The crate's layout, one line per module saying what it owns (each module's
+//! own `//!` paragraph says more). `main.rs` only parses the command line, sets
+//! up telemetry, reads the configuration and runs the subcommand.
+//!
+//! - [`cli`]: the command line: one binary, a subcommand per job.
+//! - [`config`]: configuration from the environment, one `ENV_*` constant per variable.
+//! - [`telemetry`]: logs, set up once per process (`RUST_LOG`; JSON when not a
+//!   terminal), and traces over OTLP when a collector is configured: `export` (the
+//!   `OTEL_*` variables and the SDK pipeline), `sampling` (the head decision),
+//!   `spans` (every exported span), `context` (W3C traceparent in and out).
+//! - [`shutdown`]: the stop signal: SIGINT or SIGTERM.
+//! - [`serve`]: running herdgate: the `serve`, `gateway` and `writer` roles, each
+//!   wiring its parts into one process.
+//! - [`app`]: the state every request shares: clients of the three backends and the
+//!   parts built on them.
+//! - [`http`]: the HTTP/1.1 server: the hyper-util accept loop with connection limits
+//!   and graceful shutdown; `idle` (a connection's idle deadline), `routes` (routing
+//!   by hand, `(method, path)` to a handler; the endpoint list), `body` (size limit
+//!   while reading, slow senders time out, JSON errors as 400), `query` (query
+//!   strings and path ids to numbers, or a 400 naming the parameter), `problem`
+//!   (problem documents, RFC 9457: every error answer is built there).
+//! - [`auth`]: argon2 password checks at login, and HS256 bearer tokens.
+//! - [`users`]: which user ids PostgreSQL knows, so a hold is acknowledged only for a
+//!   user its booking row can reference.
+//! - [`rate_limit`]: login attempts per client address and per account.
+//! - [`catalog`]: the read side: events and their available seats.
+//! - [`flight`]: a short-lived, single-flight, bounded cache for hot reads, so a herd
+//!   of identical reads costs one backend call.
+//! - [`bookings`]: placing holds (`POST /api/bookings`: validate, then one Redis script
+//!   call), reading, confirming and cancelling bookings.
+//! - [`coalesce`]: coalescing the herd: concurrent holds of one seat share one Redis call.
+//! - [`booking_id`]: booking ids: UUIDv7 carrying their event.
+//! - [`holds`]: Redis: the Lua scripts in `lua/` (one typed call each, run by EVALSHA
+//!   with reload); `keys` (key names, decided there and nowhere else), `reads`
+//!   (seats, events and bookings), `transitions` (every change of a hold: place,
+//!   confirm, cancel, expire), `activity` (the channel saying which events have
+//!   work), `outbox` (visiting every loaded event, pipelined: outbox depths, first
+//!   due times, statuses).
+//! - [`inventory`]: each on-sale event's seats, loaded from PostgreSQL into Redis, and
+//!   nudged syncs; `restore` (live bookings put back into a rebuilt Redis, and the
+//!   catch-ups after it).
+//! - [`waiting_room`]: admission: whether an event lets buyers in, and how loaded this
+//!   gateway is.
+//! - [`hold_event`]: the hold event and the batch (schema 2): outbox entry, RabbitMQ
+//!   message, writer input.
+//! - [`relay`]: hold events from each event's Redis outbox to RabbitMQ, deleted only
+//!   after the broker confirmed them.
+//! - [`broker`]: RabbitMQ: the connection and the topology.
+//! - [`writer`]: RabbitMQ to PostgreSQL in batches, ack after commit, dead-lettering;
+//!   `apply` (a batch in one transaction, idempotently and in any order).
 //! - [`sweeper`]: releases holds whose time is up.
-//! - [`waiting_room`]: admission state per event.
-//! - [`migrate`], [`seed`]: schema and demo data; [`check`]: Redis against PostgreSQL.
-//! - [`serve`]: wires the parts into one process.
-//! - [`load`]: the load generator (`herdgate load`), with its invariant checks.
-//! - [`telemetry`]: logs, and traces over OTLP when a collector is configured.
+//! - [`retry`]: keeping a background worker alive: sessions restarted with backoff.
+//! - [`prometheus`]: the metrics recorder and every metric's name.
+//! - [`check`]: `herdgate check`: Redis reconciled with PostgreSQL, seat by seat.
+//! - [`migrate`]: schema migrations from `migrations/`, applied in order by refinery.
+//! - [`seed`]: demo data from `seed/events.json`.
+//! - [`limits`]: the open-files limit, raised for thousands of sockets.
+//! - [`load`]: `herdgate load`, the load generator, with its invariant checks: `plan`
+//!   (scenarios, journeys), `client`, `run` (barrier, open-loop schedule), `stats`
+//!   (HDR histogram), `report`, `svg`, `users` (users, seats, tokens), `invariants`.
 #![forbid(unsafe_code)]
 
 pub mod app;
