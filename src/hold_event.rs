@@ -1,6 +1,6 @@
 //! The hold event: what a script appends to the outbox, the relay publishes to
 //! RabbitMQ and the writer applies to PostgreSQL. Its JSON is a public contract
-//! (other services bind their own queues), documented in the README; fields are
+//! (other services bind their own queues), documented in docs/data.md; fields are
 //! only ever added, and `schemaVersion` says which set a message has.
 //!
 //! The relay publishes hold events in batches ([`HoldBatch`], schema 2): one

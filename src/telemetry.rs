@@ -36,7 +36,7 @@ pub use export::{Sampling, TraceConfig};
 pub use sampling::Untraced;
 
 /// Every OTEL_* variable herdgate reads (the SDK itself also honours OTEL_BSP_*
-/// and OTEL_EXPORTER_OTLP_HEADERS / _COMPRESSION; see the README).
+/// and OTEL_EXPORTER_OTLP_HEADERS / _COMPRESSION; see docs/operations.md, Traces).
 pub const OTEL_VARS: &[&str] = &[
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",

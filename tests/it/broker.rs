@@ -55,7 +55,7 @@ impl Names {
     }
 }
 
-/// The writer queue's arguments as the README documents them.
+/// The writer queue's arguments as docs/data.md (RabbitMQ) documents them.
 fn documented_args(topology: &Topology, delivery_limit: Option<i64>) -> FieldTable {
     let mut args = FieldTable::default();
     let text = |s: &str| AMQPValue::LongString(s.into());

@@ -367,7 +367,7 @@ async fn a_token_not_valid_yet_is_refused() {
 
 /// Errors hyper answers before any handler runs: the status is right, the
 /// connection is closed, and the gateway stays healthy. hyper writes these
-/// answers itself, with an empty body (see README, Security).
+/// answers itself, with an empty body (see docs/security.md).
 #[tokio::test]
 async fn malformed_request_heads_are_refused_and_the_gateway_stays_up() {
     let app = spawn_app().await;
