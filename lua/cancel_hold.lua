@@ -3,10 +3,11 @@
   it again (idempotent); a CONFIRMED booking cannot be cancelled (no refunds).
   KEYS[1] hold hash   KEYS[2] seat lock string   KEYS[3] holds zset
   KEYS[4] user holds zset   KEYS[5] available zset   KEYS[6] outbox stream
-  KEYS[7] sequence string
+  KEYS[7] sequence string   KEYS[8] outbox announced string (SET NX: the first entry
+                            the relay has not read)
   ARGV[1] booking id   ARGV[2] user id   ARGV[3] now, ms since epoch
   ARGV[4] W3C traceparent or ""   ARGV[5] retention of the ended hold's hash, ms
-  ARGV[6] activity channel   ARGV[7] event id: published when the outbox was empty
+  ARGV[6] activity channel   ARGV[7] event id: published when KEYS[8] was unset
   Returns {"ok", status, seat_id, expires_ms}   cancelled (now or before)
           {"not_found"}                         no such booking of this user
           {"confirmed"}                         CONFIRMED: not cancellable
@@ -46,7 +47,7 @@ redis.call('ZREM', KEYS[4], booking)
 redis.call('XADD', KEYS[6], '*', 'type', 'hold.cancelled', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'CANCELLED', 'version', version, 'seq', seq, 'expiresAt', expires,
   'occurredAt', now, 'traceparent', ARGV[4])
-if redis.call('XLEN', KEYS[6]) == 1 then
+if redis.call('SET', KEYS[8], 1, 'NX') then
   redis.call('PUBLISH', ARGV[6], ARGV[7])
 end
 return {'ok', 'CANCELLED', tonumber(seat), expires}

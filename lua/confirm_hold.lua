@@ -3,9 +3,10 @@
   Confirming a CONFIRMED booking again answers it again (idempotent).
   KEYS[1] hold hash   KEYS[2] seat lock string   KEYS[3] holds zset
   KEYS[4] user holds zset   KEYS[5] outbox stream   KEYS[6] sequence string
+  KEYS[7] outbox announced string (SET NX: the first entry the relay has not read)
   ARGV[1] booking id   ARGV[2] user id   ARGV[3] now, ms since epoch
   ARGV[4] W3C traceparent or ""
-  ARGV[5] activity channel   ARGV[6] event id: published when the outbox was empty
+  ARGV[5] activity channel   ARGV[6] event id: published when KEYS[7] was unset
   Returns {"ok", status, seat_id, expires_ms, confirmed_ms}   confirmed (now or before)
           {"not_found"}                                       no such booking of this user
           {"gone", status}                                    CANCELLED or EXPIRED (or due)
@@ -36,7 +37,7 @@ redis.call('ZREM', KEYS[4], booking)
 redis.call('XADD', KEYS[5], '*', 'type', 'hold.confirmed', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'CONFIRMED', 'version', version, 'seq', seq, 'expiresAt', expires,
   'confirmedAt', now, 'occurredAt', now, 'traceparent', ARGV[4])
-if redis.call('XLEN', KEYS[5]) == 1 then
+if redis.call('SET', KEYS[7], 1, 'NX') then
   redis.call('PUBLISH', ARGV[5], ARGV[6])
 end
 return {'ok', 'CONFIRMED', tonumber(seat), expires, now}

@@ -8,9 +8,10 @@
   KEYS[5] available zset     (the seat comes back, unless someone else holds it now)
   KEYS[6] outbox stream
   KEYS[7] sequence string
+  KEYS[8] outbox announced string (SET NX: the first entry the relay has not read)
   ARGV[1] booking id   ARGV[2] now, ms since epoch
   ARGV[3] retention, ms: how long the ended hold's hash is kept for status reads
-  ARGV[4] activity channel   ARGV[5] event id: published when the outbox was empty
+  ARGV[4] activity channel   ARGV[5] event id: published when KEYS[8] was unset
   Returns {"expired", seat_id}   released now
           {"skip", reason}       "gone" (no such hold), "not_pending", "not_due"
   Events: hold.expired (version + 1) on KEYS[6]. ]]
@@ -47,7 +48,7 @@ redis.call('ZREM', KEYS[4], booking)
 redis.call('XADD', KEYS[6], '*', 'type', 'hold.expired', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'EXPIRED', 'version', version, 'seq', seq, 'expiresAt', expires,
   'occurredAt', now, 'traceparent', '')
-if redis.call('XLEN', KEYS[6]) == 1 then
+if redis.call('SET', KEYS[8], 1, 'NX') then
   redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return {'expired', tonumber(seat)}

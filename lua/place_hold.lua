@@ -9,8 +9,9 @@
   KEYS[7]  user holds zset     (this user's live holds of this event, scored by expiry ms;
                                 a lock naming one of them is the seat of this user's own)
   KEYS[8]  idempotency string  ("seat:booking:expires"; unused when ARGV[7] is empty)
-  KEYS[9]  outbox stream       (events for the relay)
+  KEYS[9]  outbox stream       (events not yet in PostgreSQL; bounded by ARGV[9])
   KEYS[10] sequence string     (INCR: orders every change of this event)
+  KEYS[11] outbox announced    (SET NX: this entry is the first the relay has not read)
   ARGV[1]  booking id (UUIDv7)   ARGV[2]  seat id          ARGV[3] user id
   ARGV[4]  now, ms since epoch   ARGV[5]  hold TTL, ms     ARGV[6] max live holds per user
   ARGV[7]  idempotency key or "" ARGV[8]  idempotency TTL, ms
@@ -23,10 +24,10 @@
           {"no_event"} | {"no_seat"}          unknown, not loaded or not on sale | seat not in event
           {"taken"}                           seat held by another user, or booked
           {"limit", retry_after_ms}           user holds the maximum already
-          {"busy"}                            outbox at its bound: back off
+          {"busy"}                            outbox at its bound (relay or writer behind): back off
           {"collision"}                       a hold with this booking id exists: draw another id
   Events: hold.placed (version 1) on KEYS[9]. Publishes the event id on ARGV[11]
-  when the outbox was empty (the relay has work) or the hold is now the event's
+  when KEYS[11] was unset (the relay has work) or the hold is now the event's
   first to fall due (the sweeper has an earlier deadline). ]]
 local booking, seat, user = ARGV[1], ARGV[2], ARGV[3]
 local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -90,7 +91,8 @@ end
 redis.call('XADD', KEYS[9], '*', 'type', 'hold.placed', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'PENDING', 'version', 1, 'seq', seq, 'expiresAt', expires,
   'occurredAt', now, 'traceparent', ARGV[10])
-if earliest or redis.call('XLEN', KEYS[9]) == 1 then
+-- SET whatever `earliest` says, so the flag always tells whether this entry was announced.
+if redis.call('SET', KEYS[11], 1, 'NX') or earliest then
   redis.call('PUBLISH', ARGV[11], ARGV[12])
 end
 return {'ok', booking, expires}

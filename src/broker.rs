@@ -160,6 +160,30 @@ impl Topology {
 }
 
 impl Topology {
+    /// Messages ready in the writer queue, on a channel of its own (a missing
+    /// queue closes the channel that asked): `None` when there is no such queue.
+    pub async fn writer_queue_ready(&self, connection: &Connection) -> lapin::Result<Option<u32>> {
+        let channel = connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(
+                self.writer_queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(queue) => {
+                let _ = channel.close(200, "asked".into()).await;
+                Ok(Some(queue.message_count()))
+            }
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The writer queue's arguments, exactly as every process declares them.
     pub fn writer_queue_args(&self, with_limit: bool) -> FieldTable {
         let mut args = quorum(Some(&self.dead));
@@ -182,6 +206,10 @@ impl Topology {
 }
 
 /// RabbitMQ refused a declaration that differs from what exists (406).
+fn not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
+}
+
 fn precondition_failed(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }

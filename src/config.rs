@@ -33,6 +33,7 @@ pub const ENV_AMQP_PREFIX: &str = "HERDGATE_AMQP_PREFIX";
 pub const ENV_WRITER_QUEUE_MAX_BYTES: &str = "HERDGATE_WRITER_QUEUE_MAX_BYTES";
 pub const ENV_RELAY_BATCH: &str = "HERDGATE_RELAY_BATCH";
 pub const ENV_RELAY_CLAIM_IDLE: &str = "HERDGATE_RELAY_CLAIM_IDLE";
+pub const ENV_RELAY_RESEND_AFTER: &str = "HERDGATE_RELAY_RESEND_AFTER";
 pub const ENV_COALESCE: &str = "HERDGATE_COALESCE";
 pub const ENV_SWEEP_INTERVAL: &str = "HERDGATE_SWEEP_INTERVAL";
 pub const ENV_SCAN_INTERVAL: &str = "HERDGATE_SCAN_INTERVAL";
@@ -76,6 +77,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_WRITER_QUEUE_MAX_BYTES,
     ENV_RELAY_BATCH,
     ENV_RELAY_CLAIM_IDLE,
+    ENV_RELAY_RESEND_AFTER,
     ENV_COALESCE,
     ENV_SWEEP_INTERVAL,
     ENV_SCAN_INTERVAL,
@@ -207,12 +209,17 @@ pub struct HoldConfig {
     pub max_per_user: u32,
     /// How long an Idempotency-Key's answer is remembered.
     pub idempotency_ttl: Duration,
-    /// Outbox entries per event not yet relayed before holds get 503 (backpressure).
+    /// Outbox entries per event not yet in PostgreSQL (relayed or not) before
+    /// holds get 503: backpressure from the relay and the writer alike.
     pub outbox_max: u64,
     /// Outbox entries the relay publishes per round.
     pub relay_batch: usize,
     /// A relay's unconfirmed entries are taken over by others after this long.
     pub relay_claim_idle: Duration,
+    /// Entries RabbitMQ confirmed this long ago and still not in PostgreSQL are
+    /// published again once the writer queue is empty (the queue was deleted or
+    /// purged under them); repeats are harmless to the writer.
+    pub relay_resend_after: Duration,
     /// Concurrent requests for one seat share one Redis call (see `coalesce`).
     pub coalesce: bool,
     /// A due hold is released at most this late (due holds are released together).
@@ -327,6 +334,7 @@ impl Config {
                 outbox_max: parse(env, ENV_OUTBOX_MAX, "200000", parse_positive)?,
                 relay_batch: parse(env, ENV_RELAY_BATCH, "500", parse_positive)?,
                 relay_claim_idle: parse(env, ENV_RELAY_CLAIM_IDLE, "15s", parse_duration)?,
+                relay_resend_after: parse(env, ENV_RELAY_RESEND_AFTER, "30s", parse_duration)?,
                 coalesce: parse(env, ENV_COALESCE, "true", parse_bool)?,
                 sweep_interval: parse(env, ENV_SWEEP_INTERVAL, "500ms", parse_duration)?,
                 scan_interval: parse(env, ENV_SCAN_INTERVAL, "15s", parse_duration)?,
@@ -379,6 +387,20 @@ impl PgConfig {
 impl RedisConfig {
     /// Connects a pool; commands from many tasks are pipelined on its connections.
     pub async fn connect(&self) -> anyhow::Result<fred::prelude::Pool> {
+        let pool = self.pool()?;
+        fred::interfaces::ClientLike::init(&pool).await?;
+        Ok(pool)
+    }
+
+    /// A pool that connects (and reconnects) in the background, for a process
+    /// Redis is not essential to: commands fail until it is connected.
+    pub fn connect_in_background(&self) -> anyhow::Result<fred::prelude::Pool> {
+        let pool = self.pool()?;
+        pool.connect_pool();
+        Ok(pool)
+    }
+
+    fn pool(&self) -> anyhow::Result<fred::prelude::Pool> {
         use fred::prelude::*;
         let config = fred::types::config::Config::from_url(self.url.expose_secret())?;
         let timeout = self.timeout;
@@ -393,7 +415,6 @@ impl RedisConfig {
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
             .build_pool(self.pool_size)?;
-        pool.init().await?;
         Ok(pool)
     }
 }

@@ -90,11 +90,19 @@ pub struct HoldEvent {
     /// W3C trace context of the request that caused the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The outbox entry the relay published this event from: the writer
+    /// deletes it once the event is in PostgreSQL. Other consumers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox_id: Option<String>,
 }
 
 impl HoldEvent {
-    /// Builds the event from an outbox entry's fields.
-    pub fn from_outbox(event_id: i64, fields: &HashMap<String, String>) -> Result<Self, String> {
+    /// Builds the event from outbox entry `id` and its fields.
+    pub fn from_outbox(
+        event_id: i64,
+        id: &str,
+        fields: &HashMap<String, String>,
+    ) -> Result<Self, String> {
         let get = |name: &str| {
             fields
                 .get(name)
@@ -133,6 +141,7 @@ impl HoldEvent {
                 .transpose()?,
             occurred_at: time("occurredAt")?,
             traceparent: fields.get("traceparent").filter(|t| !t.is_empty()).cloned(),
+            outbox_id: Some(id.to_string()),
         };
         event.validate()?;
         Ok(event)
@@ -255,7 +264,7 @@ mod tests {
 
     #[test]
     fn an_outbox_entry_becomes_a_message_and_back() {
-        let event = HoldEvent::from_outbox(1, &fields()).unwrap();
+        let event = HoldEvent::from_outbox(1, "1800000000000-0", &fields()).unwrap();
         assert_eq!(event.status, BookingStatus::Pending);
         assert_eq!(event.traceparent, None);
         let json = serde_json::to_value(&event).unwrap();
@@ -268,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_batch_and_a_single_event_both_parse_into_events() {
-        let event = HoldEvent::from_outbox(1, &fields()).unwrap();
+        let event = HoldEvent::from_outbox(1, "1800000000000-0", &fields()).unwrap();
         let mut second = event.clone();
         second.booking_id = Uuid::now_v7();
         let batch = HoldBatch::new("hold.placed", 1, vec![event.clone(), second.clone()]);
@@ -283,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_batch_that_mixes_types_or_events_is_refused() {
-        let event = HoldEvent::from_outbox(1, &fields()).unwrap();
+        let event = HoldEvent::from_outbox(1, "1800000000000-0", &fields()).unwrap();
         let other_event = HoldBatch::new("hold.placed", 2, vec![event.clone()]);
         let other_type = HoldBatch::new("hold.expired", 1, vec![event]);
         let empty = HoldBatch::new("hold.placed", 1, Vec::new());
@@ -299,12 +308,12 @@ mod tests {
     fn inconsistent_entries_are_refused() {
         let mut wrong_type = fields();
         wrong_type.insert("type".into(), "hold.expired".into());
-        assert!(HoldEvent::from_outbox(1, &wrong_type).is_err());
+        assert!(HoldEvent::from_outbox(1, "1800000000000-0", &wrong_type).is_err());
         let mut no_seat = fields();
         no_seat.remove("seatId");
-        assert!(HoldEvent::from_outbox(1, &no_seat).is_err());
+        assert!(HoldEvent::from_outbox(1, "1800000000000-0", &no_seat).is_err());
         let mut zero_version = fields();
         zero_version.insert("version".into(), "0".into());
-        assert!(HoldEvent::from_outbox(1, &zero_version).is_err());
+        assert!(HoldEvent::from_outbox(1, "1800000000000-0", &zero_version).is_err());
     }
 }

@@ -24,12 +24,19 @@ pub const HOLDS: &str = "herdgate_holds_total";
 pub const HOLDS_COALESCED: &str = "herdgate_holds_coalesced_total";
 /// Redis script round-trips, by `script` (seconds).
 pub const SCRIPT_DURATION: &str = "herdgate_redis_script_duration_seconds";
-/// Hold events waiting in an event's outbox, by `event`.
+/// Hold events in an event's outbox, by `event`: not yet relayed, or relayed
+/// and not yet in PostgreSQL.
 pub const OUTBOX_DEPTH: &str = "herdgate_outbox_depth";
 /// Hold events the relay published and RabbitMQ confirmed.
 pub const RELAY_CONFIRMED: &str = "herdgate_relay_confirmed_total";
 /// Hold events RabbitMQ refused (nack); they are published again.
 pub const RELAY_REFUSED: &str = "herdgate_relay_refused_total";
+/// Hold events published again because, confirmed long ago, they never reached
+/// PostgreSQL (their messages were lost with a deleted or purged writer queue).
+pub const RELAY_RESENT: &str = "herdgate_relay_resent_total";
+/// Outbox entries the writer failed to delete after its commit (Redis away);
+/// they are published again later and applied as repeats.
+pub const WRITER_OUTBOX_LEFT: &str = "herdgate_writer_outbox_left_total";
 /// Hold events per writer transaction.
 pub const WRITER_BATCH: &str = "herdgate_writer_batch_size";
 /// Hold events the writer settled (applied, stale or dead-lettered) and acked.

@@ -1,13 +1,19 @@
 //! The relay: moves hold events from each event's Redis outbox to the RabbitMQ
-//! exchange, and deletes an entry only after the broker confirmed it. The events
-//! to drain are those in the `outboxes` set, so an event taken off sale is still
-//! drained.
+//! exchange. The events to drain are those in the `outboxes` set, so an event
+//! taken off sale is still drained.
 //!
 //! Relays read through a Redis consumer group, so any number of gateways share
-//! the work. An entry is acked and deleted only after its publisher confirm; a
+//! the work. An entry is acked in the group only after its publisher confirm; a
 //! relay that dies leaves its entries pending, and another relay (or itself,
-//! restarted) claims them once they have been idle for `claim_idle`. Delivery
-//! is therefore at least once: the writer makes repeats harmless.
+//! restarted) claims them once they have been idle for `claim_idle`.
+//!
+//! The entry itself stays in the outbox until the writer has committed it to
+//! PostgreSQL and deletes it. A confirm only says RabbitMQ has the message, and
+//! a queue deleted or purged by an operator loses it: entries confirmed
+//! `resend_after` ago and still there are published again once the writer
+//! queue is empty. The outbox bound therefore covers the whole way to
+//! PostgreSQL, and a writer that falls behind turns holds away with 503.
+//! Delivery is at least once: the writer makes repeats harmless.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -19,7 +25,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use fred::{interfaces::StreamsInterface, types::Value};
 use lapin::{
-    BasicProperties, Channel, Confirmation,
+    BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use tokio::time::Instant;
@@ -28,8 +34,9 @@ use tracing::Span;
 
 use crate::{
     broker::Broker,
+    config::HoldConfig,
     hold_event::{BookingStatus, HoldBatch, HoldEvent},
-    holds::{Activity, Store},
+    holds::{Activity, OutboxEntry, Store},
     prometheus, retry,
     telemetry::{self, spans},
 };
@@ -52,26 +59,23 @@ pub struct Relay {
     /// bound on how long a lost notice or a stopped relay can delay an entry
     /// (plus `claim_idle` for the latter).
     scan: Duration,
+    /// Entries confirmed this long ago and not yet deleted by the writer are
+    /// published again (at a scan, while the writer queue is empty).
+    resend_after: Duration,
 }
 
-/// An outbox entry: its stream id and its fields.
-type Entry = (String, HashMap<String, String>);
+type Entry = OutboxEntry;
 
 impl Relay {
-    pub fn new(
-        store: Store,
-        broker: Arc<Broker>,
-        batch: usize,
-        claim_idle: Duration,
-        scan: Duration,
-    ) -> Self {
+    pub fn new(store: Store, broker: Arc<Broker>, config: &HoldConfig) -> Self {
         Relay {
             store,
             broker,
             consumer: format!("relay-{}", uuid::Uuid::now_v7()),
-            batch,
-            claim_idle,
-            scan,
+            batch: config.relay_batch,
+            claim_idle: config.relay_claim_idle,
+            scan: config.scan_interval,
+            resend_after: config.relay_resend_after,
         }
     }
 
@@ -93,6 +97,11 @@ impl Relay {
         let mut retry: HashSet<i64> = HashSet::new();
         // Events a scan found entries in: once drained, look for entries to claim.
         let mut unclaimed: HashSet<i64> = HashSet::new();
+        // Drained events whose next entry will be announced again: one more
+        // empty read (for entries appended before that) and they rest.
+        let mut rearmed: HashSet<i64> = HashSet::new();
+        // When each event's overdue entries were last published again.
+        let mut resent: HashMap<i64, Instant> = HashMap::new();
         let mut depths = Depths::default();
         let mut next_scan = Instant::now();
         let mut next_gauges = Instant::now();
@@ -110,13 +119,17 @@ impl Relay {
                 // Entries a notice did not announce (lost, or left by a relay that
                 // stopped) are found here: events with entries become active, and
                 // those we find nothing new in are checked for entries to claim.
+                let mut waiting = Vec::new();
                 for (event_id, depth) in self.store.outbox_depths().await? {
                     depths.record(event_id, depth);
                     if depth > 0 {
                         active.insert(event_id);
                         unclaimed.insert(event_id);
+                        waiting.push(event_id);
                     }
                 }
+                self.resend_overdue(&connection, &channel, &waiting, &mut resent)
+                    .await?;
                 next_gauges = Instant::now() + GAUGES;
             }
             if active.is_empty() {
@@ -140,6 +153,9 @@ impl Relay {
                 }
                 let pending = retry.remove(&event_id);
                 let entries = self.read(event_id, pending).await?;
+                if !entries.is_empty() {
+                    rearmed.remove(&event_id);
+                }
                 let kept = self.publish(&channel, event_id, &entries).await?;
                 if kept > 0 || (pending && !entries.is_empty()) {
                     retry.insert(event_id);
@@ -149,7 +165,10 @@ impl Relay {
                     // Drained, unless a relay that stopped left entries pending.
                     if unclaimed.remove(&event_id) && self.claim(event_id).await? {
                         retry.insert(event_id);
+                    } else if rearmed.insert(event_id) {
+                        self.store.announce_outbox_again(event_id).await?;
                     } else {
+                        rearmed.remove(&event_id);
                         active.remove(&event_id);
                     }
                 }
@@ -165,6 +184,78 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// Publishes again the entries of `events` RabbitMQ confirmed at least
+    /// `resend_after` ago that the writer has still not deleted, if the writer
+    /// queue holds no message ready: then their messages were lost (the queue
+    /// deleted or purged under them). While messages wait in the queue, those
+    /// entries may be among them, and sending them again would only lengthen
+    /// the writer's backlog. Entries still pending for a relay are sent too;
+    /// a repeat is harmless to the writer.
+    async fn resend_overdue(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        events: &[i64],
+        resent: &mut HashMap<i64, Instant>,
+    ) -> anyhow::Result<()> {
+        let now = Instant::now();
+        resent.retain(|_, at| now < *at + self.resend_after);
+        let before_ms = Utc::now().timestamp_millis() - self.resend_after.as_millis() as i64;
+        let mut queue_empty = None;
+        for &event_id in events {
+            if resent.contains_key(&event_id) {
+                continue;
+            }
+            let mut after: Option<String> = None;
+            loop {
+                let entries = self
+                    .store
+                    .outbox_entries_before(event_id, before_ms, after.as_deref(), self.batch as u64)
+                    .await?;
+                let Some((last, _)) = entries.last() else {
+                    break;
+                };
+                if queue_empty.is_none() {
+                    queue_empty = Some(self.writer_queue_empty(connection).await?);
+                }
+                if queue_empty == Some(false) {
+                    return Ok(());
+                }
+                after = Some(last.clone());
+                tracing::warn!(
+                    event_id,
+                    events = entries.len(),
+                    after = ?self.resend_after,
+                    "hold events RabbitMQ confirmed long ago are not in PostgreSQL \
+                     (was the writer queue deleted or purged?): publishing them again"
+                );
+                metrics::counter!(prometheus::RELAY_RESENT).increment(entries.len() as u64);
+                let kept = self.publish(channel, event_id, &entries).await?;
+                if kept > 0 || entries.len() < self.batch {
+                    break;
+                }
+            }
+            resent.insert(event_id, now);
+        }
+        Ok(())
+    }
+
+    /// True when the writer queue exists and holds no message ready for the writer.
+    async fn writer_queue_empty(&self, connection: &Connection) -> anyhow::Result<bool> {
+        let topology = &self.broker.topology;
+        Ok(match topology.writer_queue_ready(connection).await? {
+            Some(ready) => ready == 0,
+            None => {
+                tracing::warn!(
+                    queue = topology.writer_queue,
+                    "the writer queue does not exist: hold events wait in the outbox \
+                     until a writer declares it again"
+                );
+                false
+            }
+        })
     }
 
     async fn create_group(&self, event_id: i64) -> anyhow::Result<()> {
@@ -228,9 +319,10 @@ impl Relay {
     }
 
     /// Publishes the entries as batches (one message per type, in outbox order,
-    /// `hold.placed` first), waits for the confirms, then acks and deletes the
-    /// entries of every confirmed batch. A refused or unroutable batch stays
-    /// pending and is published again; how many entries that left is returned.
+    /// `hold.placed` first), waits for the confirms, then acks the entries of
+    /// every confirmed batch in the group (the writer deletes them after its
+    /// commit). A refused or unroutable batch stays pending and is published
+    /// again; how many entries that left is returned.
     async fn publish(
         &self,
         channel: &Channel,
@@ -243,8 +335,14 @@ impl Relay {
         let exchange = &self.broker.topology.exchange;
         let mut batches: Vec<Batch> = Vec::new();
         let mut done = Vec::new();
+        let mut dropped = Vec::new();
         for (id, fields) in entries {
-            let event = match HoldEvent::from_outbox(event_id, fields) {
+            if fields.is_empty() {
+                // Deleted while pending here: the writer committed it before our confirm came.
+                done.push(id.clone());
+                continue;
+            }
+            let event = match HoldEvent::from_outbox(event_id, id, fields) {
                 Ok(event) => event,
                 Err(reason) => {
                     // Written by our own script, so this is a bug; keep it out of the way.
@@ -254,7 +352,7 @@ impl Relay {
                         reason,
                         "dropping malformed outbox entry"
                     );
-                    done.push(id.clone());
+                    dropped.push(id.clone());
                     continue;
                 }
             };
@@ -320,13 +418,15 @@ impl Relay {
         }
         metrics::counter!(prometheus::RELAY_CONFIRMED).increment(confirmed as u64);
         metrics::counter!(prometheus::RELAY_REFUSED).increment(refused as u64);
+        let outbox = self.store.keys().event(event_id).outbox();
+        let client = self.store.client();
+        if !dropped.is_empty() {
+            // Delete before the ack: one deleted but still pending comes back
+            // without fields and is acked as such.
+            client.xdel::<(), _, _>(&outbox, dropped.clone()).await?;
+            done.extend(dropped);
+        }
         if !done.is_empty() {
-            let outbox = self.store.keys().event(event_id).outbox();
-            let client = self.store.client();
-            // Delete first: an entry acked but not deleted would stay in the stream
-            // for good, while one deleted but still pending comes back without fields
-            // and is cleaned up as such.
-            client.xdel::<(), _, _>(&outbox, done.clone()).await?;
             client.xack::<(), _, _, _>(&outbox, GROUP, done).await?;
         }
         Ok(refused)

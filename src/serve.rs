@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    app::App, broker::Broker, config::Config, http, relay::Relay, shutdown, sweeper::Sweeper,
-    writer::Writer,
+    app::App, broker::Broker, config::Config, holds::Store, http, relay::Relay, shutdown,
+    sweeper::Sweeper, writer::Writer,
 };
 
 /// Which parts a process runs.
@@ -78,16 +78,8 @@ pub async fn run(
             .clone()
             .run(config.inventory_interval, token.clone()),
     );
-    tasks.spawn(
-        Relay::new(
-            app.store.clone(),
-            app.broker.clone(),
-            config.holds.relay_batch,
-            config.holds.relay_claim_idle,
-            config.holds.scan_interval,
-        )
-        .run(token.clone()),
-    );
+    tasks
+        .spawn(Relay::new(app.store.clone(), app.broker.clone(), &config.holds).run(token.clone()));
     tasks.spawn(app.users.clone().run(config.users_interval, token.clone()));
     let metrics = app.metrics;
     let upkeep = token.clone();
@@ -110,8 +102,13 @@ pub async fn run(
     );
     if role == Role::All {
         tasks.spawn(
-            Writer::new(app.pg.clone(), app.broker.clone(), config.writer.clone())
-                .run(token.clone()),
+            Writer::new(
+                app.pg.clone(),
+                app.broker.clone(),
+                app.store.clone(),
+                config.writer.clone(),
+            )
+            .run(token.clone()),
         );
     }
     tracing::info!(addr = %listener.local_addr()?, ?role, "herdgate listening");
@@ -130,8 +127,11 @@ pub async fn run_writer(config: Config, stop: impl Future<Output = ()>) -> anyho
         .pool()
         .context("failed to set up PostgreSQL pool")?;
     let broker = Arc::new(Broker::new(&config.amqp));
+    // Redis only takes the outbox entries of committed events: it may come later.
+    let store = Store::connect_in_background(&config.redis)?;
     let token = CancellationToken::new();
-    let writer = tokio::spawn(Writer::new(pg, broker, config.writer.clone()).run(token.clone()));
+    let writer =
+        tokio::spawn(Writer::new(pg, broker, store, config.writer.clone()).run(token.clone()));
     tracing::info!("herdgate writer running");
     stop.await;
     token.cancel();

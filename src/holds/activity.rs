@@ -1,6 +1,6 @@
 //! Which events have work: the ids the scripts publish on the activity channel
-//! ([`super::Keys::activity`]) when an event's outbox was empty before their
-//! entry, or when a new hold is the event's first to fall due.
+//! ([`super::Keys::activity`]) when the relay had read every earlier entry of
+//! the event's outbox, or when a new hold is the event's first to fall due.
 //!
 //! The relay and the sweeper wait on this instead of visiting every event's
 //! keys on every round, so a quiet catalogue costs nothing. Pub/sub is not

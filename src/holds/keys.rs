@@ -29,7 +29,8 @@ impl Keys {
     }
 
     /// Pub/sub channel (not a key) on which scripts publish an event's id when
-    /// it has new work: its outbox was empty, or a hold is its first to fall due.
+    /// it has new work: the relay has read every earlier outbox entry (see
+    /// [`EventKeys::outbox_announced`]), or a hold is its first to fall due.
     pub fn activity(&self) -> String {
         format!("{}activity", self.prefix)
     }
@@ -94,9 +95,17 @@ impl EventKeys {
         format!("{}idem:{user_id}:{key}", self.base)
     }
 
-    /// Stream of hold events not yet confirmed by RabbitMQ (the transactional outbox).
+    /// Stream of hold events not yet in PostgreSQL (the transactional outbox):
+    /// the relay publishes an entry, and the writer deletes it after its commit.
     pub fn outbox(&self) -> String {
         format!("{}outbox", self.base)
+    }
+
+    /// String set (`SET NX`) by the script that announced new outbox entries on
+    /// the activity channel; the relay deletes it once it has read them all, so
+    /// the next entry is announced again.
+    pub fn outbox_announced(&self) -> String {
+        format!("{}outbox:announced", self.base)
     }
 
     /// Counter ordering every change of this event's holds.
@@ -123,6 +132,7 @@ mod tests {
             keys.user_holds(3),
             keys.idempotency(3, "k"),
             keys.outbox(),
+            keys.outbox_announced(),
             keys.seq(),
         ] {
             assert!(key.starts_with("hg:{e:42}:"), "{key}");

@@ -22,6 +22,7 @@ use crate::telemetry::spans;
 
 pub use activity::{Activity, ActivityFeed};
 pub use keys::{EventKeys, Keys};
+pub use outbox::OutboxEntry;
 pub use reads::{EventInfo, HoldState, SeatPage};
 pub use transitions::{HoldOutcome, PlaceHold, Transition};
 
@@ -45,11 +46,11 @@ struct ScriptDef {
 
 const LIST_AVAILABLE: ScriptDef = script!("list_available", 3);
 const READ_EVENT: ScriptDef = script!("read_event", 2);
-const PLACE_HOLD: ScriptDef = script!("place_hold", 10);
+const PLACE_HOLD: ScriptDef = script!("place_hold", 11);
 const SET_EVENT_STATUS: ScriptDef = script!("set_event_status", 1);
-const EXPIRE_HOLD: ScriptDef = script!("expire_hold", 7);
-const CONFIRM_HOLD: ScriptDef = script!("confirm_hold", 6);
-const CANCEL_HOLD: ScriptDef = script!("cancel_hold", 7);
+const EXPIRE_HOLD: ScriptDef = script!("expire_hold", 8);
+const CONFIRM_HOLD: ScriptDef = script!("confirm_hold", 7);
+const CANCEL_HOLD: ScriptDef = script!("cancel_hold", 8);
 const RELEASE_LOCK: ScriptDef = script!("release_lock", 1);
 
 /// How long an ended hold's state stays in Redis for status reads; PostgreSQL answers after.
@@ -108,6 +109,14 @@ impl Store {
             .connect()
             .await
             .context("failed to connect to Redis (REDIS_URL)")?;
+        Ok(Store::new(pool, Keys::new(config.prefix.clone())))
+    }
+
+    /// Like [`Store::connect`], without waiting for Redis to answer.
+    pub fn connect_in_background(config: &crate::config::RedisConfig) -> anyhow::Result<Self> {
+        let pool = config
+            .connect_in_background()
+            .context("failed to set up Redis (REDIS_URL)")?;
         Ok(Store::new(pool, Keys::new(config.prefix.clone())))
     }
 

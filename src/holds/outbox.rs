@@ -1,13 +1,20 @@
 //! Visiting the loaded events as a whole: which events have an outbox, how
 //! deep each is, and when each one's first hold falls due.
 
+use std::collections::HashMap;
+
 use fred::{
     clients::{Client, Pipeline},
-    interfaces::{HashesInterface, SetsInterface, SortedSetsInterface, StreamsInterface},
+    interfaces::{
+        HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface, StreamsInterface,
+    },
     types::FromValue,
 };
 
 use super::{EventKeys, Store, StoreError};
+
+/// An outbox entry: its stream id and its fields.
+pub type OutboxEntry = (String, HashMap<String, String>);
 
 /// Commands sent in one pipeline when visiting every event.
 const PIPELINE: usize = 1_000;
@@ -23,11 +30,46 @@ impl Store {
         Ok(self.client().scard(self.keys.outboxes()).await?)
     }
 
-    /// Entries in one event's outbox, relayed or not yet.
+    /// Entries in one event's outbox: not yet relayed, or relayed and not yet
+    /// in PostgreSQL.
     pub async fn outbox_depth(&self, event_id: i64) -> Result<u64, StoreError> {
         Ok(self
             .client()
             .xlen(self.keys.event(event_id).outbox())
+            .await?)
+    }
+
+    /// Deletes outbox entries PostgreSQL holds now (the writer committed them).
+    pub async fn clear_outbox(&self, event_id: i64, ids: Vec<String>) -> Result<(), StoreError> {
+        let outbox = self.keys.event(event_id).outbox();
+        Ok(self.live_client()?.xdel(outbox, ids).await?)
+    }
+
+    /// Up to `count` outbox entries appended before `before_ms` (Redis's clock
+    /// names the entries), after entry `after` (exclusive) or from the start.
+    pub async fn outbox_entries_before(
+        &self,
+        event_id: i64,
+        before_ms: i64,
+        after: Option<&str>,
+        count: u64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let outbox = self.keys.event(event_id).outbox();
+        let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
+        // Entry ids are `<ms>-<n>`: every entry of an earlier millisecond.
+        let end = format!("({before_ms}-0");
+        Ok(self
+            .client()
+            .xrange(outbox, start, end, Some(count))
+            .await?)
+    }
+
+    /// Has the next entry of the event announced on the activity channel: the
+    /// relay calls it once it has read everything, then reads once more.
+    pub async fn announce_outbox_again(&self, event_id: i64) -> Result<(), StoreError> {
+        Ok(self
+            .client()
+            .del(self.keys.event(event_id).outbox_announced())
             .await?)
     }
 

@@ -119,6 +119,7 @@ impl Store {
             k.available(),
             k.outbox(),
             k.seq(),
+            k.outbox_announced(),
         ];
         let args = vec![
             booking_id.to_string(),
@@ -171,6 +172,7 @@ impl Store {
             k.user_holds(user_id),
             k.outbox(),
             k.seq(),
+            k.outbox_announced(),
         ];
         let args = vec![
             booking_id.to_string(),
@@ -205,6 +207,7 @@ impl Store {
             k.available(),
             k.outbox(),
             k.seq(),
+            k.outbox_announced(),
         ];
         let args = vec![
             booking_id.to_string(),
@@ -256,6 +259,7 @@ fn place_hold_call(keys: &Keys, req: &PlaceHold<'_>) -> (Vec<String>, Vec<String
         k.idempotency(req.user_id, if idem.is_empty() { "-" } else { idem }),
         k.outbox(),
         k.seq(),
+        k.outbox_announced(),
     ];
     let args = vec![
         req.booking_id.to_string(),

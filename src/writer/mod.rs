@@ -3,6 +3,8 @@
 //!
 //! A message is a batch of hold events (see `hold_event`); a writer batch
 //! gathers messages until it holds `batch` events or `linger` has passed.
+//! After the commit, the writer deletes the events' entries from the Redis
+//! outbox (see `relay`): until then, the relay keeps them to send again.
 //! A message that can never be applied (malformed) is rejected to the
 //! dead-letter queue with its reason logged, and an event of a batch refused
 //! by a constraint is published there alone, so neither blocks the queue nor
@@ -12,7 +14,7 @@
 
 pub mod apply;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -33,6 +35,7 @@ use crate::{
     broker::Broker,
     config::WriterConfig,
     hold_event::{self, HoldEvent},
+    holds::Store,
     prometheus, retry,
     telemetry::{self, spans},
 };
@@ -40,12 +43,24 @@ use crate::{
 pub struct Writer {
     pg: deadpool_postgres::Pool,
     broker: Arc<Broker>,
+    /// Where the outbox entries of committed events are deleted.
+    store: Store,
     config: WriterConfig,
 }
 
 impl Writer {
-    pub fn new(pg: deadpool_postgres::Pool, broker: Arc<Broker>, config: WriterConfig) -> Self {
-        Writer { pg, broker, config }
+    pub fn new(
+        pg: deadpool_postgres::Pool,
+        broker: Arc<Broker>,
+        store: Store,
+        config: WriterConfig,
+    ) -> Self {
+        Writer {
+            pg,
+            broker,
+            store,
+            config,
+        }
     }
 
     /// Consumes until `stop` is cancelled, reconnecting after failures.
@@ -145,6 +160,7 @@ impl Writer {
                 // One ack for the whole batch: everything before it is settled already.
                 let (last, _) = parsed.last().expect("batch is not empty");
                 last.acker.ack(BasicAckOptions { multiple: true }).await?;
+                self.clear_outboxes(&events).await;
                 Ok(())
             }
             Err(e) if is_permanent(&e) => {
@@ -167,9 +183,34 @@ impl Writer {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
                 metrics::counter!(prometheus::WRITER_EVENTS).increment(events.len() as u64);
+                self.clear_outboxes(&events).await;
                 Ok(())
             }
             Err(e) => Err(e).context("failed to apply a batch of hold events"),
+        }
+    }
+
+    /// Deletes the outbox entries of events now in PostgreSQL (or dead-lettered).
+    /// Redis away leaves them there: the relay sends them again later, and they
+    /// apply as repeats, so the batch is not held up for it.
+    async fn clear_outboxes(&self, events: &[HoldEvent]) {
+        let mut entries: HashMap<i64, Vec<String>> = HashMap::new();
+        for event in events {
+            if let Some(id) = &event.outbox_id {
+                entries.entry(event.event_id).or_default().push(id.clone());
+            }
+        }
+        for (event_id, ids) in entries {
+            let count = ids.len() as u64;
+            if let Err(e) = self.store.clear_outbox(event_id, ids).await {
+                metrics::counter!(prometheus::WRITER_OUTBOX_LEFT).increment(count);
+                tracing::warn!(
+                    event_id,
+                    entries = count,
+                    error = %e,
+                    "committed hold events stay in the outbox: they will be sent again"
+                );
+            }
         }
     }
 

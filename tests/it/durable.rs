@@ -4,7 +4,7 @@
 //! quiet catalogue is relayed and swept through the activity channel, not by
 //! visiting every event.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use fred::interfaces::StreamsInterface;
 use futures::StreamExt;
@@ -29,8 +29,12 @@ use crate::helpers::{
 const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
 
 async fn outbox_len(app: &TestApp, event_id: i64) -> u64 {
-    let outbox = Keys::new(app.iso.prefix.clone()).event(event_id).outbox();
-    app.iso.redis().await.xlen(outbox).await.unwrap()
+    outbox_len_of(&app.iso, event_id).await
+}
+
+async fn outbox_len_of(iso: &Isolation, event_id: i64) -> u64 {
+    let outbox = Keys::new(iso.prefix.clone()).event(event_id).outbox();
+    iso.redis().await.xlen(outbox).await.unwrap()
 }
 
 /// Waits until PostgreSQL holds `bookings` bookings and event 1's outbox is empty.
@@ -202,47 +206,116 @@ async fn holds_no_queue_would_take_stay_in_the_outbox_until_one_is_bound_again()
     let _ = connection.close(200, "done".into()).await;
 }
 
+/// A gateway (HTTP, relay, sweeper) with no writer beside it, ready.
+struct LoneGateway {
+    base: String,
+    env: std::collections::HashMap<String, String>,
+    auth: herdgate::auth::Auth,
+    http: reqwest::Client,
+}
+
+impl LoneGateway {
+    async fn start(
+        iso: &Isolation,
+        customize: impl FnOnce(&mut std::collections::HashMap<String, String>),
+    ) -> Self {
+        let mut env = iso.env();
+        customize(&mut env);
+        let config = herdgate::config::Config::from_env(&env).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let auth = herdgate::auth::Auth::new(&config.auth).unwrap();
+        tokio::spawn(serve::run(
+            config,
+            Role::Gateway,
+            listener,
+            std::future::pending(),
+        ));
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        eventually(Duration::from_secs(10), || async {
+            http.get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        LoneGateway {
+            base,
+            env,
+            auth,
+            http,
+        }
+    }
+
+    async fn hold(&self, user: i64, seat: i64) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/bookings", self.base))
+            .bearer_auth(self.auth.issue(user).unwrap().token)
+            .json(&serde_json::json!({"eventId": 1, "seatId": seat}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A writer joins, as `herdgate writer` would.
+    fn start_writer(&self) {
+        let config = herdgate::config::Config::from_env(&self.env).unwrap();
+        tokio::spawn(serve::run_writer(config, std::future::pending()));
+    }
+}
+
+/// Messages ready in the isolation's writer queue (`None`: no such queue).
+async fn writer_queue_ready(iso: &Isolation) -> Option<u32> {
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ready = Topology::new(&iso.amqp_prefix)
+        .writer_queue_ready(&connection)
+        .await
+        .unwrap();
+    let _ = connection.close(200, "counted".into()).await;
+    ready
+}
+
+/// Entries of event 1's outbox the relays have read; `None` before they read any.
+async fn outbox_read(iso: &Isolation) -> Option<i64> {
+    let outbox = Keys::new(iso.prefix.clone()).event(1).outbox();
+    let groups: Result<Vec<HashMap<String, fred::types::Value>>, _> =
+        iso.redis().await.xinfo_groups(outbox).await;
+    groups.ok()?.first()?.get("entries-read")?.as_i64()
+}
+
+/// Entries of event 1's outbox that a relay read and RabbitMQ has not confirmed
+/// yet; `None` before a relay has read any.
+async fn outbox_unconfirmed(iso: &Isolation) -> Option<i64> {
+    let outbox = Keys::new(iso.prefix.clone()).event(1).outbox();
+    let summary: Result<fred::types::Value, _> =
+        iso.redis().await.xpending(outbox, "relay", ()).await;
+    match summary {
+        Ok(fred::types::Value::Array(parts)) => parts[0].as_i64(),
+        Ok(other) => panic!("XPENDING answered {other:?}"),
+        Err(e) if e.details().starts_with("NOGROUP") => None,
+        Err(e) => panic!("XPENDING failed: {e}"),
+    }
+}
+
 #[tokio::test]
 async fn a_writer_that_falls_behind_turns_holds_away_with_503_and_every_201_still_lands() {
     // No writer, a writer queue of a few hundred bytes and an outbox of 5 per event.
     let iso = Isolation::new().await;
-    let mut env = iso.env();
-    env.insert("HERDGATE_WRITER_QUEUE_MAX_BYTES".into(), "400".into());
-    env.insert("HERDGATE_OUTBOX_MAX".into(), "5".into());
-    let config = herdgate::config::Config::from_env(&env).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let gateway_env = env.clone();
-    tokio::spawn(serve::run(
-        config.clone(),
-        Role::Gateway,
-        listener,
-        std::future::pending(),
-    ));
-    let auth = herdgate::auth::Auth::new(&config.auth).unwrap();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let pg = iso.pg().await;
-    let users = user_ids(&pg).await;
-    eventually(Duration::from_secs(10), || async {
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
+    let gateway = LoneGateway::start(&iso, |env| {
+        env.insert("HERDGATE_WRITER_QUEUE_MAX_BYTES".into(), "400".into());
+        env.insert("HERDGATE_OUTBOX_MAX".into(), "5".into());
     })
     .await;
+    let pg = iso.pg().await;
+    let users = user_ids(&pg).await;
 
     let mut held = 0;
     let mut refused = None;
     for seat in 1..=200i64 {
         let user = users[seat as usize % users.len()];
-        let token = auth.issue(user).unwrap().token;
-        let response = http
-            .post(format!("{base}/api/bookings"))
-            .bearer_auth(token)
-            .json(&serde_json::json!({"eventId": 1, "seatId": seat}))
-            .send()
-            .await
-            .unwrap();
+        let response = gateway.hold(user, seat).await;
         match response.status().as_u16() {
             201 => held += 1,
             429 => continue,
@@ -263,14 +336,103 @@ async fn a_writer_that_falls_behind_turns_holds_away_with_503_and_every_201_stil
     assert_eq!(scalar(&pg, "SELECT count(*) FROM bookings").await, 0);
 
     // The writer comes: every acknowledged hold lands, none twice.
-    let writer_config = herdgate::config::Config::from_env(&gateway_env).unwrap();
-    tokio::spawn(serve::run_writer(writer_config, std::future::pending()));
+    gateway.start_writer();
     eventually(Duration::from_secs(20), || async {
         scalar(&pg, "SELECT count(*) FROM bookings").await == held
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(scalar(&pg, "SELECT count(*) FROM bookings").await, held);
+}
+
+#[tokio::test]
+async fn holds_whose_writer_queue_was_deleted_under_them_are_sent_again_and_land() {
+    let iso = Isolation::new().await;
+    let gateway = LoneGateway::start(&iso, |env| {
+        env.insert("HERDGATE_RELAY_RESEND_AFTER".into(), "1s".into());
+        env.insert("HERDGATE_SCAN_INTERVAL".into(), "300ms".into());
+    })
+    .await;
+    let pg = iso.pg().await;
+    let users = user_ids(&pg).await;
+    for (seat, &user) in (1..=15i64).zip(&users) {
+        json(gateway.hold(user, seat).await, 201).await;
+    }
+    // RabbitMQ confirmed all 15; they wait in the writer queue, and in the outbox.
+    eventually(Duration::from_secs(10), || async {
+        outbox_read(&iso).await == Some(15) && outbox_unconfirmed(&iso).await == Some(0)
+    })
+    .await;
+    assert!(writer_queue_ready(&iso).await > Some(0));
+    assert_eq!(outbox_len_of(&iso, 1).await, 15);
+
+    // An operator deletes the queue, and its messages with it.
+    let connection = Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let topology = Topology::new(&iso.amqp_prefix);
+    channel
+        .queue_delete(
+            topology.writer_queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(200, "deleted".into()).await;
+    // Holds go on meanwhile; with no queue to take them they wait in the outbox.
+    for (seat, &user) in (16..=20i64).zip(&users[15..]) {
+        json(gateway.hold(user, seat).await, 201).await;
+    }
+    assert_eq!(writer_queue_ready(&iso).await, None);
+
+    // A writer declares the queue again: the unroutable holds go at once, the
+    // 15 lost with the queue once they are overdue, and every one lands once.
+    let writer_started = std::time::Instant::now();
+    gateway.start_writer();
+    eventually(Duration::from_secs(20), || async {
+        scalar(&pg, "SELECT count(*) FROM bookings").await == 20
+    })
+    .await;
+    println!(
+        "queue deleted: 20 holds acknowledged (15 lost with the queue), all 20 in PostgreSQL \
+         {:?} after the writer started",
+        writer_started.elapsed()
+    );
+    eventually(Duration::from_secs(10), || async {
+        outbox_len_of(&iso, 1).await == 0
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &pg,
+            "SELECT count(*) FROM bookings WHERE status = 'PENDING'"
+        )
+        .await,
+        20
+    );
+    let config = herdgate::config::Config::from_env(&gateway.env).unwrap();
+    crate::helpers::assert_stores_agree(&config).await;
+}
+
+#[tokio::test]
+async fn a_hold_behind_entries_awaiting_the_writer_is_relayed_at_once_with_no_scan_due() {
+    // No writer: relayed entries stay in the outbox, so it is never empty again.
+    let iso = Isolation::new().await;
+    let gateway = LoneGateway::start(&iso, |env| {
+        env.insert("HERDGATE_SCAN_INTERVAL".into(), "1h".into());
+    })
+    .await;
+    let users = user_ids(&iso.pg().await).await;
+    for (n, (seat, &user)) in (1..=3i64).zip(&users).enumerate() {
+        json(gateway.hold(user, seat).await, 201).await;
+        // Each hold is announced and relayed on its own, as one message.
+        eventually(Duration::from_secs(3), || async {
+            writer_queue_ready(&iso).await == Some(n as u32 + 1)
+        })
+        .await;
+    }
+    assert_eq!(outbox_len_of(&iso, 1).await, 3);
 }
 
 #[tokio::test]

@@ -42,6 +42,7 @@ fn event(
         confirmed_at: (status == BookingStatus::Confirmed).then_some(at),
         occurred_at: at,
         traceparent: None,
+        outbox_id: None,
     }
 }
 
