@@ -6,7 +6,11 @@
 //! - Redis allows one live hold per seat, so when two bookings of one seat look
 //!   live here, the one with the lower `seq` has ended already and its own event
 //!   is still on the way: it is marked EXPIRED provisionally, without raising its
-//!   version, so its real final event still applies when it arrives.
+//!   version, so its real final event still applies when it arrives. A CONFIRMED
+//!   booking outranks a PENDING one whatever their `seq`: only a Redis that lost
+//!   a confirm (its data) can hold a seat PostgreSQL has sold, and the buyer who
+//!   paid keeps it. Two CONFIRMED bookings of one seat are a double sale no rule
+//!   can settle: the unique index refuses the second, and it is dead-lettered.
 //! - Seat statuses are derived from the seat's bookings after the upsert, never
 //!   copied from one event, so events of different bookings cannot undo each other.
 //!
@@ -98,21 +102,22 @@ async fn settle_seat_conflicts(
     tx: &Transaction<'_>,
     latest: &mut [HoldEvent],
 ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
-    // Live claim per seat: (seq, index into latest).
-    let mut claims: HashMap<i64, (i64, usize)> = HashMap::new();
+    // Live claim per seat: (its rank, index into latest).
+    let mut claims: HashMap<i64, (Rank, usize)> = HashMap::new();
     for i in 0..latest.len() {
         if !latest[i].status.is_live() {
             continue;
         }
         let seat = latest[i].seat_id;
+        let rank = Rank::of(latest[i].status, latest[i].seq);
         match claims.get(&seat).copied() {
-            Some((seq, _)) if seq > latest[i].seq => expire_in_batch(&mut latest[i]),
+            Some((kept, _)) if kept > rank => expire_in_batch(&mut latest[i]),
             Some((_, loser)) => {
                 expire_in_batch(&mut latest[loser]);
-                claims.insert(seat, (latest[i].seq, i));
+                claims.insert(seat, (rank, i));
             }
             None => {
-                claims.insert(seat, (latest[i].seq, i));
+                claims.insert(seat, (rank, i));
             }
         }
     }
@@ -123,22 +128,50 @@ async fn settle_seat_conflicts(
     let batch_ids: Vec<Uuid> = latest.iter().map(|e| e.booking_id).collect();
     let stored = tx
         .query(
-            "SELECT id, seat_id, seq FROM bookings
+            "SELECT id, seat_id, seq, status = 'CONFIRMED' FROM bookings
               WHERE seat_id = ANY($1) AND status IN ('PENDING', 'CONFIRMED') AND id <> ALL($2)",
             &[&seats, &batch_ids],
         )
         .await?;
     let mut superseded = Vec::new();
     for row in stored {
-        let (id, seat, seq): (Uuid, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        let (claim_seq, i) = claims[&seat];
-        if seq < claim_seq {
+        let (id, seat, seq, confirmed): (Uuid, i64, i64, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let stored = Rank { confirmed, seq };
+        let (claim, i) = claims[&seat];
+        if claim.confirmed != stored.confirmed && (claim > stored) != (claim.seq > stored.seq) {
+            tracing::warn!(
+                seat_id = seat,
+                confirmed = %if claim.confirmed { latest[i].booking_id } else { id },
+                held = %if claim.confirmed { id } else { latest[i].booking_id },
+                "a later hold lost its seat to a confirmed booking (Redis lost the confirm?)"
+            );
+        }
+        if claim > stored {
             superseded.push(id);
         } else {
             expire_in_batch(&mut latest[i]);
         }
     }
     Ok(superseded)
+}
+
+/// Which of two live bookings of one seat keeps it: the greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    /// Paid: kept over any PENDING hold.
+    confirmed: bool,
+    /// Then the later change in Redis.
+    seq: i64,
+}
+
+impl Rank {
+    fn of(status: BookingStatus, seq: i64) -> Self {
+        Rank {
+            confirmed: status == BookingStatus::Confirmed,
+            seq,
+        }
+    }
 }
 
 /// The booking ended in Redis before a later one took its seat; its own final

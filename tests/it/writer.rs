@@ -185,6 +185,69 @@ async fn a_later_hold_on_a_seat_supersedes_one_whose_release_is_still_on_the_way
 }
 
 #[tokio::test]
+async fn a_confirmed_booking_keeps_its_seat_against_a_later_hold_in_either_order() {
+    // A Redis that lost its data before PostgreSQL stored a confirm can take a
+    // new hold on the sold seat: the buyer who paid keeps it, the hold ends
+    // EXPIRED, and nothing is dead-lettered.
+    let app = spawn_app_on(Isolation::new().await, |env| {
+        env.insert("HERDGATE_WRITER_BATCH".into(), "1".into());
+    })
+    .await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    let until = |id: Uuid, want: (&'static str, i64)| {
+        let pg = &pg;
+        async move {
+            eventually(Duration::from_secs(10), || async {
+                let row = pg
+                    .query_opt("SELECT status, version FROM bookings WHERE id = $1", &[&id])
+                    .await
+                    .unwrap();
+                row.is_some_and(|r| {
+                    (r.get::<_, String>(0), r.get::<_, i64>(1)) == (want.0.into(), want.1)
+                })
+            })
+            .await
+        }
+    };
+    // Seat 31: the confirmed booking is stored first, the later hold after.
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let a_placed = event(a, 31, users[0], BookingStatus::Pending, 1, 1);
+    let a_confirmed = event(a, 31, users[0], BookingStatus::Confirmed, 2, 2);
+    let b_placed = event(b, 31, users[1], BookingStatus::Pending, 1, 5);
+    publish(&app, &encoded(&[&a_placed, &a_confirmed])).await;
+    until(a, ("CONFIRMED", 2)).await;
+    publish(&app, &encoded(&[&b_placed])).await;
+    until(b, ("EXPIRED", 1)).await;
+    assert_eq!(booking(&pg, a).await, ("CONFIRMED".to_string(), 2));
+    assert_eq!(seat_status(&pg, 31).await, "BOOKED");
+
+    // Seat 32: the later hold is stored first, the confirm arrives after.
+    let (c, d) = (Uuid::now_v7(), Uuid::now_v7());
+    let c_placed = event(c, 32, users[2], BookingStatus::Pending, 1, 1);
+    let c_confirmed = event(c, 32, users[2], BookingStatus::Confirmed, 2, 2);
+    let d_placed = event(d, 32, users[3], BookingStatus::Pending, 1, 5);
+    publish(&app, &encoded(&[&c_placed, &d_placed])).await;
+    until(d, ("PENDING", 1)).await;
+    publish(&app, &encoded(&[&c_confirmed])).await;
+    until(c, ("CONFIRMED", 2)).await;
+    assert_eq!(booking(&pg, d).await, ("EXPIRED".to_string(), 1));
+    assert_eq!(seat_status(&pg, 32).await, "BOOKED");
+
+    let (queued, dead) = app_queues(app).await;
+    assert_eq!(
+        (queued, dead),
+        (0, 0),
+        "nothing unacked, nothing dead-lettered"
+    );
+}
+
+/// Stops the app and counts what its writer and dead-letter queues still hold.
+async fn app_queues(mut app: TestApp) -> (u32, u32) {
+    app.shut_down_and_count_queued().await
+}
+
+#[tokio::test]
 async fn messages_that_can_never_apply_are_dead_lettered_and_the_queue_moves_on() {
     let app = spawn_app_on(Isolation::new().await, |_| {}).await;
     let pg = app.iso.pg().await;
