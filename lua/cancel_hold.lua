@@ -5,15 +5,19 @@
   KEYS[4] user holds zset   KEYS[5] available zset   KEYS[6] outbox stream
   KEYS[7] sequence string   KEYS[8] outbox announced string (SET NX: the first entry
                             the relay has not read)
-  ARGV[1] booking id   ARGV[2] user id   ARGV[3] now, ms since epoch
-  ARGV[4] W3C traceparent or ""   ARGV[5] retention of the ended hold's hash, ms
-  ARGV[6] activity channel   ARGV[7] event id: published when KEYS[8] was unset
+  ARGV[1] booking id   ARGV[2] user id   ARGV[3] W3C traceparent or ""
+  ARGV[4] retention of the ended hold's hash, ms
+  ARGV[5] activity channel   ARGV[6] event id: published when KEYS[8] was unset
+  Times (ms since epoch) are Redis's TIME.
   Returns {"ok", status, seat_id, expires_ms}   cancelled (now or before)
           {"not_found"}                         no such booking of this user
           {"confirmed"}                         CONFIRMED: not cancellable
           {"gone", status}                      EXPIRED (or due)
   Events: hold.cancelled (version + 1) on KEYS[6]. ]]
-local booking, user, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local booking, user = ARGV[1], ARGV[2]
+-- Redis's clock, the one lock TTLs run on: gateways' clocks may disagree with it.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local hold = redis.call('HMGET', KEYS[1], 'status', 'userId', 'seatId', 'expiresAt')
 local status, owner, seat, expires = hold[1], hold[2], hold[3], tonumber(hold[4])
 if not status or owner ~= user then
@@ -41,13 +45,13 @@ end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local seq = redis.call('INCR', KEYS[7])
 redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'seq', seq)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('ZREM', KEYS[3], booking)
 redis.call('ZREM', KEYS[4], booking)
 redis.call('XADD', KEYS[6], '*', 'type', 'hold.cancelled', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'CANCELLED', 'version', version, 'seq', seq, 'expiresAt', expires,
-  'occurredAt', now, 'traceparent', ARGV[4])
+  'occurredAt', now, 'traceparent', ARGV[3])
 if redis.call('SET', KEYS[8], 1, 'NX') then
-  redis.call('PUBLISH', ARGV[6], ARGV[7])
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
 end
 return {'ok', 'CANCELLED', tonumber(seat), expires}

@@ -4,14 +4,17 @@
   KEYS[1] hold hash   KEYS[2] seat lock string   KEYS[3] holds zset
   KEYS[4] user holds zset   KEYS[5] outbox stream   KEYS[6] sequence string
   KEYS[7] outbox announced string (SET NX: the first entry the relay has not read)
-  ARGV[1] booking id   ARGV[2] user id   ARGV[3] now, ms since epoch
-  ARGV[4] W3C traceparent or ""
-  ARGV[5] activity channel   ARGV[6] event id: published when KEYS[7] was unset
+  ARGV[1] booking id   ARGV[2] user id   ARGV[3] W3C traceparent or ""
+  ARGV[4] activity channel   ARGV[5] event id: published when KEYS[7] was unset
+  Times (ms since epoch) are Redis's TIME.
   Returns {"ok", status, seat_id, expires_ms, confirmed_ms}   confirmed (now or before)
           {"not_found"}                                       no such booking of this user
           {"gone", status}                                    CANCELLED or EXPIRED (or due)
   Events: hold.confirmed (version + 1) on KEYS[5]. ]]
-local booking, user, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local booking, user = ARGV[1], ARGV[2]
+-- Redis's clock, the one lock TTLs run on: gateways' clocks may disagree with it.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local hold = redis.call('HMGET', KEYS[1], 'status', 'userId', 'seatId', 'expiresAt', 'confirmedAt')
 local status, owner, seat, expires = hold[1], hold[2], hold[3], tonumber(hold[4])
 if not status or owner ~= user then
@@ -36,8 +39,8 @@ redis.call('ZREM', KEYS[3], booking)
 redis.call('ZREM', KEYS[4], booking)
 redis.call('XADD', KEYS[5], '*', 'type', 'hold.confirmed', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'CONFIRMED', 'version', version, 'seq', seq, 'expiresAt', expires,
-  'confirmedAt', now, 'occurredAt', now, 'traceparent', ARGV[4])
+  'confirmedAt', now, 'occurredAt', now, 'traceparent', ARGV[3])
 if redis.call('SET', KEYS[7], 1, 'NX') then
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return {'ok', 'CONFIRMED', tonumber(seat), expires, now}

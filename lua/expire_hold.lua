@@ -9,13 +9,17 @@
   KEYS[6] outbox stream
   KEYS[7] sequence string
   KEYS[8] outbox announced string (SET NX: the first entry the relay has not read)
-  ARGV[1] booking id   ARGV[2] now, ms since epoch
-  ARGV[3] retention, ms: how long the ended hold's hash is kept for status reads
-  ARGV[4] activity channel   ARGV[5] event id: published when KEYS[8] was unset
+  ARGV[1] booking id
+  ARGV[2] retention, ms: how long the ended hold's hash is kept for status reads
+  ARGV[3] activity channel   ARGV[4] event id: published when KEYS[8] was unset
+  Times (ms since epoch) are Redis's TIME: a hold is due by the clock its lock runs on.
   Returns {"expired", seat_id}   released now
           {"skip", reason}       "gone" (no such hold), "not_pending", "not_due"
   Events: hold.expired (version + 1) on KEYS[6]. ]]
-local booking, now = ARGV[1], tonumber(ARGV[2])
+local booking = ARGV[1]
+-- Redis's clock, the one lock TTLs run on: gateways' clocks may disagree with it.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local hold = redis.call('HMGET', KEYS[1], 'status', 'expiresAt', 'seatId', 'userId', 'version')
 local status, expires, seat, user = hold[1], tonumber(hold[2]), hold[3], hold[4]
 if not status then
@@ -42,13 +46,13 @@ end
 local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
 local seq = redis.call('INCR', KEYS[7])
 redis.call('HSET', KEYS[1], 'status', 'EXPIRED', 'seq', seq)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[3], booking)
 redis.call('ZREM', KEYS[4], booking)
 redis.call('XADD', KEYS[6], '*', 'type', 'hold.expired', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'EXPIRED', 'version', version, 'seq', seq, 'expiresAt', expires,
   'occurredAt', now, 'traceparent', '')
 if redis.call('SET', KEYS[8], 1, 'NX') then
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
 end
 return {'expired', tonumber(seat)}

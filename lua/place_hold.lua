@@ -8,15 +8,16 @@
   KEYS[6]  hold hash           (the booking's state)
   KEYS[7]  user holds zset     (this user's live holds of this event, scored by expiry ms;
                                 a lock naming one of them is the seat of this user's own)
-  KEYS[8]  idempotency string  ("seat:booking:expires"; unused when ARGV[7] is empty)
-  KEYS[9]  outbox stream       (events not yet in PostgreSQL; bounded by ARGV[9])
+  KEYS[8]  idempotency string  ("seat:booking:expires"; unused when ARGV[6] is empty)
+  KEYS[9]  outbox stream       (events not yet in PostgreSQL; bounded by ARGV[8])
   KEYS[10] sequence string     (INCR: orders every change of this event)
   KEYS[11] outbox announced    (SET NX: this entry is the first the relay has not read)
   ARGV[1]  booking id (UUIDv7)   ARGV[2]  seat id          ARGV[3] user id
-  ARGV[4]  now, ms since epoch   ARGV[5]  hold TTL, ms     ARGV[6] max live holds per user
-  ARGV[7]  idempotency key or "" ARGV[8]  idempotency TTL, ms
-  ARGV[9]  max outbox length     ARGV[10] W3C traceparent or ""
-  ARGV[11] activity channel      ARGV[12] event id (the message published on it)
+  ARGV[4]  hold TTL, ms          ARGV[5]  max live holds per user
+  ARGV[6]  idempotency key or "" ARGV[7]  idempotency TTL, ms
+  ARGV[8]  max outbox length     ARGV[9]  W3C traceparent or ""
+  ARGV[10] activity channel      ARGV[11] event id (the message published on it)
+  Times (ms since epoch) are Redis's TIME.
   Returns {"ok", booking_id, expires_ms}      placed
           {"replay", booking_id, expires_ms}  same idempotency key and seat as before
           {"own", booking_id, expires_ms}     the seat is this user's own live hold already
@@ -26,12 +27,15 @@
           {"limit", retry_after_ms}           user holds the maximum already
           {"busy"}                            outbox at its bound (relay or writer behind): back off
           {"collision"}                       a hold with this booking id exists: draw another id
-  Events: hold.placed (version 1) on KEYS[9]. Publishes the event id on ARGV[11]
+  Events: hold.placed (version 1) on KEYS[9]. Publishes the event id on ARGV[10]
   when KEYS[11] was unset (the relay has work) or the hold is now the event's
   first to fall due (the sweeper has an earlier deadline). ]]
 local booking, seat, user = ARGV[1], ARGV[2], ARGV[3]
-local now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
-local idem = ARGV[7]
+local ttl = tonumber(ARGV[4])
+-- Redis's clock, the one lock TTLs run on: gateways' clocks may disagree with it.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local idem = ARGV[6]
 
 if redis.call('HGET', KEYS[1], 'status') ~= 'ON_SALE' then
   return {'no_event'}
@@ -63,11 +67,11 @@ if holder then
   return {'own', holder, tonumber(own)}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
-if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[6]) then
+if redis.call('ZCARD', KEYS[7]) >= tonumber(ARGV[5]) then
   local first = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
   return {'limit', tonumber(first[2]) - now}
 end
-if redis.call('XLEN', KEYS[9]) >= tonumber(ARGV[9]) then
+if redis.call('XLEN', KEYS[9]) >= tonumber(ARGV[8]) then
   return {'busy'}
 end
 if redis.call('EXISTS', KEYS[6]) == 1 then
@@ -86,13 +90,13 @@ redis.call('HSET', KEYS[6], 'bookingId', booking, 'seatId', seat, 'userId', user
 redis.call('ZADD', KEYS[7], expires, booking)
 redis.call('PEXPIRE', KEYS[7], ttl)
 if idem ~= '' then
-  redis.call('SET', KEYS[8], seat .. ':' .. booking .. ':' .. expires, 'PX', ARGV[8])
+  redis.call('SET', KEYS[8], seat .. ':' .. booking .. ':' .. expires, 'PX', ARGV[7])
 end
 redis.call('XADD', KEYS[9], '*', 'type', 'hold.placed', 'bookingId', booking, 'seatId', seat,
   'userId', user, 'status', 'PENDING', 'version', 1, 'seq', seq, 'expiresAt', expires,
-  'occurredAt', now, 'traceparent', ARGV[10])
+  'occurredAt', now, 'traceparent', ARGV[9])
 -- SET whatever `earliest` says, so the flag always tells whether this entry was announced.
 if redis.call('SET', KEYS[11], 1, 'NX') or earliest then
-  redis.call('PUBLISH', ARGV[11], ARGV[12])
+  redis.call('PUBLISH', ARGV[10], ARGV[11])
 end
 return {'ok', booking, expires}

@@ -211,7 +211,6 @@ impl Attempt<'_> {
                     seat_id: req.seat_id,
                     user_id,
                     booking_id: &booking_id.to_string(),
-                    now_ms: Utc::now().timestamp_millis(),
                     ttl_ms: config.ttl.as_millis() as i64,
                     max_per_user: config.max_per_user,
                     idempotency_key,
@@ -358,17 +357,16 @@ pub async fn end(
     ending: Ending,
 ) -> Result<BookingView, BookingError> {
     let event_id = booking_id::event_of(&id);
-    let now_ms = Utc::now().timestamp_millis();
     let booking = id.to_string();
     let transition = match ending {
         Ending::Confirm => {
             store
-                .confirm_hold(event_id, &booking, user_id, now_ms, traceparent)
+                .confirm_hold(event_id, &booking, user_id, traceparent)
                 .await
         }
         Ending::Cancel => {
             store
-                .cancel_hold(event_id, &booking, user_id, now_ms, traceparent)
+                .cancel_hold(event_id, &booking, user_id, traceparent)
                 .await
         }
     };

@@ -166,10 +166,7 @@ impl Sweeper {
             let retention_ms = HOLD_RETENTION_MS;
             let expiries: Vec<_> = due
                 .iter()
-                .map(|booking| {
-                    self.store
-                        .expire_hold(event_id, booking, now_ms, retention_ms)
-                })
+                .map(|booking| self.store.expire_hold(event_id, booking, retention_ms))
                 .collect();
             let results: Vec<Result<bool, StoreError>> = stream::iter(expiries)
                 .buffer_unordered(CONCURRENCY)

@@ -17,7 +17,6 @@ pub struct PlaceHold<'a> {
     pub seat_id: i64,
     pub user_id: i64,
     pub booking_id: &'a str,
-    pub now_ms: i64,
     pub ttl_ms: i64,
     pub max_per_user: u32,
     pub idempotency_key: Option<&'a str>,
@@ -106,7 +105,6 @@ impl Store {
         &self,
         event_id: i64,
         booking_id: &str,
-        now_ms: i64,
         retention_ms: i64,
     ) -> Result<bool, StoreError> {
         let k = self.keys.event(event_id);
@@ -123,7 +121,6 @@ impl Store {
         ];
         let args = vec![
             booking_id.to_string(),
-            now_ms.to_string(),
             retention_ms.to_string(),
             self.keys.activity(),
             event_id.to_string(),
@@ -160,7 +157,6 @@ impl Store {
         event_id: i64,
         booking_id: &str,
         user_id: i64,
-        now_ms: i64,
         traceparent: &str,
     ) -> Result<Transition, StoreError> {
         let k = self.keys.event(event_id);
@@ -177,7 +173,6 @@ impl Store {
         let args = vec![
             booking_id.to_string(),
             user_id.to_string(),
-            now_ms.to_string(),
             traceparent.to_string(),
             self.keys.activity(),
             event_id.to_string(),
@@ -194,7 +189,6 @@ impl Store {
         event_id: i64,
         booking_id: &str,
         user_id: i64,
-        now_ms: i64,
         traceparent: &str,
     ) -> Result<Transition, StoreError> {
         let k = self.keys.event(event_id);
@@ -212,7 +206,6 @@ impl Store {
         let args = vec![
             booking_id.to_string(),
             user_id.to_string(),
-            now_ms.to_string(),
             traceparent.to_string(),
             HOLD_RETENTION_MS.to_string(),
             self.keys.activity(),
@@ -265,7 +258,6 @@ fn place_hold_call(keys: &Keys, req: &PlaceHold<'_>) -> (Vec<String>, Vec<String
         req.booking_id.to_string(),
         req.seat_id.to_string(),
         req.user_id.to_string(),
-        req.now_ms.to_string(),
         req.ttl_ms.to_string(),
         req.max_per_user.to_string(),
         idem.to_string(),
@@ -397,7 +389,6 @@ mod tests {
                 seat_id,
                 user_id,
                 booking_id: &booking_id,
-                now_ms: 1_700_000_000_000,
                 ttl_ms: 600_000,
                 max_per_user: 8,
                 idempotency_key: idem.as_deref(),
@@ -415,9 +406,9 @@ mod tests {
             prop_assert_eq!(&args[0], &booking_id);
             prop_assert_eq!(args[1].parse::<i64>().unwrap(), seat_id);
             prop_assert_eq!(args[2].parse::<i64>().unwrap(), user_id);
-            prop_assert_eq!(&args[6], idem.as_deref().unwrap_or(""));
-            prop_assert_eq!(&args[9], &traceparent);
-            prop_assert_eq!(args[11].parse::<i64>().unwrap(), event_id);
+            prop_assert_eq!(&args[5], idem.as_deref().unwrap_or(""));
+            prop_assert_eq!(&args[8], &traceparent);
+            prop_assert_eq!(args[10].parse::<i64>().unwrap(), event_id);
         }
 
         /// Two requests share an idempotency record only when they are the same

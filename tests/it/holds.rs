@@ -431,7 +431,6 @@ async fn a_booking_id_already_in_use_is_refused_not_overwritten() {
         seat_id,
         user_id,
         booking_id: &id,
-        now_ms: chrono::Utc::now().timestamp_millis(),
         ttl_ms: 60_000,
         max_per_user: 8,
         idempotency_key: None,
