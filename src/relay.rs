@@ -42,7 +42,7 @@ use crate::{
 };
 
 const GROUP: &str = "relay";
-/// Pause after a round in which RabbitMQ refused or could not route a batch.
+/// Pause before a batch RabbitMQ refused or could not route is published again.
 const REFUSED_PAUSE: Duration = Duration::from_millis(200);
 /// How often the outbox depth of the events being relayed is measured.
 const GAUGES: Duration = Duration::from_secs(1);
@@ -128,7 +128,7 @@ impl Relay {
                         waiting.push(event_id);
                     }
                 }
-                self.resend_overdue(&connection, &channel, &waiting, &mut resent)
+                self.resend_overdue(&connection, &channel, &waiting, &mut resent, stop)
                     .await?;
                 next_gauges = Instant::now() + GAUGES;
             }
@@ -144,7 +144,6 @@ impl Relay {
             if gauges {
                 next_gauges = Instant::now() + GAUGES;
             }
-            let mut refused = 0;
             for event_id in active.clone() {
                 if groups.insert(event_id) {
                     self.create_group(event_id).await?;
@@ -156,11 +155,10 @@ impl Relay {
                 if !entries.is_empty() {
                     rearmed.remove(&event_id);
                 }
-                let kept = self.publish(&channel, event_id, &entries).await?;
-                if kept > 0 || (pending && !entries.is_empty()) {
+                self.publish(&channel, event_id, &entries, stop).await?;
+                if pending && !entries.is_empty() {
                     retry.insert(event_id);
                 }
-                refused += kept;
                 if !pending && entries.is_empty() {
                     // Drained, unless a relay that stopped left entries pending.
                     if unclaimed.remove(&event_id) && self.claim(event_id).await? {
@@ -174,13 +172,6 @@ impl Relay {
                 }
                 if gauges {
                     depths.record(event_id, self.store.outbox_depth(event_id).await?);
-                }
-            }
-            if refused > 0 {
-                // The broker is full or unrouted: give it a moment instead of a busy loop.
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = tokio::time::sleep(REFUSED_PAUSE) => {}
                 }
             }
         }
@@ -199,6 +190,7 @@ impl Relay {
         channel: &Channel,
         events: &[i64],
         resent: &mut HashMap<i64, Instant>,
+        stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         let now = Instant::now();
         resent.retain(|_, at| now < *at + self.resend_after);
@@ -232,8 +224,8 @@ impl Relay {
                      (was the writer queue deleted or purged?): publishing them again"
                 );
                 metrics::counter!(prometheus::RELAY_RESENT).increment(entries.len() as u64);
-                let kept = self.publish(channel, event_id, &entries).await?;
-                if kept > 0 || entries.len() < self.batch {
+                self.publish(channel, event_id, &entries, stop).await?;
+                if stop.is_cancelled() || entries.len() < self.batch {
                     break;
                 }
             }
@@ -296,7 +288,33 @@ impl Relay {
         if claimed {
             tracing::info!(event_id, "relay claimed entries of a relay that stopped");
         }
+        self.forget_stopped_relays(event_id).await?;
         Ok(claimed)
+    }
+
+    /// Removes from the group the relays that hold no entry and have been idle
+    /// past `claim_idle` (stopped ones: each session joins under a new name),
+    /// so the group does not grow with every restart.
+    async fn forget_stopped_relays(&self, event_id: i64) -> anyhow::Result<()> {
+        let outbox = self.store.keys().event(event_id).outbox();
+        let client = self.store.client();
+        let consumers: Vec<HashMap<String, Value>> = client.xinfo_consumers(&outbox, GROUP).await?;
+        let idle_ms = self.claim_idle.as_millis() as i64;
+        for consumer in consumers {
+            let field = |name: &str| consumer.get(name).and_then(Value::as_i64);
+            let Some(name) = consumer.get("name").and_then(Value::as_string) else {
+                continue;
+            };
+            if name != self.consumer
+                && field("pending") == Some(0)
+                && field("idle").is_some_and(|idle| idle > idle_ms)
+            {
+                client
+                    .xgroup_delconsumer::<(), _, _, _>(&outbox, GROUP, name)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// New entries, or with `pending` this relay's own unconfirmed ones.
@@ -321,16 +339,19 @@ impl Relay {
     /// Publishes the entries as batches (one message per type, in outbox order,
     /// `hold.placed` first), waits for the confirms, then acks the entries of
     /// every confirmed batch in the group (the writer deletes them after its
-    /// commit). A refused or unroutable batch stays pending and is published
-    /// again; how many entries that left is returned.
+    /// commit). A refused or unroutable batch is published again, from memory,
+    /// every [`REFUSED_PAUSE`] until it is confirmed: a queue of another service
+    /// that refused it must still get it, while the writer may have committed
+    /// it and deleted its entries already. Stopping leaves it pending.
     async fn publish(
         &self,
         channel: &Channel,
         event_id: i64,
         entries: &[Entry],
-    ) -> anyhow::Result<usize> {
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         if entries.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let exchange = &self.broker.topology.exchange;
         let mut batches: Vec<Batch> = Vec::new();
@@ -367,57 +388,92 @@ impl Relay {
         }
         // A booking's hold.placed goes out before its later event (see HoldBatch).
         batches.sort_by_key(|b| b.message.kind != BookingStatus::Pending.event_type());
-        let mut confirms = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let Batch { ids, mut message } = batch;
+        let mut outgoing = Vec::with_capacity(batches.len());
+        for Batch { ids, mut message } in batches {
             let spans = trace(&mut message, exchange);
-            let payload = serde_json::to_vec(&message)?;
-            let confirm = channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    message.kind.as_str().into(),
-                    BasicPublishOptions {
-                        // Unroutable (no queue bound) comes back instead of being confirmed.
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &payload,
-                    properties(event_id, &ids, message.events[0].occurred_at),
-                )
-                .await?;
-            confirms.push((ids, confirm, spans));
+            outgoing.push(Outgoing {
+                payload: serde_json::to_vec(&message)?,
+                properties: properties(event_id, &ids, message.events[0].occurred_at),
+                kind: message.kind,
+                ids,
+                spans,
+            });
         }
-        let mut refused = 0;
-        let mut confirmed = 0;
-        // A publish span ends with its confirm.
-        for (ids, confirm, spans) in confirms {
-            let refusal = match confirm.await? {
-                Confirmation::Ack(None) => None,
-                Confirmation::Ack(Some(_)) => Some("unroutable: no queue is bound for it"),
-                Confirmation::Nack(_) => Some("refused by RabbitMQ (a queue at its limit?)"),
-                Confirmation::NotRequested => Some("not confirmed"),
-            };
-            match refusal {
-                None => {
-                    confirmed += ids.len();
-                    done.extend(ids);
+        self.settle(event_id, &mut done, dropped).await?;
+        let mut first = true;
+        while !outgoing.is_empty() {
+            if !first {
+                // The broker is full or unrouted: give it a moment instead of a busy loop.
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(REFUSED_PAUSE) => {}
                 }
-                Some(reason) => {
-                    refused += ids.len();
-                    tracing::warn!(
-                        event_id,
-                        events = ids.len(),
-                        reason,
-                        "hold events kept in the outbox"
-                    );
-                    for span in spans {
-                        span.record("otel.status_code", "ERROR");
+            }
+            let mut confirms = Vec::with_capacity(outgoing.len());
+            for message in outgoing {
+                let confirm = channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        message.kind.as_str().into(),
+                        BasicPublishOptions {
+                            // Unroutable (no queue bound) comes back instead of being confirmed.
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &message.payload,
+                        message.properties.clone(),
+                    )
+                    .await?;
+                confirms.push((message, confirm));
+            }
+            let (mut refused, mut confirmed) = (Vec::new(), 0);
+            // A publish span ends with its confirm.
+            for (mut message, confirm) in confirms {
+                let refusal = match confirm.await? {
+                    Confirmation::Ack(None) => None,
+                    Confirmation::Ack(Some(_)) => Some("unroutable: no queue is bound for it"),
+                    Confirmation::Nack(_) => Some("refused by RabbitMQ (a queue at its limit?)"),
+                    Confirmation::NotRequested => Some("not confirmed"),
+                };
+                match refusal {
+                    None => {
+                        confirmed += message.ids.len();
+                        done.append(&mut message.ids);
+                    }
+                    Some(reason) => {
+                        metrics::counter!(prometheus::RELAY_REFUSED)
+                            .increment(message.ids.len() as u64);
+                        if first {
+                            tracing::warn!(
+                                event_id,
+                                events = message.ids.len(),
+                                reason,
+                                "hold events kept to be published again"
+                            );
+                        }
+                        for span in message.spans.drain(..) {
+                            span.record("otel.status_code", "ERROR");
+                        }
+                        refused.push(message);
                     }
                 }
             }
+            metrics::counter!(prometheus::RELAY_CONFIRMED).increment(confirmed as u64);
+            self.settle(event_id, &mut done, Vec::new()).await?;
+            outgoing = refused;
+            first = false;
         }
-        metrics::counter!(prometheus::RELAY_CONFIRMED).increment(confirmed as u64);
-        metrics::counter!(prometheus::RELAY_REFUSED).increment(refused as u64);
+        Ok(())
+    }
+
+    /// Acks `done` in the group, after deleting `dropped` (malformed entries,
+    /// which no writer will delete) and counting them as done.
+    async fn settle(
+        &self,
+        event_id: i64,
+        done: &mut Vec<String>,
+        dropped: Vec<String>,
+    ) -> anyhow::Result<()> {
         let outbox = self.store.keys().event(event_id).outbox();
         let client = self.store.client();
         if !dropped.is_empty() {
@@ -427,10 +483,21 @@ impl Relay {
             done.extend(dropped);
         }
         if !done.is_empty() {
-            client.xack::<(), _, _, _>(&outbox, GROUP, done).await?;
+            client
+                .xack::<(), _, _, _>(&outbox, GROUP, std::mem::take(done))
+                .await?;
         }
-        Ok(refused)
+        Ok(())
     }
+}
+
+/// A batch on its way to RabbitMQ, kept until it is confirmed.
+struct Outgoing {
+    ids: Vec<String>,
+    kind: String,
+    payload: Vec<u8>,
+    properties: BasicProperties,
+    spans: Vec<Span>,
 }
 
 /// An event with work becomes active; lost notices bring the scan forward.

@@ -20,12 +20,53 @@ pub type OutboxEntry = (String, HashMap<String, String>);
 const PIPELINE: usize = 1_000;
 
 impl Store {
-    /// The events whose outbox the relay drains (every event ever loaded here).
+    /// The events whose outbox the relay drains and whose holds the sweeper
+    /// expires: every event loaded here, until it is off sale and finished.
     pub async fn loaded_events(&self) -> Result<Vec<i64>, StoreError> {
         Ok(self.client().smembers(self.keys.outboxes()).await?)
     }
 
-    /// How many events were ever loaded here (the `outboxes` set's size).
+    /// Has the relay drain and the sweeper watch these events (`outboxes`).
+    pub async fn watch_events(&self, events: &[i64]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        Ok(self
+            .client()
+            .sadd(self.keys.outboxes(), events.to_vec())
+            .await?)
+    }
+
+    /// Of `events`, none on sale in PostgreSQL, stops watching those with
+    /// nothing left to relay or expire: not on sale in Redis either, an empty
+    /// outbox and no live hold. No script can then add an entry (a hold needs
+    /// the event on sale, ending one needs it live), so nothing is missed; the
+    /// loader watches an event again once it is back on sale. Returns those.
+    pub async fn forget_finished_events(&self, events: &[i64]) -> Result<Vec<i64>, StoreError> {
+        let statuses = self.event_statuses(events).await?;
+        let depths: Vec<u64> = self
+            .pipelined(events, |p, k| async move { p.xlen(k.outbox()).await })
+            .await?;
+        let live: Vec<u64> = self
+            .pipelined(events, |p, k| async move { p.zcard(k.holds()).await })
+            .await?;
+        let finished: Vec<i64> = events
+            .iter()
+            .zip(statuses.iter().zip(depths.iter().zip(&live)))
+            .filter(|(_, (status, (depth, live)))| {
+                status.as_deref() != Some("ON_SALE") && **depth == 0 && **live == 0
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        if !finished.is_empty() {
+            self.client()
+                .srem::<(), _, _>(self.keys.outboxes(), finished.clone())
+                .await?;
+        }
+        Ok(finished)
+    }
+
+    /// How many events are watched (the `outboxes` set's size).
     pub async fn loaded_event_count(&self) -> Result<u64, StoreError> {
         Ok(self.client().scard(self.keys.outboxes()).await?)
     }

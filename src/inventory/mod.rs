@@ -192,6 +192,10 @@ impl Inventory {
                     false
                 }
                 Some(status) if status != event.status => {
+                    if event.status == "ON_SALE" {
+                        // Before it takes holds again, as when it was loaded.
+                        self.store.watch_events(&[event.id]).await?;
+                    }
                     self.store.set_event_status(event.id, &event.status).await?
                 }
                 _ => false,
@@ -204,8 +208,39 @@ impl Inventory {
                 );
             }
         }
+        if full {
+            self.watch_only_live_events(&statuses).await?;
+        }
         // Only once every event has been seen through: a failed sync looks again.
         self.seen.lock().expect("inventory lock").statuses = statuses;
+        Ok(())
+    }
+
+    /// Keeps the `outboxes` set to the events with work: every event on sale
+    /// (again, should another gateway have taken one out on a stale view), and
+    /// of the others only those with entries to relay or holds to expire, so
+    /// the relay's and sweeper's scans do not grow with every event ever sold.
+    async fn watch_only_live_events(&self, statuses: &HashMap<i64, String>) -> anyhow::Result<()> {
+        let on_sale: Vec<i64> = statuses
+            .iter()
+            .filter(|(_, status)| *status == "ON_SALE")
+            .map(|(&id, _)| id)
+            .collect();
+        self.store.watch_events(&on_sale).await?;
+        let off_sale: Vec<i64> = self
+            .store
+            .loaded_events()
+            .await?
+            .into_iter()
+            .filter(|id| statuses.get(id).map(String::as_str) != Some("ON_SALE"))
+            .collect();
+        let forgotten = self.store.forget_finished_events(&off_sale).await?;
+        if !forgotten.is_empty() {
+            tracing::info!(
+                events = ?forgotten,
+                "events off sale with nothing left to relay or expire are no longer watched"
+            );
+        }
         Ok(())
     }
 

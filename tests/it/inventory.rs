@@ -1,6 +1,6 @@
 //! The Redis inventory is rebuilt from PostgreSQL, and only when it is missing.
 
-use fred::interfaces::{KeysInterface, SortedSetsInterface};
+use fred::interfaces::{KeysInterface, SetsInterface, SortedSetsInterface};
 use herdgate::holds::Keys;
 
 use std::time::Duration;
@@ -87,6 +87,84 @@ async fn a_rebuilt_inventory_keeps_the_holds_postgres_knows() {
         2,
         "seq was reused after the rebuild"
     );
+}
+
+#[tokio::test]
+async fn an_event_off_sale_with_nothing_left_is_no_longer_watched_until_it_is_back_on_sale() {
+    let app = spawn_app_on(Isolation::new().await, |env| {
+        env.insert("HERDGATE_INVENTORY_INTERVAL".into(), "50ms".into());
+    })
+    .await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    let watched = || async {
+        let outboxes = Keys::new(app.iso.prefix.clone()).outboxes();
+        let events: Vec<i64> = app.iso.redis().await.smembers(outboxes).await.unwrap();
+        events.contains(&3)
+    };
+    let seats: Vec<i64> = pg
+        .query(
+            "SELECT id FROM seats WHERE event_id = 3 ORDER BY id LIMIT 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let (first, second) = (seats[0], seats[1]);
+    let held = json(
+        app.post_hold(&app.token(users[0]), 3, first, None).await,
+        201,
+    )
+    .await;
+    let booking = held["bookingId"].as_str().unwrap().to_string();
+    app.wait_until(|| async { scalar(&pg, "SELECT count(*) FROM bookings").await == 1 })
+        .await;
+    pg.execute("UPDATE events SET status = 'CLOSED' WHERE id = 3", &[])
+        .await
+        .unwrap();
+    // A live hold is left to expire or end: the event stays watched.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        watched().await,
+        "a closed event with a live hold is still watched"
+    );
+
+    let cancelled = app
+        .http
+        .delete(format!("{}/api/bookings/{booking}", app.base))
+        .bearer_auth(app.token(users[0]))
+        .send()
+        .await
+        .unwrap();
+    json(cancelled, 200).await;
+    // Nothing left to relay (once the writer has it) or expire: no longer watched.
+    eventually(Duration::from_secs(10), || async { !watched().await }).await;
+    assert_eq!(
+        scalar(
+            &pg,
+            "SELECT count(*) FROM bookings WHERE status = 'CANCELLED'"
+        )
+        .await,
+        1
+    );
+
+    // Back on sale: watched again, and its holds travel as before.
+    pg.execute("UPDATE events SET status = 'ON_SALE' WHERE id = 3", &[])
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), || async { watched().await }).await;
+    app.wait_until(|| async {
+        app.post_hold(&app.token(users[1]), 3, second, None)
+            .await
+            .status()
+            == 201
+    })
+    .await;
+    app.wait_until(|| async { scalar(&pg, "SELECT count(*) FROM bookings").await == 2 })
+        .await;
+    app.assert_stores_agree().await;
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use fred::interfaces::StreamsInterface;
 use futures::{StreamExt, stream};
 use herdgate::{auth::Auth, config::Config, seed::SeedOptions};
 use tokio::sync::Barrier;
@@ -297,6 +298,17 @@ async fn holds_acknowledged_by_a_gateway_killed_mid_run_all_reach_postgres() {
     let _gateway = Herdgate::start(&s.env, "gateway").ready().await;
     let _writer = Herdgate::start(&s.env, "writer");
     s.assert_stored(&acknowledged, &unanswered).await;
+    // The killed relay's name leaves the group once its entries are claimed.
+    let outbox = herdgate::holds::Keys::new(s.iso.prefix.clone())
+        .event(1)
+        .outbox();
+    let redis = s.iso.redis().await;
+    eventually(Duration::from_secs(10), || async {
+        let consumers: Vec<HashMap<String, fred::types::Value>> =
+            redis.xinfo_consumers(&outbox, "relay").await.unwrap();
+        consumers.len() == 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
