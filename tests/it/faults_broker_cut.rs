@@ -122,3 +122,50 @@ async fn cut_off_under_load(heartbeat: Option<u16>) {
         settled.queues_empty_after,
     );
 }
+
+/// A relay or writer connecting while the broker is cut off gives up after
+/// `HERDGATE_AMQP_CONNECT_TIMEOUT` and tries again (its session's backoff),
+/// instead of waiting in the AMQP handshake for as long as the cut lasts: the
+/// kernel of a frozen node still accepts the TCP connection, so only a timeout
+/// ends the wait. The attempt given up leaves no connection on the broker.
+#[tokio::test]
+async fn a_connect_to_a_cut_off_broker_gives_up_after_the_connect_timeout() {
+    let rabbit = PrivateRabbit::start();
+    let env: std::collections::HashMap<String, String> = [
+        ("AMQP_URL", rabbit.url()),
+        ("HERDGATE_AMQP_CONNECT_TIMEOUT", "1s".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let config = herdgate::config::Config::from_env(&env).unwrap();
+    let broker = herdgate::broker::Broker::new(&config.amqp);
+
+    rabbit.freeze();
+    let started = Instant::now();
+    let attempt = tokio::time::timeout(Duration::from_secs(20), broker.open_channel()).await;
+    let waited = started.elapsed();
+    rabbit.thaw();
+    println!(
+        "connect to a frozen broker: {:?} after {waited:?}",
+        attempt
+            .as_ref()
+            .map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+    );
+    let refused = attempt.expect("the connect gives up by itself, it does not wait for the broker");
+    assert!(refused.is_err(), "no connection while frozen");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    let (connection, _channel) = broker.open_channel().await.expect("connects once resumed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connections = rabbit.ctl(&["list_connections", "name"]);
+    assert_eq!(
+        connections
+            .lines()
+            .filter(|l| l.contains("127.0.0.1"))
+            .count(),
+        1,
+        "{connections}"
+    );
+    let _ = connection.close(200, "done".into()).await;
+}
