@@ -25,7 +25,8 @@ async fn a_broker_cut_off_under_load_gets_503_from_a_full_outbox_and_loses_nothi
 /// connection after 4 s without a frame): the relay's unconfirmed publishes
 /// fail, its entries stay pending in the outbox, and the relay and the writer
 /// reconnect once the broker answers, publishing them again (the broker may
-/// have taken some already: the writer applies each once).
+/// have taken some already: the writer applies each once). Their reconnects
+/// during the cut give up after a connect timeout of 2 s and are tried again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_cut_off_past_the_heartbeat_timeout_is_reconnected_and_loses_nothing() {
     cut_off_under_load(Some(2)).await
@@ -51,6 +52,10 @@ async fn cut_off_under_load(heartbeat: Option<u16>) {
     let app = spawn_app_on(iso, move |env| {
         env.insert("AMQP_URL".into(), url);
         env.insert("HERDGATE_OUTBOX_MAX".into(), OUTBOX_MAX.to_string());
+        if heartbeat.is_some() {
+            // Reconnects during the cut give up and are tried again.
+            env.insert("HERDGATE_AMQP_CONNECT_TIMEOUT".into(), "2s".into());
+        }
     })
     .await;
     let users = user_ids(&app.iso.pg().await).await;
@@ -107,6 +112,13 @@ async fn cut_off_under_load(heartbeat: Option<u16>) {
     let drained = drained_at(&depths, thawed, OUTBOX_MAX as u64 / 10).unwrap_or(until);
 
     let settled = settle(&app, &rabbit, &answers).await;
+    // The relay's and the writer's: none left over by attempts given up.
+    let connections = rabbit.ctl(&["list_connections", "name"]);
+    let open = connections
+        .lines()
+        .filter(|l| l.contains("127.0.0.1"))
+        .count();
+    assert_eq!(open, 2, "{connections}");
     println!(
         "figures: acknowledged {} ({held_during} while cut off), persisted {}, lost {}, \
          double-booked {}; {busy} answers 503 outbox-full; first 201 {:?} after SIGCONT, \
