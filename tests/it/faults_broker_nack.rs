@@ -184,6 +184,7 @@ async fn a_full_queue_of_another_service_makes_the_broker_nack_and_nothing_is_lo
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let refused_before = metric(&app, herdgate::prometheus::RELAY_REFUSED).await;
+    let settled_before = metric(&app, herdgate::prometheus::WRITER_EVENTS).await;
 
     let start = Instant::now();
     let (bind_at, delete_at) = (
@@ -261,6 +262,12 @@ async fn a_full_queue_of_another_service_makes_the_broker_nack_and_nothing_is_lo
 
     // Every nacked batch the writer queue took anyway is applied once.
     let settled = settle(&app, &rabbit, &answers).await;
+    // Shared by the tests of this process: exact when it runs alone.
+    println!(
+        "the writer settled {} hold events for {} holds",
+        metric(&app, herdgate::prometheus::WRITER_EVENTS).await - settled_before,
+        settled.acknowledged
+    );
     println!(
         "figures: acknowledged {} ({held_during} while the full queue was bound), persisted {}, \
          lost {}, double-booked {}; {busy} answers 503 outbox-full; {refused} events refused \
