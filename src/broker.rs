@@ -234,6 +234,8 @@ pub struct Broker {
     url: SecretString,
     pub topology: Topology,
     connection: Mutex<Option<Connection>>,
+    /// The most [`Broker::open_channel`] waits (`HERDGATE_AMQP_CONNECT_TIMEOUT`).
+    connect_timeout: Duration,
 }
 
 impl Broker {
@@ -242,6 +244,7 @@ impl Broker {
             url: config.url.clone(),
             topology: Topology::of(config),
             connection: Mutex::new(None),
+            connect_timeout: config.connect_timeout,
         }
     }
 
@@ -250,8 +253,23 @@ impl Broker {
         Connection::connect(self.url.expose_secret(), ConnectionProperties::default()).await
     }
 
-    /// A connection of its own and a channel on it, with the topology declared.
+    /// A connection of its own and a channel on it, with the topology declared,
+    /// within the connect timeout. Without one, a relay or writer reconnecting
+    /// to a broker cut off (the network, or a frozen node whose kernel still
+    /// accepts connections) waits in the handshake for as long as the cut lasts,
+    /// and never tries again: the heartbeat only starts once connected.
     pub async fn open_channel(&self) -> anyhow::Result<(Connection, Channel)> {
+        tokio::time::timeout(self.connect_timeout, self.open_channel_now())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no answer from RabbitMQ within {:?} (HERDGATE_AMQP_CONNECT_TIMEOUT)",
+                    self.connect_timeout
+                )
+            })?
+    }
+
+    async fn open_channel_now(&self) -> anyhow::Result<(Connection, Channel)> {
         use anyhow::Context;
         let connection = self
             .connect()

@@ -30,6 +30,7 @@ pub const ENV_MAX_HOLDS_PER_USER: &str = "HERDGATE_MAX_HOLDS_PER_USER";
 pub const ENV_IDEMPOTENCY_TTL: &str = "HERDGATE_IDEMPOTENCY_TTL";
 pub const ENV_OUTBOX_MAX: &str = "HERDGATE_OUTBOX_MAX";
 pub const ENV_AMQP_PREFIX: &str = "HERDGATE_AMQP_PREFIX";
+pub const ENV_AMQP_CONNECT_TIMEOUT: &str = "HERDGATE_AMQP_CONNECT_TIMEOUT";
 pub const ENV_WRITER_QUEUE_MAX_BYTES: &str = "HERDGATE_WRITER_QUEUE_MAX_BYTES";
 pub const ENV_RELAY_BATCH: &str = "HERDGATE_RELAY_BATCH";
 pub const ENV_RELAY_CLAIM_IDLE: &str = "HERDGATE_RELAY_CLAIM_IDLE";
@@ -74,6 +75,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_IDEMPOTENCY_TTL,
     ENV_OUTBOX_MAX,
     ENV_AMQP_PREFIX,
+    ENV_AMQP_CONNECT_TIMEOUT,
     ENV_WRITER_QUEUE_MAX_BYTES,
     ENV_RELAY_BATCH,
     ENV_RELAY_CLAIM_IDLE,
@@ -199,6 +201,9 @@ pub struct AmqpConfig {
     pub prefix: String,
     /// The writer queue's bound; past it RabbitMQ refuses new batches (backpressure).
     pub writer_queue_max_bytes: u64,
+    /// How long connecting and declaring the topology may take: a broker cut
+    /// off still has its TCP connections accepted, and then never answers.
+    pub connect_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +318,7 @@ impl Config {
                     }),
                 )?,
                 prefix: parse(env, ENV_AMQP_PREFIX, "herdgate", parse_prefix)?,
+                connect_timeout: parse(env, ENV_AMQP_CONNECT_TIMEOUT, "10s", parse_duration)?,
                 writer_queue_max_bytes: parse(
                     env,
                     ENV_WRITER_QUEUE_MAX_BYTES,

@@ -5,6 +5,7 @@
 //! the shared one.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
@@ -14,19 +15,21 @@ use crate::{
     faults::{
         Answer, assert_no_seat_booked_twice, assert_own_holds_are_theirs, await_stored, hold_load,
     },
-    helpers::{Isolation, spawn_app_on, user_ids},
+    helpers::{Isolation, TestApp, scalar, spawn_app_on, user_ids},
 };
 
 /// A RabbitMQ node of this test's own: its own node name, AMQP port and data
-/// directory. Stopped and removed when dropped.
-struct PrivateRabbit {
+/// directory. Resumed if frozen, stopped and removed when dropped.
+pub struct PrivateRabbit {
     name: String,
     port: u16,
     dir: PathBuf,
+    /// Its Erlang VM (beam.smp), as the node itself reports it.
+    pid: u32,
 }
 
 impl PrivateRabbit {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("herdgate-test-{}@localhost", &id[..8]);
         // Its distribution port is this plus 20,000: both below the ephemeral range.
@@ -48,20 +51,32 @@ impl PrivateRabbit {
             .arg(port.to_string())
             .output()
             .expect("bash runs");
-        let rabbit = PrivateRabbit { name, port, dir };
+        let mut rabbit = PrivateRabbit {
+            name,
+            port,
+            dir,
+            pid: 0,
+        };
         assert!(
             out.status.success(),
             "private RabbitMQ did not start: {out:?}"
         );
+        // From the node, not from a process list: the shared broker runs a beam.smp too.
+        rabbit.pid = rabbit
+            .ctl(&["eval", "os:getpid()."])
+            .trim()
+            .trim_matches('"')
+            .parse()
+            .expect("the node names its pid");
         rabbit
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
     /// `rabbitmqctl -n <this node> <args>`; its output.
-    fn ctl(&self, args: &[&str]) -> String {
+    pub fn ctl(&self, args: &[&str]) -> String {
         let out = Command::new("rabbitmqctl")
             .args(["-q", "-n", &self.name])
             .args(args)
@@ -70,13 +85,78 @@ impl PrivateRabbit {
         assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+
+    /// Freezes the node's VM (SIGSTOP): its sockets stay open and the kernel
+    /// still takes what is sent, but nothing is read or answered, as when the
+    /// network between gateway and broker is cut.
+    pub fn freeze(&self) {
+        assert!(self.signal("STOP"), "kill -STOP {}", self.pid);
+    }
+
+    /// Resumes a frozen node (SIGCONT).
+    pub fn thaw(&self) {
+        assert!(self.signal("CONT"), "kill -CONT {}", self.pid);
+    }
+
+    /// Sends `signal` to this node's VM, if it still is this node's: its
+    /// environment names the node (a pid of a VM that exited may be reused).
+    fn signal(&self, signal: &str) -> bool {
+        let ours = std::fs::read(format!("/proc/{}/environ", self.pid)).is_ok_and(|env| {
+            env.split(|&b| b == 0)
+                .any(|var| var == format!("RABBITMQ_NODENAME={}", self.name).as_bytes())
+        });
+        ours && Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Messages (ready and unacked) of each of `prefix`'s queues, as
+    /// `rabbitmqctl list_queues` names them.
+    pub fn queues(&self, prefix: &str) -> Vec<(String, u64, u64)> {
+        self.ctl(&["list_queues", "name", "messages", "messages_unacknowledged"])
+            .lines()
+            .filter(|l| l.contains(prefix))
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                let name = words.next()?.to_string();
+                Some((
+                    name,
+                    words.next()?.parse().ok()?,
+                    words.next()?.parse().ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Waits until every queue of `prefix` is empty, nothing unacknowledged
+    /// nor dead-lettered; how long that took. Fails after `within`.
+    pub async fn await_queues_empty(&self, prefix: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let queues = self.queues(prefix);
+            if !queues.is_empty() && queues.iter().all(|(_, m, u)| *m == 0 && *u == 0) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "messages stuck on the broker: {queues:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }
 
 impl Drop for PrivateRabbit {
     fn drop(&mut self) {
+        // A frozen node answers no rabbitmqctl: resume it first.
+        self.signal("CONT");
         let _ = Command::new("rabbitmqctl")
             .args(["-q", "-n", &self.name, "stop"])
             .output();
+        // Whatever `stop` left running goes too.
+        self.signal("KILL");
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -192,24 +272,121 @@ async fn rabbitmq_stopped_under_load_holds_go_on_then_503_and_everything_lands_a
     // Nothing left unacknowledged or dead-lettered on the broker, once the
     // writer has acked what it just applied (duplicates of batches whose
     // confirms the outage lost included).
-    let settled = Instant::now();
-    let queues = || rabbit.ctl(&["list_queues", "name", "messages", "messages_unacknowledged"]);
-    let empty = |listing: &str| {
-        listing
-            .lines()
-            .filter(|l| l.contains(&app.iso.amqp_prefix))
-            .all(|l| l.split_whitespace().skip(1).all(|n| n == "0"))
-    };
-    while !empty(&queues()) {
-        assert!(
-            settled.elapsed() < Duration::from_secs(20),
-            "messages stuck on the broker:\n{}",
-            queues()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let settled = rabbit
+        .await_queues_empty(&app.iso.amqp_prefix, Duration::from_secs(20))
+        .await;
+    println!("broker queues empty {settled:?} after PostgreSQL caught up");
+}
+
+/// Samples the depth of event 1's outbox (events not yet confirmed by the
+/// broker) every 100 ms until `until`: `(when, depth)`.
+pub async fn watch_outbox(app: &TestApp, until: Instant) -> Vec<(Instant, u64)> {
+    use fred::interfaces::StreamsInterface;
+    let redis = app.iso.redis().await;
+    let outbox = herdgate::holds::Keys::new(app.iso.prefix.clone())
+        .event(1)
+        .outbox();
+    let mut samples = Vec::new();
+    while Instant::now() < until {
+        let depth: u64 = redis.xlen(&outbox).await.unwrap();
+        samples.push((Instant::now(), depth));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!(
-        "broker queues empty {:?} after PostgreSQL caught up",
-        settled.elapsed()
+    samples
+}
+
+/// The first sample at or after `from` with an outbox drained to at most
+/// `depth`: when the relay had caught up.
+pub fn drained_at(samples: &[(Instant, u64)], from: Instant, depth: u64) -> Option<Instant> {
+    samples
+        .iter()
+        .find(|&&(at, d)| at >= from && d <= depth)
+        .map(|&(at, _)| at)
+}
+
+/// The deepest outbox of each second since `start`, for the run's log.
+pub fn depth_trace(samples: &[(Instant, u64)], start: Instant) -> String {
+    let mut seconds: BTreeMap<u64, u64> = BTreeMap::new();
+    for &(at, depth) in samples {
+        let second = seconds.entry((at - start).as_secs()).or_default();
+        *second = (*second).max(depth);
+    }
+    let trace: Vec<String> = seconds.iter().map(|(s, d)| format!("{s}s:{d}")).collect();
+    trace.join(" ")
+}
+
+/// A Prometheus counter or gauge of the process's metrics (0 if not recorded yet).
+pub async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Answers counted by status and problem type.
+pub fn tally(answers: &[Answer]) -> BTreeMap<(u16, String), usize> {
+    let mut by_status = BTreeMap::new();
+    for a in answers {
+        *by_status.entry((a.status, a.problem.clone())).or_default() += 1;
+    }
+    by_status
+}
+
+/// What a run ended with once everything settled.
+pub struct Settled {
+    pub acknowledged: usize,
+    pub persisted: usize,
+    pub double_booked: i64,
+    /// From the end of the load to PostgreSQL holding every 201.
+    pub stored_after: Duration,
+    /// From then to the broker's queues being empty.
+    pub queues_empty_after: Duration,
+}
+
+/// The checks every broker fault ends with, after the load: every answer one
+/// a buyer can act on, every 503 a full outbox with Retry-After, every 200 the
+/// buyer's own hold; then, once the relay and the writer caught up, every 201
+/// in PostgreSQL exactly once and no other booking (a 503 placed nothing), no
+/// seat booked twice, `herdgate check` clean, and the writer and dead-letter
+/// queues empty: nothing unacknowledged, nothing dead-lettered.
+pub async fn settle(app: &TestApp, rabbit: &PrivateRabbit, answers: &[Answer]) -> Settled {
+    let by_status = tally(answers);
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a.status, 200 | 201 | 409 | 503)),
+        "{by_status:?}"
     );
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a.status == 503)
+            .all(|a| a.problem == "/problems/outbox-full" && a.retry_after),
+        "the only 503 is a full outbox, with Retry-After: {by_status:?}"
+    );
+    assert_own_holds_are_theirs(answers);
+    let placed: Vec<uuid::Uuid> = answers
+        .iter()
+        .filter(|a| a.status == 201)
+        .map(|a| a.booking.unwrap())
+        .collect();
+    let pg = app.iso.pg().await;
+    let load_ended = Instant::now();
+    await_stored(&pg, &placed, Duration::from_secs(90)).await;
+    let stored_after = load_ended.elapsed();
+    let persisted = scalar(&pg, "SELECT count(*) FROM bookings").await as usize;
+    assert_eq!(persisted, placed.len(), "bookings no 201 was given for");
+    let double_booked = assert_no_seat_booked_twice(&pg).await;
+    app.assert_stores_agree().await;
+    let empty_after = rabbit
+        .await_queues_empty(&app.iso.amqp_prefix, Duration::from_secs(30))
+        .await;
+    println!("queues: {:?}", rabbit.queues(&app.iso.amqp_prefix));
+    Settled {
+        acknowledged: placed.len(),
+        persisted,
+        double_booked,
+        stored_after,
+        queues_empty_after: empty_after,
+    }
 }

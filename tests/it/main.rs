@@ -10,6 +10,8 @@ mod durable;
 mod expiry;
 mod faults;
 mod faults_broker;
+mod faults_broker_cut;
+mod faults_broker_nack;
 mod faults_pg;
 mod faults_redis;
 mod faults_redis_aof;
