@@ -295,6 +295,57 @@ pub async fn watch_outbox(app: &TestApp, until: Instant) -> Vec<(Instant, u64)> 
     samples
 }
 
+/// What a run did around a fault that lasted from `from` to `to`.
+pub struct Window {
+    /// Holds answered 201 while the fault lasted.
+    pub held_during: usize,
+    /// Answers 503 (a full outbox).
+    pub busy: usize,
+    /// The first 201 of a request sent after the fault.
+    pub again: Instant,
+    /// When the outbox was below a tenth of its bound again, after the fault.
+    pub drained: Instant,
+}
+
+/// Asserts what every broker fault shows under load: holds answered while the
+/// outbox had room, the outbox at its bound `outbox_max` during the fault (the
+/// `kept` events stay there), 503s, and holds taken again after it.
+pub fn fault_window(
+    answers: &[Answer],
+    depths: &[(Instant, u64)],
+    (from, to): (Instant, Instant),
+    outbox_max: usize,
+    until: Instant,
+    kept: &str,
+) -> Window {
+    let held_during = answers
+        .iter()
+        .filter(|a| a.started > from && a.done < to && a.status == 201)
+        .count();
+    assert!(held_during > 0, "holds go on while the outbox has room");
+    let busy = answers.iter().filter(|a| a.status == 503).count();
+    assert!(busy > 0, "the outbox fills: {:?}", tally(answers));
+    assert!(
+        depths
+            .iter()
+            .any(|&(at, d)| at > from && at < to && d >= outbox_max as u64),
+        "{kept} events stay in the outbox"
+    );
+    let again = answers
+        .iter()
+        .filter(|a| a.started > to && a.status == 201)
+        .map(|a| a.done)
+        .min()
+        .expect("holds are taken again after the fault");
+    let drained = drained_at(depths, to, outbox_max as u64 / 10).unwrap_or(until);
+    Window {
+        held_during,
+        busy,
+        again,
+        drained,
+    }
+}
+
 /// The first sample at or after `from` with an outbox drained to at most
 /// `depth`: when the relay had caught up.
 pub fn drained_at(samples: &[(Instant, u64)], from: Instant, depth: u64) -> Option<Instant> {

@@ -8,8 +8,10 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    faults::{Answer, hold_load},
-    faults_broker::{PrivateRabbit, depth_trace, drained_at, settle, tally, watch_outbox},
+    faults::hold_load,
+    faults_broker::{
+        PrivateRabbit, Window, depth_trace, fault_window, settle, tally, watch_outbox,
+    },
     helpers::{Isolation, spawn_app_on, user_ids},
 };
 
@@ -87,29 +89,20 @@ async fn cut_off_under_load(heartbeat: Option<u16>) {
     );
     println!("outbox depth: {}", depth_trace(&depths, start));
 
-    let during = |a: &&Answer| a.started > frozen && a.done < thawed;
-    let held_during = answers
-        .iter()
-        .filter(during)
-        .filter(|a| a.status == 201)
-        .count();
-    assert!(held_during > 0, "holds go on while the outbox has room");
-    let busy = answers.iter().filter(|a| a.status == 503).count();
-    assert!(busy > 0, "the outbox fills: {:?}", tally(&answers));
     // Nothing is confirmed while the broker is cut off: the outbox only grows.
-    assert!(
-        depths
-            .iter()
-            .any(|&(at, d)| at > frozen && at < thawed && d >= OUTBOX_MAX as u64),
-        "unconfirmed events stay in the outbox"
+    let Window {
+        held_during,
+        busy,
+        again,
+        drained,
+    } = fault_window(
+        &answers,
+        &depths,
+        (frozen, thawed),
+        OUTBOX_MAX,
+        until,
+        "unconfirmed",
     );
-    let again = answers
-        .iter()
-        .filter(|a| a.started > thawed && a.status == 201)
-        .map(|a| a.done)
-        .min()
-        .expect("holds are taken again once the broker is back");
-    let drained = drained_at(&depths, thawed, OUTBOX_MAX as u64 / 10).unwrap_or(until);
 
     let settled = settle(&app, &rabbit, &answers).await;
     // The relay's and the writer's: none left over by attempts given up.

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::{
     faults::hold_load,
-    faults_broker::{PrivateRabbit, depth_trace, drained_at, metric, settle, tally, watch_outbox},
+    faults_broker::{
+        PrivateRabbit, Window, depth_trace, fault_window, metric, settle, tally, watch_outbox,
+    },
     helpers::{Isolation, spawn_app_on, user_ids},
 };
 
@@ -94,32 +96,22 @@ async fn a_broker_that_nacks_under_load_gets_503_from_a_full_outbox_and_loses_no
     );
     println!("outbox depth: {}", depth_trace(&depths, start));
 
-    // Holds go on while the outbox has room, and the outbox fills.
-    let during = |a: &&crate::faults::Answer| a.started > set && a.done < cleared;
-    let held_during = answers
-        .iter()
-        .filter(during)
-        .filter(|a| a.status == 201)
-        .count();
-    assert!(held_during > 0, "holds go on while the outbox has room");
-    let busy = answers.iter().filter(|a| a.status == 503).count();
-    assert!(busy > 0, "the outbox fills: {:?}", tally(&answers));
     // The relay saw the refusals: counted (a metric shared by the tests of this
     // process, hence at least) and kept in the outbox.
     assert!(refused > 0.0, "the relay counts refused events: {refused}");
-    assert!(
-        depths
-            .iter()
-            .any(|&(at, d)| at > set && at < cleared && d >= OUTBOX_MAX as u64),
-        "refused events stay in the outbox"
+    let Window {
+        held_during,
+        busy,
+        again,
+        drained,
+    } = fault_window(
+        &answers,
+        &depths,
+        (set, cleared),
+        OUTBOX_MAX,
+        until,
+        "refused",
     );
-    let again = answers
-        .iter()
-        .filter(|a| a.started > cleared && a.status == 201)
-        .map(|a| a.done)
-        .min()
-        .expect("holds are taken again once the writer goes again");
-    let drained = drained_at(&depths, cleared, OUTBOX_MAX as u64 / 10).unwrap_or(until);
 
     rabbit.ctl(&["clear_policy", "herdgate-nack"]);
     let settled = settle(&app, &rabbit, &answers).await;
@@ -234,27 +226,20 @@ async fn a_full_queue_of_another_service_makes_the_broker_nack_and_nothing_is_lo
     );
     println!("outbox depth: {}", depth_trace(&depths, start));
 
-    let held_during = answers
-        .iter()
-        .filter(|a| a.started > bound && a.done < deleted && a.status == 201)
-        .count();
-    assert!(held_during > 0, "holds go on while the outbox has room");
-    let busy = answers.iter().filter(|a| a.status == 503).count();
-    assert!(busy > 0, "the outbox fills: {:?}", tally(&answers));
     assert!(refused > 0.0, "the relay counts refused events: {refused}");
-    assert!(
-        depths
-            .iter()
-            .any(|&(at, d)| at > bound && at < deleted && d >= OUTBOX_MAX as u64),
-        "nacked events stay in the outbox"
+    let Window {
+        held_during,
+        busy,
+        again,
+        drained,
+    } = fault_window(
+        &answers,
+        &depths,
+        (bound, deleted),
+        OUTBOX_MAX,
+        until,
+        "nacked",
     );
-    let again = answers
-        .iter()
-        .filter(|a| a.started > deleted && a.status == 201)
-        .map(|a| a.done)
-        .min()
-        .expect("holds are taken again once the broker accepts");
-    let drained = drained_at(&depths, deleted, OUTBOX_MAX as u64 / 10).unwrap_or(until);
 
     // Every nacked batch the writer queue took anyway is applied once.
     let settled = settle(&app, &rabbit, &answers).await;
