@@ -1,5 +1,5 @@
 //! Running herdgate: `serve` (everything in one process), `gateway` (HTTP,
-//! inventory and relay) and `writer` (RabbitMQ to PostgreSQL) as separate
+//! inventory, relay and sweeper) and `writer` (RabbitMQ to PostgreSQL) as separate
 //! processes, so each half scales on its own.
 
 use std::sync::Arc;
