@@ -52,6 +52,7 @@ const EXPIRE_HOLD: ScriptDef = script!("expire_hold", 8);
 const CONFIRM_HOLD: ScriptDef = script!("confirm_hold", 7);
 const CANCEL_HOLD: ScriptDef = script!("cancel_hold", 8);
 const RELEASE_LOCK: ScriptDef = script!("release_lock", 1);
+const RESTORE_CONFIRM: ScriptDef = script!("restore_confirm", 4);
 
 /// How long an ended hold's state stays in Redis for status reads; PostgreSQL answers after.
 pub const HOLD_RETENTION_MS: i64 = 3_600_000;
@@ -85,6 +86,7 @@ pub struct Store {
     confirm_hold: Script,
     cancel_hold: Script,
     release_lock: Script,
+    restore_confirm: Script,
 }
 
 impl Store {
@@ -100,6 +102,7 @@ impl Store {
             confirm_hold: Script::from_lua(CONFIRM_HOLD.source),
             cancel_hold: Script::from_lua(CANCEL_HOLD.source),
             release_lock: Script::from_lua(RELEASE_LOCK.source),
+            restore_confirm: Script::from_lua(RESTORE_CONFIRM.source),
         }
     }
 
@@ -155,6 +158,37 @@ impl Store {
                 &self.release_lock,
                 vec![key],
                 vec![token.to_string()],
+            )
+            .await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// Makes a hold Redis has as PENDING the CONFIRMED booking PostgreSQL
+    /// stored after a rebuild (see `restore_confirm.lua`); true when it did.
+    pub async fn restore_confirm(
+        &self,
+        keys: &EventKeys,
+        booking: &str,
+        seat_id: i64,
+        user_id: i64,
+        (version, seq, confirmed_ms): (i64, i64, i64),
+    ) -> Result<bool, StoreError> {
+        let reply = self
+            .eval(
+                &RESTORE_CONFIRM,
+                &self.restore_confirm,
+                vec![
+                    keys.hold(booking),
+                    keys.lock(seat_id),
+                    keys.holds(),
+                    keys.user_holds(user_id),
+                ],
+                vec![
+                    booking.to_string(),
+                    version.to_string(),
+                    seq.to_string(),
+                    confirmed_ms.to_string(),
+                ],
             )
             .await?;
         Ok(reply.as_i64() == Some(1))
@@ -218,6 +252,7 @@ mod tests {
             &CONFIRM_HOLD,
             &CANCEL_HOLD,
             &RELEASE_LOCK,
+            &RESTORE_CONFIRM,
         ] {
             assert!(def.source.starts_with(&format!("--[[ {}:", def.name)));
             assert_eq!(declared_keys(def.source), def.keys, "{}", def.name);

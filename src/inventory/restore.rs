@@ -176,7 +176,10 @@ impl Inventory {
     /// Restores the live bookings PostgreSQL has that Redis has no hold of (the
     /// writer stored them after the rebuild), each only while its seat is free:
     /// a seat someone else took since keeps its new holder, and the writer ends
-    /// the older booking (lower `seq`). How many were restored.
+    /// the older booking (lower `seq`). A booking Redis restored PENDING and
+    /// PostgreSQL has CONFIRMED since (its confirm was on its way) is confirmed
+    /// in Redis too, so its seat is not freed at the hold's expiry. How many
+    /// were restored or confirmed.
     async fn catch_up(&self, event_id: i64, live: Vec<LiveBooking>) -> anyhow::Result<usize> {
         let keys = self.store.keys().event(event_id);
         let redis = self.store.client();
@@ -184,14 +187,30 @@ impl Inventory {
         for chunk in live.chunks(RESTORE_CHUNK) {
             let pipeline = redis.pipeline();
             for booking in chunk {
-                pipeline.exists::<(), _>(keys.hold(&booking.id)).await?;
+                pipeline
+                    .hget::<(), _, _>(keys.hold(&booking.id), "status")
+                    .await?;
             }
-            let known: Vec<bool> = pipeline.all().await?;
-            let missing: Vec<&LiveBooking> = chunk
-                .iter()
-                .zip(known)
-                .filter_map(|(booking, known)| (!known).then_some(booking))
-                .collect();
+            let in_redis: Vec<Option<String>> = pipeline.all().await?;
+            let mut missing = Vec::new();
+            for (booking, status) in chunk.iter().zip(in_redis) {
+                if status.is_none() {
+                    missing.push(booking);
+                } else if let (Some("PENDING"), Some(confirmed_ms)) =
+                    (status.as_deref(), booking.confirmed_ms)
+                {
+                    // Restored PENDING, confirmed in PostgreSQL since (the
+                    // script checks again, atomically, with the versions).
+                    let confirmed = (booking.version, booking.seq, confirmed_ms);
+                    if self
+                        .store
+                        .restore_confirm(&keys, &booking.id, booking.seat, booking.user, confirmed)
+                        .await?
+                    {
+                        restored += 1;
+                    }
+                }
+            }
             if missing.is_empty() {
                 continue;
             }

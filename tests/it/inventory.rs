@@ -336,6 +336,61 @@ async fn a_pending_booking_whose_expiry_died_with_redis_is_expired_after_the_reb
 }
 
 #[tokio::test]
+async fn a_confirm_the_writer_stores_just_after_the_rebuild_keeps_its_seat_past_the_hold() {
+    let app = spawn_app().await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    // A hold PostgreSQL has, due in 3 s; its confirm is on its way when Redis loses its data.
+    let booking = herdgate::booking_id::new(1).unwrap();
+    pg.execute(
+        "INSERT INTO bookings (id, event_id, seat_id, user_id, status, expires_at, version, seq)
+         VALUES ($1, 1, 12, $2, 'PENDING', now() + interval '3 seconds', 1, 1)",
+        &[&booking, &users[0]],
+    )
+    .await
+    .unwrap();
+    pg.execute("UPDATE seats SET status = 'HELD' WHERE id = 12", &[])
+        .await
+        .unwrap();
+    app.iso.flush_redis().await;
+    // Rebuilt from PostgreSQL: the hold is back, PENDING.
+    app.wait_until(|| async {
+        app.post_hold(&app.token(users[1]), 1, 12, None)
+            .await
+            .status()
+            == 409
+    })
+    .await;
+    // The writer stores the confirm only now.
+    pg.execute(
+        "UPDATE bookings SET status = 'CONFIRMED', confirmed_at = now(), version = 2, seq = 2
+          WHERE id = $1",
+        &[&booking],
+    )
+    .await
+    .unwrap();
+    pg.execute("UPDATE seats SET status = 'BOOKED' WHERE id = 12", &[])
+        .await
+        .unwrap();
+
+    // Past the hold's time (and the catch-ups at 1, 2 and 4 s) the seat is still sold.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert_problem(app.post_hold(&app.token(users[1]), 1, 12, None).await, 409).await;
+    let view = json(
+        app.http
+            .get(format!("{}/api/bookings/{booking}", app.base))
+            .bearer_auth(app.token(users[0]))
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(view["status"], "CONFIRMED");
+    app.assert_stores_agree().await;
+}
+
+#[tokio::test]
 async fn a_hold_the_writer_stores_just_after_the_rebuild_still_keeps_its_seat() {
     let app = spawn_app().await;
     let pg = app.iso.pg().await;
