@@ -10,17 +10,6 @@ use crate::helpers::{
     Isolation, TestApp, assert_problem, eventually, json, scalar, spawn_app, spawn_app_on, user_ids,
 };
 
-impl TestApp {
-    async fn booking(&self, token: &str, method: reqwest::Method, path: &str) -> reqwest::Response {
-        self.http
-            .request(method, format!("{}/api/bookings/{path}", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-    }
-}
-
 async fn stored_status(app: &TestApp, id: &str) -> Option<(String, String)> {
     let pg = app.iso.pg().await;
     pg.query_opt(

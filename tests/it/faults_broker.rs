@@ -161,13 +161,17 @@ impl Drop for PrivateRabbit {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_stopped_under_load_holds_go_on_then_503_and_everything_lands_after() {
-    const SEATS: i64 = 3_000;
-    // Enough that the load outlasts the outage without anyone's eighth hold.
-    const USERS: u32 = 8_000;
-    // Small enough for the outage to fill it.
-    const OUTBOX_MAX: usize = 300;
+/// Seats the broker fault runs hold at random.
+pub const SEATS: i64 = 3_000;
+/// Enough users that the load outlasts a fault without anyone's eighth hold.
+const USERS: u32 = 8_000;
+
+/// A private RabbitMQ node, and an app on a seeded isolation using it, with an
+/// outbox of `outbox_max` per event and its environment adjusted by `customize`.
+pub async fn app_on_private_broker(
+    outbox_max: usize,
+    customize: impl FnOnce(&mut std::collections::HashMap<String, String>),
+) -> (std::sync::Arc<PrivateRabbit>, TestApp) {
     let rabbit = std::sync::Arc::new(PrivateRabbit::start());
     let url = rabbit.url();
     let iso = Isolation::with_seed(herdgate::seed::SeedOptions {
@@ -177,9 +181,18 @@ async fn rabbitmq_stopped_under_load_holds_go_on_then_503_and_everything_lands_a
     .await;
     let app = spawn_app_on(iso, move |env| {
         env.insert("AMQP_URL".into(), url);
-        env.insert("HERDGATE_OUTBOX_MAX".into(), OUTBOX_MAX.to_string());
+        env.insert("HERDGATE_OUTBOX_MAX".into(), outbox_max.to_string());
+        customize(env);
     })
     .await;
+    (rabbit, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_stopped_under_load_holds_go_on_then_503_and_everything_lands_after() {
+    // Small enough for the outage to fill it.
+    const OUTBOX_MAX: usize = 300;
+    let (rabbit, app) = app_on_private_broker(OUTBOX_MAX, |_| {}).await;
     let pg = app.iso.pg().await;
     let users = user_ids(&pg).await;
 

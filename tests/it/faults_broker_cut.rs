@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use crate::{
     faults::hold_load,
     faults_broker::{
-        PrivateRabbit, Window, depth_trace, fault_window, settle, tally, watch_outbox,
+        PrivateRabbit, SEATS, Window, app_on_private_broker, depth_trace, fault_window, settle,
+        tally, watch_outbox,
     },
-    helpers::{Isolation, spawn_app_on, user_ids},
+    helpers::user_ids,
 };
 
 /// A cut shorter than the heartbeat timeout (RabbitMQ proposes 60 s, and
@@ -37,24 +38,12 @@ async fn a_broker_cut_off_past_the_heartbeat_timeout_is_reconnected_and_loses_no
 /// Holds for 26 s, the broker frozen for 10 s of them from 2 s on; with
 /// `heartbeat` (seconds) asked for in the AMQP URL.
 async fn cut_off_under_load(heartbeat: Option<u16>) {
-    const SEATS: i64 = 3_000;
-    const USERS: u32 = 8_000;
     const OUTBOX_MAX: usize = 300;
     const CUT: Duration = Duration::from_secs(10);
-    let rabbit = std::sync::Arc::new(PrivateRabbit::start());
-    let url = match heartbeat {
-        Some(seconds) => format!("{}?heartbeat={seconds}", rabbit.url()),
-        None => rabbit.url(),
-    };
-    let iso = Isolation::with_seed(herdgate::seed::SeedOptions {
-        demo_seats: SEATS as u32,
-        users: USERS,
-    })
-    .await;
-    let app = spawn_app_on(iso, move |env| {
-        env.insert("AMQP_URL".into(), url);
-        env.insert("HERDGATE_OUTBOX_MAX".into(), OUTBOX_MAX.to_string());
-        if heartbeat.is_some() {
+    let (rabbit, app) = app_on_private_broker(OUTBOX_MAX, |env| {
+        if let Some(seconds) = heartbeat {
+            let url = &env["AMQP_URL"];
+            env.insert("AMQP_URL".into(), format!("{url}?heartbeat={seconds}"));
             // Reconnects during the cut give up and are tried again.
             env.insert("HERDGATE_AMQP_CONNECT_TIMEOUT".into(), "2s".into());
         }

@@ -15,32 +15,19 @@ use std::time::{Duration, Instant};
 use crate::{
     faults::hold_load,
     faults_broker::{
-        PrivateRabbit, Window, depth_trace, fault_window, metric, settle, tally, watch_outbox,
+        SEATS, Window, app_on_private_broker, depth_trace, fault_window, metric, settle, tally,
+        watch_outbox,
     },
-    helpers::{Isolation, spawn_app_on, user_ids},
+    helpers::user_ids,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_nacks_under_load_gets_503_from_a_full_outbox_and_loses_nothing() {
-    const SEATS: i64 = 3_000;
-    // Enough that the load outlasts the refusals without anyone's eighth hold.
-    const USERS: u32 = 8_000;
     // An entry stays in the outbox until the writer commits it: from the stall
     // on the outbox fills whether the broker refuses or not, so it must have
     // room left when the refusals begin (once the writer's prefetch is full).
     const OUTBOX_MAX: usize = 1_000;
-    let rabbit = std::sync::Arc::new(PrivateRabbit::start());
-    let url = rabbit.url();
-    let iso = Isolation::with_seed(herdgate::seed::SeedOptions {
-        demo_seats: SEATS as u32,
-        users: USERS,
-    })
-    .await;
-    let app = spawn_app_on(iso, move |env| {
-        env.insert("AMQP_URL".into(), url);
-        env.insert("HERDGATE_OUTBOX_MAX".into(), OUTBOX_MAX.to_string());
-    })
-    .await;
+    let (rabbit, app) = app_on_private_broker(OUTBOX_MAX, |_| {}).await;
     let users = user_ids(&app.iso.pg().await).await;
     let pattern = format!("^{}\\.writer$", app.iso.amqp_prefix.replace('.', "\\."));
     let refused_before = metric(&app, herdgate::prometheus::RELAY_REFUSED).await;
@@ -140,21 +127,8 @@ async fn a_broker_that_nacks_under_load_gets_503_from_a_full_outbox_and_loses_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_of_another_service_makes_the_broker_nack_and_nothing_is_lost_or_doubled() {
     use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
-    const SEATS: i64 = 3_000;
-    const USERS: u32 = 8_000;
     const OUTBOX_MAX: usize = 300;
-    let rabbit = PrivateRabbit::start();
-    let url = rabbit.url();
-    let iso = Isolation::with_seed(herdgate::seed::SeedOptions {
-        demo_seats: SEATS as u32,
-        users: USERS,
-    })
-    .await;
-    let app = spawn_app_on(iso, move |env| {
-        env.insert("AMQP_URL".into(), url);
-        env.insert("HERDGATE_OUTBOX_MAX".into(), OUTBOX_MAX.to_string());
-    })
-    .await;
+    let (rabbit, app) = app_on_private_broker(OUTBOX_MAX, |_| {}).await;
     let users = user_ids(&app.iso.pg().await).await;
     let topology = herdgate::broker::Topology::new(&app.iso.amqp_prefix);
     let side = format!("{}.analytics", app.iso.amqp_prefix);

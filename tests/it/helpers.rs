@@ -343,6 +343,22 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// `method /api/bookings/<path>` as the user `token` names (a booking's
+    /// status, `<id>/confirm`, or its cancel with DELETE).
+    pub async fn booking(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}/api/bookings/{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn post_login(&self, email: &str, password: &str) -> reqwest::Response {
         let body = serde_json::json!({"email": email, "password": password}).to_string();
         self.post("/api/users/login", Some("application/json"), body)

@@ -132,12 +132,8 @@ async fn an_event_off_sale_with_nothing_left_is_no_longer_watched_until_it_is_ba
     );
 
     let cancelled = app
-        .http
-        .delete(format!("{}/api/bookings/{booking}", app.base))
-        .bearer_auth(app.token(users[0]))
-        .send()
-        .await
-        .unwrap();
+        .booking(&app.token(users[0]), reqwest::Method::DELETE, &booking)
+        .await;
     json(cancelled, 200).await;
     // Nothing left to relay (once the writer has it) or expire: no longer watched.
     eventually(Duration::from_secs(10), || async { !watched().await }).await;
@@ -377,12 +373,12 @@ async fn a_confirm_the_writer_stores_just_after_the_rebuild_keeps_its_seat_past_
     tokio::time::sleep(Duration::from_millis(4_500)).await;
     assert_problem(app.post_hold(&app.token(users[1]), 1, 12, None).await, 409).await;
     let view = json(
-        app.http
-            .get(format!("{}/api/bookings/{booking}", app.base))
-            .bearer_auth(app.token(users[0]))
-            .send()
-            .await
-            .unwrap(),
+        app.booking(
+            &app.token(users[0]),
+            reqwest::Method::GET,
+            &booking.to_string(),
+        )
+        .await,
         200,
     )
     .await;
@@ -420,12 +416,12 @@ async fn a_hold_the_writer_stores_just_after_the_rebuild_still_keeps_its_seat() 
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_problem(app.post_hold(&app.token(users[1]), 1, 11, None).await, 409).await;
     let view = json(
-        app.http
-            .get(format!("{}/api/bookings/{booking}", app.base))
-            .bearer_auth(app.token(users[0]))
-            .send()
-            .await
-            .unwrap(),
+        app.booking(
+            &app.token(users[0]),
+            reqwest::Method::GET,
+            &booking.to_string(),
+        )
+        .await,
         200,
     )
     .await;
