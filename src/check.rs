@@ -7,12 +7,9 @@
 //! by design, so the check first waits for the outboxes to drain and then
 //! compares again until the stores agree or the time is up.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
-use fred::interfaces::{
-    HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface, StreamsInterface,
-};
 use tokio::time::Instant;
 
 use crate::holds::Store;
@@ -48,18 +45,14 @@ pub async fn reconcile(
 }
 
 async fn events(store: &Store) -> anyhow::Result<Vec<i64>> {
-    let mut events: Vec<i64> = store.client().smembers(store.keys().outboxes()).await?;
+    let mut events = store.loaded_events().await?;
     events.sort_unstable();
     Ok(events)
 }
 
 async fn outboxes_drained(store: &Store) -> anyhow::Result<bool> {
     for event in events(store).await? {
-        let depth: u64 = store
-            .client()
-            .xlen(store.keys().event(event).outbox())
-            .await?;
-        if depth > 0 {
+        if store.outbox_depth(event).await? > 0 {
             return Ok(false);
         }
     }
@@ -102,32 +95,19 @@ async fn compare(store: &Store, pg: &deadpool_postgres::Pool) -> anyhow::Result<
                 )
             })
             .collect();
-        let keys = store.keys().event(event);
-        let available: Vec<i64> = store
-            .client()
-            .zrange(keys.available(), 0, -1, None, false, None, false)
-            .await?;
-        let available: std::collections::HashSet<i64> = available.into_iter().collect();
+        let available = store.available_seats(event).await?;
         for chunk in stored.chunks(CHUNK) {
-            let lock_keys: Vec<String> = chunk.iter().map(|(seat, _)| keys.lock(*seat)).collect();
-            let locks: Vec<Option<String>> = store.client().mget(lock_keys).await?;
-            let mut statuses: HashMap<String, Option<String>> = HashMap::new();
-            for booking in locks.iter().flatten() {
-                let status: Option<String> =
-                    store.client().hget(keys.hold(booking), "status").await?;
-                statuses.insert(booking.clone(), status);
-            }
-            for ((seat, pg_seat), lock) in chunk.iter().zip(&locks) {
+            let seats: Vec<i64> = chunk.iter().map(|(seat, _)| *seat).collect();
+            let holders = store.seat_holders(event, &seats).await?;
+            for ((seat, pg_seat), redis) in chunk.iter().zip(holders) {
                 report.seats += 1;
-                let redis = lock
-                    .as_ref()
-                    .map(|b| (b.clone(), statuses[b].clone().unwrap_or_default()));
+                let locked = redis.is_some();
                 if let Some(difference) =
                     differ(event, *seat, redis, pg_seat, available.contains(seat))
                 {
                     report.differences.push(difference);
                 }
-                report.live += usize::from(lock.is_some());
+                report.live += usize::from(locked);
             }
         }
     }

@@ -21,9 +21,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
-use fred::{interfaces::StreamsInterface, types::Value};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -41,7 +39,6 @@ use crate::{
     telemetry::{self, spans},
 };
 
-const GROUP: &str = "relay";
 /// Pause before a batch RabbitMQ refused or could not route is published again.
 const REFUSED_PAUSE: Duration = Duration::from_millis(200);
 /// How often the outbox depth of the events being relayed is measured.
@@ -251,89 +248,31 @@ impl Relay {
     }
 
     async fn create_group(&self, event_id: i64) -> anyhow::Result<()> {
-        let outbox = self.store.keys().event(event_id).outbox();
-        match self
-            .store
-            .client()
-            .xgroup_create::<(), _, _, _>(outbox, GROUP, "0", true)
-            .await
-        {
-            Err(e) if e.details().starts_with("BUSYGROUP") => Ok(()),
-            result => Ok(result?),
-        }
+        Ok(self.store.join_outbox_group(event_id).await?)
     }
 
     /// Takes over entries other relays left unconfirmed for too long; true if any.
     async fn claim(&self, event_id: i64) -> anyhow::Result<bool> {
-        let outbox = self.store.keys().event(event_id).outbox();
-        let reply: Value = self
+        let claimed = self
             .store
-            .client()
-            .xautoclaim(
-                outbox,
-                GROUP,
-                &self.consumer,
-                self.claim_idle.as_millis() as u64,
-                "0-0",
-                Some(self.batch as u64),
-                true,
-            )
+            .claim_outbox(event_id, &self.consumer, self.claim_idle, self.batch)
             .await?;
-        let claimed = match &reply {
-            Value::Array(parts) => parts
-                .get(1)
-                .is_some_and(|ids| !matches!(ids, Value::Array(a) if a.is_empty())),
-            _ => false,
-        };
         if claimed {
             tracing::info!(event_id, "relay claimed entries of a relay that stopped");
         }
-        self.forget_stopped_relays(event_id).await?;
+        // Stopped relays hold nothing once their entries are claimed.
+        self.store
+            .forget_idle_relays(event_id, &self.consumer, self.claim_idle)
+            .await?;
         Ok(claimed)
-    }
-
-    /// Removes from the group the relays that hold no entry and have been idle
-    /// past `claim_idle` (stopped ones: each session joins under a new name),
-    /// so the group does not grow with every restart.
-    async fn forget_stopped_relays(&self, event_id: i64) -> anyhow::Result<()> {
-        let outbox = self.store.keys().event(event_id).outbox();
-        let client = self.store.client();
-        let consumers: Vec<HashMap<String, Value>> = client.xinfo_consumers(&outbox, GROUP).await?;
-        let idle_ms = self.claim_idle.as_millis() as i64;
-        for consumer in consumers {
-            let field = |name: &str| consumer.get(name).and_then(Value::as_i64);
-            let Some(name) = consumer.get("name").and_then(Value::as_string) else {
-                continue;
-            };
-            if name != self.consumer
-                && field("pending") == Some(0)
-                && field("idle").is_some_and(|idle| idle > idle_ms)
-            {
-                client
-                    .xgroup_delconsumer::<(), _, _, _>(&outbox, GROUP, name)
-                    .await?;
-            }
-        }
-        Ok(())
     }
 
     /// New entries, or with `pending` this relay's own unconfirmed ones.
     async fn read(&self, event_id: i64, pending: bool) -> anyhow::Result<Vec<Entry>> {
-        let outbox = self.store.keys().event(event_id).outbox();
-        let reply: Value = self
+        Ok(self
             .store
-            .client()
-            .xreadgroup(
-                GROUP,
-                &self.consumer,
-                Some(self.batch as u64),
-                None,
-                false,
-                outbox,
-                if pending { "0" } else { ">" },
-            )
-            .await?;
-        parse_entries(&reply).context("unexpected XREADGROUP reply")
+            .read_outbox(event_id, &self.consumer, self.batch, pending)
+            .await?)
     }
 
     /// Publishes the entries as batches (one message per type, in outbox order,
@@ -474,20 +413,10 @@ impl Relay {
         done: &mut Vec<String>,
         dropped: Vec<String>,
     ) -> anyhow::Result<()> {
-        let outbox = self.store.keys().event(event_id).outbox();
-        let client = self.store.client();
-        if !dropped.is_empty() {
-            // Delete before the ack: one deleted but still pending comes back
-            // without fields and is acked as such.
-            client.xdel::<(), _, _>(&outbox, dropped.clone()).await?;
-            done.extend(dropped);
-        }
-        if !done.is_empty() {
-            client
-                .xack::<(), _, _, _>(&outbox, GROUP, std::mem::take(done))
-                .await?;
-        }
-        Ok(())
+        Ok(self
+            .store
+            .settle_outbox(event_id, std::mem::take(done), dropped)
+            .await?)
     }
 }
 
@@ -577,37 +506,4 @@ fn properties(event_id: i64, ids: &[String], occurred_at: DateTime<Utc>) -> Basi
         .with_message_id(format!("{event_id}:{first}:{last}").into())
         .with_timestamp(occurred_at.timestamp() as u64)
         .with_app_id("herdgate".into())
-}
-
-/// Entries of a one-stream XREADGROUP reply: `[[stream, [[id, [f, v, ...]], ...]]]`.
-fn parse_entries(reply: &Value) -> Option<Vec<Entry>> {
-    let streams = match reply {
-        Value::Null => return Some(Vec::new()),
-        Value::Array(streams) => streams,
-        _ => return None,
-    };
-    let mut entries = Vec::new();
-    for stream in streams {
-        let Value::Array(parts) = stream else {
-            return None;
-        };
-        let Some(Value::Array(items)) = parts.get(1) else {
-            return None;
-        };
-        for item in items {
-            let Value::Array(pair) = item else {
-                return None;
-            };
-            let id = pair.first()?.as_string()?;
-            let mut fields = HashMap::new();
-            // An entry deleted while pending comes back with no fields: nothing to publish.
-            if let Some(Value::Array(kv)) = pair.get(1) {
-                for kv in kv.chunks(2) {
-                    fields.insert(kv.first()?.as_string()?, kv.get(1)?.as_string()?);
-                }
-            }
-            entries.push((id, fields));
-        }
-    }
-    Some(entries)
 }

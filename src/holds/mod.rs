@@ -6,6 +6,7 @@
 
 mod activity;
 pub mod keys;
+mod loaded;
 mod outbox;
 mod reads;
 mod transitions;

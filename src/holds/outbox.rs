@@ -1,76 +1,23 @@
-//! Visiting the loaded events as a whole: which events have an outbox, how
-//! deep each is, and when each one's first hold falls due.
+//! The transactional outbox: each event's stream of hold events not yet in
+//! PostgreSQL, read by the relays as one consumer group and cleared by the writer.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use fred::{
-    clients::{Client, Pipeline},
-    interfaces::{
-        HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface, StreamsInterface,
-    },
-    types::FromValue,
+    interfaces::{KeysInterface, StreamsInterface},
+    types::Value,
 };
 
-use super::{EventKeys, Store, StoreError};
+use super::{Store, StoreError};
 
-/// An outbox entry: its stream id and its fields.
+/// An outbox entry: its stream id and its fields (none for an entry deleted
+/// while it was pending).
 pub type OutboxEntry = (String, HashMap<String, String>);
 
-/// Commands sent in one pipeline when visiting every event.
-const PIPELINE: usize = 1_000;
+/// The relays' consumer group on every outbox.
+const GROUP: &str = "relay";
 
 impl Store {
-    /// The events whose outbox the relay drains and whose holds the sweeper
-    /// expires: every event loaded here, until it is off sale and finished.
-    pub async fn loaded_events(&self) -> Result<Vec<i64>, StoreError> {
-        Ok(self.client().smembers(self.keys.outboxes()).await?)
-    }
-
-    /// Has the relay drain and the sweeper watch these events (`outboxes`).
-    pub async fn watch_events(&self, events: &[i64]) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        Ok(self
-            .client()
-            .sadd(self.keys.outboxes(), events.to_vec())
-            .await?)
-    }
-
-    /// Of `events`, none on sale in PostgreSQL, stops watching those with
-    /// nothing left to relay or expire: not on sale in Redis either, an empty
-    /// outbox and no live hold. No script can then add an entry (a hold needs
-    /// the event on sale, ending one needs it live), so nothing is missed; the
-    /// loader watches an event again once it is back on sale. Returns those.
-    pub async fn forget_finished_events(&self, events: &[i64]) -> Result<Vec<i64>, StoreError> {
-        let statuses = self.event_statuses(events).await?;
-        let depths: Vec<u64> = self
-            .pipelined(events, |p, k| async move { p.xlen(k.outbox()).await })
-            .await?;
-        let live: Vec<u64> = self
-            .pipelined(events, |p, k| async move { p.zcard(k.holds()).await })
-            .await?;
-        let finished: Vec<i64> = events
-            .iter()
-            .zip(statuses.iter().zip(depths.iter().zip(&live)))
-            .filter(|(_, (status, (depth, live)))| {
-                status.as_deref() != Some("ON_SALE") && **depth == 0 && **live == 0
-            })
-            .map(|(&id, _)| id)
-            .collect();
-        if !finished.is_empty() {
-            self.client()
-                .srem::<(), _, _>(self.keys.outboxes(), finished.clone())
-                .await?;
-        }
-        Ok(finished)
-    }
-
-    /// How many events are watched (the `outboxes` set's size).
-    pub async fn loaded_event_count(&self) -> Result<u64, StoreError> {
-        Ok(self.client().scard(self.keys.outboxes()).await?)
-    }
-
     /// Entries in one event's outbox: not yet relayed, or relayed and not yet
     /// in PostgreSQL.
     pub async fn outbox_depth(&self, event_id: i64) -> Result<u64, StoreError> {
@@ -123,63 +70,163 @@ impl Store {
         Ok(events.into_iter().zip(depths).collect())
     }
 
-    /// When the event's first live hold falls due (ms since epoch), if it has one.
-    pub async fn first_due(&self, event_id: i64) -> Result<Option<i64>, StoreError> {
-        let head: Vec<(String, f64)> = self
+    /// Makes sure the event's outbox has the relays' group (from its first
+    /// entry), creating the stream if need be.
+    pub async fn join_outbox_group(&self, event_id: i64) -> Result<(), StoreError> {
+        let outbox = self.keys.event(event_id).outbox();
+        match self
             .client()
-            .zrange(
-                self.keys.event(event_id).holds(),
-                0,
-                0,
+            .xgroup_create::<(), _, _, _>(outbox, GROUP, "0", true)
+            .await
+        {
+            Err(e) if e.details().starts_with("BUSYGROUP") => Ok(()),
+            result => Ok(result?),
+        }
+    }
+
+    /// Up to `count` entries for `relay`: new ones, or with `pending` those it
+    /// read before and has not acked.
+    pub async fn read_outbox(
+        &self,
+        event_id: i64,
+        relay: &str,
+        count: usize,
+        pending: bool,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let outbox = self.keys.event(event_id).outbox();
+        let reply: Value = self
+            .client()
+            .xreadgroup(
+                GROUP,
+                relay,
+                Some(count as u64),
                 None,
                 false,
-                None,
+                outbox,
+                if pending { "0" } else { ">" },
+            )
+            .await?;
+        // Read by hand: with fred's typed `xreadgroup_map` instead, the relay read
+        // no entries at all (tests/it/durable.rs timed out, 2026-12-02).
+        entries(&reply).ok_or_else(|| StoreError::Reply {
+            script: "XREADGROUP",
+            reply: format!("{reply:?}"),
+        })
+    }
+
+    /// Gives `relay` up to `count` entries other relays read and have not
+    /// acked for `idle`; true if it took any.
+    pub async fn claim_outbox(
+        &self,
+        event_id: i64,
+        relay: &str,
+        idle: Duration,
+        count: usize,
+    ) -> Result<bool, StoreError> {
+        let outbox = self.keys.event(event_id).outbox();
+        // JUSTID: `[next-start, [id, ...], [deleted-id, ...]]`.
+        let reply: Value = self
+            .client()
+            .xautoclaim(
+                outbox,
+                GROUP,
+                relay,
+                idle.as_millis() as u64,
+                "0-0",
+                Some(count as u64),
                 true,
             )
             .await?;
-        Ok(head.first().map(|(_, due)| *due as i64))
+        Ok(match &reply {
+            Value::Array(parts) => parts
+                .get(1)
+                .is_some_and(|ids| !matches!(ids, Value::Array(a) if a.is_empty())),
+            _ => false,
+        })
     }
 
-    /// [`Store::first_due`] of every loaded event, pipelined.
-    pub async fn first_due_all(&self) -> Result<Vec<(i64, Option<i64>)>, StoreError> {
-        let events = self.loaded_events().await?;
-        let heads: Vec<Vec<(String, f64)>> = self
-            .pipelined(&events, |p, k| async move {
-                p.zrange(k.holds(), 0, 0, None, false, None, true).await
-            })
-            .await?;
-        Ok(events
-            .into_iter()
-            .zip(heads)
-            .map(|(id, head)| (id, head.first().map(|(_, due)| *due as i64)))
-            .collect())
-    }
-
-    /// The status each event has in Redis, `None` for one not loaded, pipelined.
-    pub async fn event_statuses(&self, events: &[i64]) -> Result<Vec<Option<String>>, StoreError> {
-        self.pipelined(
-            events,
-            |p, k| async move { p.hget(k.event(), "status").await },
-        )
-        .await
-    }
-
-    /// One command per event, sent `PIPELINE` at a time; the replies in order.
-    async fn pipelined<T, F, Fut>(&self, events: &[i64], queue: F) -> Result<Vec<T>, StoreError>
-    where
-        T: FromValue,
-        F: Fn(Pipeline<Client>, EventKeys) -> Fut,
-        Fut: Future<Output = Result<(), fred::error::Error>>,
-    {
-        let mut replies = Vec::with_capacity(events.len());
-        for chunk in events.chunks(PIPELINE) {
-            let pipeline = self.client().pipeline();
-            for &event_id in chunk {
-                queue(pipeline.clone(), self.keys.event(event_id)).await?;
+    /// Removes from the group every relay but `relay` that holds no entry and
+    /// has been idle past `idle` (a stopped one: each session joins under a
+    /// new name), so the group does not grow with every restart.
+    pub async fn forget_idle_relays(
+        &self,
+        event_id: i64,
+        relay: &str,
+        idle: Duration,
+    ) -> Result<(), StoreError> {
+        let outbox = self.keys.event(event_id).outbox();
+        let client = self.client();
+        let consumers: Vec<HashMap<String, Value>> = client.xinfo_consumers(&outbox, GROUP).await?;
+        let idle_ms = idle.as_millis() as i64;
+        for consumer in consumers {
+            let field = |name: &str| consumer.get(name).and_then(Value::as_i64);
+            let Some(name) = consumer.get("name").and_then(Value::as_string) else {
+                continue;
+            };
+            if name != relay
+                && field("pending") == Some(0)
+                && field("idle").is_some_and(|idle| idle > idle_ms)
+            {
+                client
+                    .xgroup_delconsumer::<(), _, _, _>(&outbox, GROUP, name)
+                    .await?;
             }
-            let chunk: Vec<T> = pipeline.all().await?;
-            replies.extend(chunk);
         }
-        Ok(replies)
+        Ok(())
     }
+
+    /// Acks `done` in the group, after deleting `dropped` (entries no writer
+    /// will delete) and acking them too.
+    pub async fn settle_outbox(
+        &self,
+        event_id: i64,
+        mut done: Vec<String>,
+        dropped: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let outbox = self.keys.event(event_id).outbox();
+        let client = self.client();
+        if !dropped.is_empty() {
+            // Delete before the ack: one deleted but still pending comes back
+            // without fields and is acked as such.
+            client.xdel::<(), _, _>(&outbox, dropped.clone()).await?;
+            done.extend(dropped);
+        }
+        if !done.is_empty() {
+            client.xack::<(), _, _, _>(&outbox, GROUP, done).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Entries of a one-stream XREADGROUP reply: `[[stream, [[id, [f, v, ...]], ...]]]`.
+fn entries(reply: &Value) -> Option<Vec<OutboxEntry>> {
+    let streams = match reply {
+        Value::Null => return Some(Vec::new()),
+        Value::Array(streams) => streams,
+        _ => return None,
+    };
+    let mut entries = Vec::new();
+    for stream in streams {
+        let Value::Array(parts) = stream else {
+            return None;
+        };
+        let Some(Value::Array(items)) = parts.get(1) else {
+            return None;
+        };
+        for item in items {
+            let Value::Array(pair) = item else {
+                return None;
+            };
+            let id = pair.first()?.as_string()?;
+            let mut fields = HashMap::new();
+            // An entry deleted while pending comes back with no fields: nothing to publish.
+            if let Some(Value::Array(kv)) = pair.get(1) {
+                for kv in kv.chunks(2) {
+                    fields.insert(kv.first()?.as_string()?, kv.get(1)?.as_string()?);
+                }
+            }
+            entries.push((id, fields));
+        }
+    }
+    Some(entries)
 }

@@ -1,7 +1,10 @@
 //! Reading from Redis: pages of available seats, an event, a booking.
 
 use bytes::Bytes;
-use fred::{interfaces::HashesInterface, types::Value};
+use fred::{
+    interfaces::{HashesInterface, KeysInterface, SortedSetsInterface},
+    types::Value,
+};
 
 use super::{LIST_AVAILABLE, READ_EVENT, Store, StoreError, reply_error};
 
@@ -136,5 +139,44 @@ impl Store {
                 _ => None,
             },
         )
+    }
+
+    /// Every seat id in the event's `available` set.
+    pub async fn available_seats(
+        &self,
+        event_id: i64,
+    ) -> Result<std::collections::HashSet<i64>, StoreError> {
+        let k = self.keys.event(event_id);
+        let seats: Vec<i64> = self
+            .client()
+            .zrange(k.available(), 0, -1, None, false, None, false)
+            .await?;
+        Ok(seats.into_iter().collect())
+    }
+
+    /// For each of `seats`, the booking its lock names and that booking's
+    /// status (empty when its hold state is gone), or `None` for a free seat.
+    pub async fn seat_holders(
+        &self,
+        event_id: i64,
+        seats: &[i64],
+    ) -> Result<Vec<Option<(String, String)>>, StoreError> {
+        let k = self.keys.event(event_id);
+        let locks: Vec<Option<String>> = self
+            .client()
+            .mget(seats.iter().map(|&seat| k.lock(seat)).collect::<Vec<_>>())
+            .await?;
+        let mut holders = Vec::with_capacity(locks.len());
+        for lock in locks {
+            holders.push(match lock {
+                Some(booking) => {
+                    let status: Option<String> =
+                        self.client().hget(k.hold(&booking), "status").await?;
+                    Some((booking, status.unwrap_or_default()))
+                }
+                None => None,
+            });
+        }
+        Ok(holders)
     }
 }

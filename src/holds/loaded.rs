@@ -1,0 +1,129 @@
+//! The loaded events: the set of events whose outbox the relay drains and whose
+//! holds the sweeper expires, and what is read of every one of them at once.
+
+use fred::{
+    clients::{Client, Pipeline},
+    interfaces::{HashesInterface, SetsInterface, SortedSetsInterface, StreamsInterface},
+    types::FromValue,
+};
+
+use super::{EventKeys, Store, StoreError};
+
+/// Commands sent in one pipeline when visiting every event.
+const PIPELINE: usize = 1_000;
+
+impl Store {
+    /// The events whose outbox the relay drains and whose holds the sweeper
+    /// expires: every event loaded here, until it is off sale and finished.
+    pub async fn loaded_events(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(self.client().smembers(self.keys.outboxes()).await?)
+    }
+
+    /// Has the relay drain and the sweeper watch these events (`outboxes`).
+    pub async fn watch_events(&self, events: &[i64]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        Ok(self
+            .client()
+            .sadd(self.keys.outboxes(), events.to_vec())
+            .await?)
+    }
+
+    /// Of `events`, none on sale in PostgreSQL, stops watching those with
+    /// nothing left to relay or expire: not on sale in Redis either, an empty
+    /// outbox and no live hold. No script can then add an entry (a hold needs
+    /// the event on sale, ending one needs it live), so nothing is missed; the
+    /// loader watches an event again once it is back on sale. Returns those.
+    pub async fn forget_finished_events(&self, events: &[i64]) -> Result<Vec<i64>, StoreError> {
+        let statuses = self.event_statuses(events).await?;
+        let depths: Vec<u64> = self
+            .pipelined(events, |p, k| async move { p.xlen(k.outbox()).await })
+            .await?;
+        let live: Vec<u64> = self
+            .pipelined(events, |p, k| async move { p.zcard(k.holds()).await })
+            .await?;
+        let finished: Vec<i64> = events
+            .iter()
+            .zip(statuses.iter().zip(depths.iter().zip(&live)))
+            .filter(|(_, (status, (depth, live)))| {
+                status.as_deref() != Some("ON_SALE") && **depth == 0 && **live == 0
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        if !finished.is_empty() {
+            self.client()
+                .srem::<(), _, _>(self.keys.outboxes(), finished.clone())
+                .await?;
+        }
+        Ok(finished)
+    }
+
+    /// How many events are watched (the `outboxes` set's size).
+    pub async fn loaded_event_count(&self) -> Result<u64, StoreError> {
+        Ok(self.client().scard(self.keys.outboxes()).await?)
+    }
+    /// When the event's first live hold falls due (ms since epoch), if it has one.
+    pub async fn first_due(&self, event_id: i64) -> Result<Option<i64>, StoreError> {
+        let head: Vec<(String, f64)> = self
+            .client()
+            .zrange(
+                self.keys.event(event_id).holds(),
+                0,
+                0,
+                None,
+                false,
+                None,
+                true,
+            )
+            .await?;
+        Ok(head.first().map(|(_, due)| *due as i64))
+    }
+
+    /// [`Store::first_due`] of every loaded event, pipelined.
+    pub async fn first_due_all(&self) -> Result<Vec<(i64, Option<i64>)>, StoreError> {
+        let events = self.loaded_events().await?;
+        let heads: Vec<Vec<(String, f64)>> = self
+            .pipelined(&events, |p, k| async move {
+                p.zrange(k.holds(), 0, 0, None, false, None, true).await
+            })
+            .await?;
+        Ok(events
+            .into_iter()
+            .zip(heads)
+            .map(|(id, head)| (id, head.first().map(|(_, due)| *due as i64)))
+            .collect())
+    }
+
+    /// The status each event has in Redis, `None` for one not loaded, pipelined.
+    pub async fn event_statuses(&self, events: &[i64]) -> Result<Vec<Option<String>>, StoreError> {
+        self.pipelined(
+            events,
+            |p, k| async move { p.hget(k.event(), "status").await },
+        )
+        .await
+    }
+
+    /// One command per event, sent `PIPELINE` at a time; the replies in order.
+    pub(super) async fn pipelined<T, F, Fut>(
+        &self,
+        events: &[i64],
+        queue: F,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: FromValue,
+        F: Fn(Pipeline<Client>, EventKeys) -> Fut,
+        Fut: Future<Output = Result<(), fred::error::Error>>,
+    {
+        let mut replies = Vec::with_capacity(events.len());
+        for chunk in events.chunks(PIPELINE) {
+            let pipeline = self.client().pipeline();
+            for &event_id in chunk {
+                queue(pipeline.clone(), self.keys.event(event_id)).await?;
+            }
+            let chunk: Vec<T> = pipeline.all().await?;
+            replies.extend(chunk);
+        }
+        Ok(replies)
+    }
+}
