@@ -7,7 +7,8 @@ use anyhow::Context;
 
 use crate::{
     auth::Auth, broker::Broker, catalog::Catalog, coalesce::Coalescer, config::Config,
-    holds::Store, inventory::Inventory, rate_limit::RateLimit, users::Users, waiting_room::Load,
+    holds::Store, inventory::Inventory, rate_limit::RateLimit, users::Users,
+    waiting_room::InFlight,
 };
 
 /// Login rate limits count attempts in windows of this length.
@@ -21,7 +22,8 @@ pub struct App {
     pub auth: Auth,
     pub catalog: Catalog,
     pub inventory: Arc<Inventory>,
-    pub load: Load,
+    /// Requests in flight, bounded: the rest are shed with 503.
+    pub in_flight: InFlight,
     /// The user ids PostgreSQL knows: holds for others are refused.
     pub users: Arc<Users>,
     /// Failed logins per account (lower-cased email).
@@ -55,7 +57,7 @@ impl App {
             users: Arc::new(Users::new(pg.clone(), config.users_interval)),
             login_accounts: RateLimit::new(config.auth.login_account_rate, LOGIN_WINDOW),
             login_clients: RateLimit::new(config.auth.login_client_rate, LOGIN_WINDOW),
-            load: Load::new(config.http.max_in_flight),
+            in_flight: InFlight::new(config.http.max_in_flight),
             coalescer: Coalescer::default(),
             metrics: crate::prometheus::install(),
             store,

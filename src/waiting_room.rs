@@ -10,14 +10,15 @@ use serde::Serialize;
 
 use crate::catalog::EventView;
 
-/// Requests in flight in this gateway, bounded by `capacity`.
-pub struct Load {
+/// In-flight admission: requests in flight in this gateway, bounded by
+/// `capacity`; one more is shed (503). Health checks are not counted.
+pub struct InFlight {
     in_flight: AtomicUsize,
     capacity: usize,
 }
 
 /// Counts one request in flight until dropped.
-pub struct Admitted<'a>(&'a Load);
+pub struct Admitted<'a>(&'a InFlight);
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
@@ -25,9 +26,9 @@ impl Drop for Admitted<'_> {
     }
 }
 
-impl Load {
+impl InFlight {
     pub fn new(capacity: usize) -> Self {
-        Load {
+        InFlight {
             in_flight: AtomicUsize::new(0),
             capacity,
         }
@@ -40,8 +41,8 @@ impl Load {
         (previous < self.capacity).then_some(admitted)
     }
 
-    pub fn snapshot(&self) -> LoadView {
-        LoadView {
+    pub fn snapshot(&self) -> InFlightView {
+        InFlightView {
             in_flight: self.in_flight.load(Ordering::Acquire),
             capacity: self.capacity,
         }
@@ -50,12 +51,12 @@ impl Load {
 
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LoadView {
+pub struct InFlightView {
     pub in_flight: usize,
     pub capacity: usize,
 }
 
-impl LoadView {
+impl InFlightView {
     fn saturated(&self) -> bool {
         self.in_flight >= self.capacity
     }
@@ -72,10 +73,11 @@ pub struct Admission {
     pub status: String,
     pub available_seats: u64,
     pub sold_out: bool,
-    pub load: LoadView,
+    /// This gateway's in-flight requests (the API calls it `load`).
+    pub load: InFlightView,
 }
 
-pub fn admission(event: &EventView, load: LoadView) -> Admission {
+pub fn admission(event: &EventView, load: InFlightView) -> Admission {
     let sold_out = event.on_sale() && event.available_seats == 0;
     Admission {
         event_id: event.id,
@@ -93,14 +95,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn load_admits_up_to_capacity_and_releases_on_drop() {
-        let load = Load::new(2);
-        let a = load.try_enter().unwrap();
-        let _b = load.try_enter().unwrap();
-        assert!(load.try_enter().is_none());
-        assert_eq!(load.snapshot().in_flight, 2);
+    fn in_flight_admits_up_to_capacity_and_releases_on_drop() {
+        let in_flight = InFlight::new(2);
+        let a = in_flight.try_enter().unwrap();
+        let _b = in_flight.try_enter().unwrap();
+        assert!(in_flight.try_enter().is_none());
+        assert_eq!(in_flight.snapshot().in_flight, 2);
         drop(a);
-        assert!(load.try_enter().is_some());
+        assert!(in_flight.try_enter().is_some());
     }
 
     #[test]
@@ -114,11 +116,11 @@ mod tests {
             available_seats: 3,
             status: "ON_SALE".into(),
         };
-        let idle = LoadView {
+        let idle = InFlightView {
             in_flight: 0,
             capacity: 4,
         };
-        let full = LoadView {
+        let full = InFlightView {
             in_flight: 4,
             capacity: 4,
         };

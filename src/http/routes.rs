@@ -205,7 +205,7 @@ where
     // Held until the answer is ready; health checks are never turned away.
     let _admitted = match route.counts_as_load() {
         false => None,
-        true => match app.load.try_enter() {
+        true => match app.in_flight.try_enter() {
             Some(admitted) => Some(admitted),
             None => {
                 let full = Problem::unavailable("the gateway is at capacity", 1);
@@ -531,7 +531,7 @@ fn authenticate<B>(app: &App, req: &Request<B>) -> Result<i64, Problem> {
 }
 
 async fn waiting_room(app: &App, query: Option<&str>) -> Result<Response<Full<Bytes>>, Problem> {
-    let load = app.load.snapshot();
+    let load = app.in_flight.snapshot();
     if let Some(id) = Query::parse(query).positive("eventId")? {
         let event = app
             .catalog
