@@ -11,7 +11,18 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::{auth::hash_password, cli::SeedArgs, config::Config};
+use crate::{auth::hash_password, config::Config};
+
+/// `herdgate seed`'s arguments, owned by the subcommand.
+#[derive(Debug, clap::Args)]
+pub struct SeedArgs {
+    /// Seats of the demo event 1.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub seats: u32,
+    /// Load-test users (user1@load.test ... userN@load.test, password "password").
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=5_000_000))]
+    pub users: u32,
+}
 
 const SEED: &str = include_str!("../seed/events.json");
 

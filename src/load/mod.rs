@@ -25,7 +25,56 @@ use plan::{Shared, Sizes};
 use report::{Sellout, Summary, thousands};
 use stats::{Percentiles, Recorder};
 
-use crate::{auth::Auth, cli::LoadArgs, config::Config, holds::Store};
+use crate::{auth::Auth, config::Config, holds::Store};
+
+/// `herdgate load`'s arguments: owned here, not by `cli`, so the generator
+/// does not import the command line that imports it.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// What the virtual users do.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// The herdgate to drive; the only address the generator talks to.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub base: String,
+    /// Distinct users (load-test users from `herdgate seed --users`; missing ones are added).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=5_000_000))]
+    pub users: u32,
+    /// Seats of the event to use (its first K available ones); default per scenario.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5_000_000))]
+    pub seats: Option<u32>,
+    /// The event whose seats are booked.
+    #[arg(long, default_value_t = 1)]
+    pub event: i64,
+    /// Open connections, one virtual user at a time on each; default per scenario.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: Option<u32>,
+    /// Stop after this long (e.g. 30s).
+    #[arg(long, value_parser = crate::config::parse_duration, conflicts_with = "requests")]
+    pub duration: Option<std::time::Duration>,
+    /// Stop after this many requests.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+    /// Requests per second across all connections, on a fixed schedule (open loop):
+    /// latency counts from when a request was due, so a stalled server cannot hide it.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// A request not answered by then counts as an error and its connection is replaced.
+    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// How long to wait for PostgreSQL to hold every acknowledged booking after the run.
+    #[arg(long, default_value = "120s", value_parser = crate::config::parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// Skip the post-run drain and invariant checks (for a herdgate whose stores are out of reach).
+    #[arg(long)]
+    pub no_check: bool,
+    /// Where to write the latency picture (SVG); none is drawn without it.
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
+    /// Print one JSON summary object as the last line of standard output.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Latency shards: enough that workers rarely wait on each other.
 const SHARDS: usize = 16;

@@ -10,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::cli::LoadArgs;
+use super::LoadArgs;
 
 /// The longest any run may last, whatever else stops it.
 pub const MAX_RUN: Duration = Duration::from_secs(600);
