@@ -143,7 +143,7 @@ impl Relay {
             }
             for event_id in active.clone() {
                 if groups.insert(event_id) {
-                    self.create_group(event_id).await?;
+                    self.store.join_outbox_group(event_id).await?;
                     // A session that failed may have left entries pending under our name.
                     retry.insert(event_id);
                 }
@@ -245,10 +245,6 @@ impl Relay {
                 false
             }
         })
-    }
-
-    async fn create_group(&self, event_id: i64) -> anyhow::Result<()> {
-        Ok(self.store.join_outbox_group(event_id).await?)
     }
 
     /// Takes over entries other relays left unconfirmed for too long; true if any.

@@ -63,6 +63,7 @@ impl Store {
     pub async fn loaded_event_count(&self) -> Result<u64, StoreError> {
         Ok(self.client().scard(self.keys.outboxes()).await?)
     }
+
     /// When the event's first live hold falls due (ms since epoch), if it has one.
     pub async fn first_due(&self, event_id: i64) -> Result<Option<i64>, StoreError> {
         let head: Vec<(String, f64)> = self

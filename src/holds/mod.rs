@@ -69,9 +69,10 @@ pub enum StoreError {
     /// command timeout while the client reconnects.
     #[error("redis unreachable: not connected, nothing sent")]
     Disconnected,
-    /// A script answered in a shape this code does not know: a bug, not load.
-    #[error("unexpected reply from script {script}: {reply}")]
-    Reply { script: &'static str, reply: String },
+    /// A script or command answered in a shape this code does not know: a
+    /// bug, not load.
+    #[error("unexpected reply from {call}: {reply}")]
+    Reply { call: &'static str, reply: String },
 }
 
 /// The Redis side of herdgate: a connection pool, the key layout and the scripts.
@@ -220,7 +221,7 @@ impl Store {
 
 fn reply_error(def: &ScriptDef, reply: &Value) -> StoreError {
     StoreError::Reply {
-        script: def.name,
+        call: def.name,
         reply: format!("{reply:?}"),
     }
 }

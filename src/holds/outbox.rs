@@ -109,7 +109,7 @@ impl Store {
         // Read by hand: with fred's typed `xreadgroup_map` instead, the relay read
         // no entries at all (tests/it/durable.rs timed out, 2026-12-02).
         entries(&reply).ok_or_else(|| StoreError::Reply {
-            script: "XREADGROUP",
+            call: "XREADGROUP",
             reply: format!("{reply:?}"),
         })
     }
