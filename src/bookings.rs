@@ -15,6 +15,7 @@ use crate::{
     config::HoldConfig,
     holds::{HoldOutcome, PlaceHold, Store, StoreError, Transition},
     prometheus,
+    status::BookingStatus,
 };
 
 /// The longest Idempotency-Key accepted.
@@ -31,7 +32,7 @@ pub struct HoldRequest {
 #[serde(rename_all = "camelCase")]
 pub struct BookingView {
     pub booking_id: String,
-    pub status: String,
+    pub status: BookingStatus,
     pub event_id: i64,
     pub seat_id: i64,
     pub user_id: i64,
@@ -46,7 +47,7 @@ pub enum BookingError {
     #[error("no booking {0} of yours")]
     NotFound(Uuid),
     #[error("booking {id} is {status}: it can no longer be confirmed or cancelled")]
-    Gone { id: Uuid, status: String },
+    Gone { id: Uuid, status: BookingStatus },
     #[error("booking {0} is confirmed and cannot be cancelled")]
     Confirmed(Uuid),
     /// The confirm or cancel was sent but its answer never came (a timeout):
@@ -227,7 +228,7 @@ impl Attempt<'_> {
         };
         let view = |booking_id: String, expires_ms: i64| BookingView {
             booking_id,
-            status: "PENDING".to_string(),
+            status: BookingStatus::Pending,
             event_id: req.event_id,
             seat_id: req.seat_id,
             user_id,
@@ -332,10 +333,10 @@ pub enum Ending {
 }
 
 impl Ending {
-    fn status(self) -> &'static str {
+    fn status(self) -> BookingStatus {
         match self {
-            Ending::Confirm => "CONFIRMED",
-            Ending::Cancel => "CANCELLED",
+            Ending::Confirm => BookingStatus::Confirmed,
+            Ending::Cancel => BookingStatus::Cancelled,
         }
     }
 
@@ -389,7 +390,7 @@ async fn settle(
     id: Uuid,
     event_id: i64,
     transition: Transition,
-    target: &str,
+    target: BookingStatus,
 ) -> Result<BookingView, BookingError> {
     match transition {
         Transition::Done {
@@ -410,9 +411,9 @@ async fn settle(
         Transition::Gone(status) => Err(BookingError::Gone { id, status }),
         Transition::NotFound => {
             let view = stored(pg, user_id, id).await?;
-            match view.status.as_str() {
-                s if s == target => Ok(view),
-                "CONFIRMED" => Err(BookingError::Confirmed(id)),
+            match view.status {
+                status if status == target => Ok(view),
+                BookingStatus::Confirmed => Err(BookingError::Confirmed(id)),
                 _ => Err(BookingError::Gone {
                     id,
                     status: view.status,

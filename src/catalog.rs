@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::{
     flight::{Flight, Weigh},
     holds::{Store, StoreError},
+    status::EventStatus,
 };
 
 pub const DEFAULT_PAGE: u32 = 1_000;
@@ -41,21 +42,20 @@ pub struct EventView {
     pub starts_at: String,
     pub total_seats: u64,
     pub available_seats: u64,
-    /// SCHEDULED, ON_SALE or CLOSED.
-    pub status: String,
+    pub status: EventStatus,
 }
 
 impl EventView {
     pub fn on_sale(&self) -> bool {
-        self.status == "ON_SALE"
+        self.status == EventStatus::OnSale
     }
 }
 
 impl Weigh for Option<EventView> {
     fn weight(&self) -> usize {
-        let text = self.as_ref().map_or(0, |e| {
-            e.name.len() + e.venue.len() + e.starts_at.len() + e.status.len()
-        });
+        let text = self
+            .as_ref()
+            .map_or(0, |e| e.name.len() + e.venue.len() + e.starts_at.len());
         std::mem::size_of::<Self>() + text
     }
 }

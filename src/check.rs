@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::time::Instant;
 
-use crate::holds::Store;
+use crate::{
+    holds::Store,
+    status::{BookingStatus, SeatStatus},
+};
 
 /// Seats compared per Redis round-trip.
 const CHUNK: usize = 1_000;
@@ -57,9 +60,13 @@ async fn outboxes_drained(store: &Store) -> anyhow::Result<bool> {
 
 /// A seat as PostgreSQL has it: its status and its live booking, if any.
 struct StoredSeat {
-    status: String,
-    live: Option<(String, String)>,
+    status: SeatStatus,
+    live: Option<(String, BookingStatus)>,
 }
+
+/// The booking a seat's lock in Redis names, and that hold's status if Redis
+/// still has it.
+type Holder = (String, Option<BookingStatus>);
 
 async fn compare(store: &Store, pg: &deadpool_postgres::Pool) -> anyhow::Result<Report> {
     let mut report = Report::default();
@@ -81,7 +88,7 @@ async fn compare(store: &Store, pg: &deadpool_postgres::Pool) -> anyhow::Result<
             .map(|r| {
                 let live = r
                     .get::<_, Option<String>>(2)
-                    .zip(r.get::<_, Option<String>>(3));
+                    .zip(r.get::<_, Option<BookingStatus>>(3));
                 (
                     r.get(0),
                     StoredSeat {
@@ -114,21 +121,21 @@ async fn compare(store: &Store, pg: &deadpool_postgres::Pool) -> anyhow::Result<
 fn differ(
     event: i64,
     seat: i64,
-    redis: Option<(String, String)>,
+    redis: Option<Holder>,
     pg: &StoredSeat,
     listed: bool,
 ) -> Option<String> {
-    let expected_seat = match pg.live.as_ref().map(|(_, s)| s.as_str()) {
-        Some("CONFIRMED") => "BOOKED",
-        Some(_) => "HELD",
-        None => "AVAILABLE",
-    };
+    let expected_seat = pg
+        .live
+        .as_ref()
+        .map_or(SeatStatus::Available, |(_, s)| s.seat_status());
+    let stored: Option<Holder> = pg.live.clone().map(|(booking, s)| (booking, Some(s)));
     let problem = if pg.status != expected_seat {
         format!(
             "postgres seat is {} but its live booking says {expected_seat}",
             pg.status
         )
-    } else if redis != pg.live {
+    } else if redis != stored {
         format!(
             "redis lock {redis:?} but postgres live booking {:?}",
             pg.live
@@ -169,13 +176,13 @@ mod tests {
 
     fn seat(status: &str, live: Option<(&str, &str)>) -> StoredSeat {
         StoredSeat {
-            status: status.into(),
-            live: live.map(|(b, s)| (b.into(), s.into())),
+            status: status.parse().unwrap(),
+            live: live.map(|(b, s)| (b.into(), s.parse().unwrap())),
         }
     }
 
-    fn held(booking: &str, status: &str) -> Option<(String, String)> {
-        Some((booking.into(), status.into()))
+    fn held(booking: &str, status: &str) -> Option<Holder> {
+        Some((booking.into(), Some(status.parse().unwrap())))
     }
 
     #[test]
@@ -200,6 +207,8 @@ mod tests {
         // Another booking, or another status, on each side.
         assert!(differ(1, 7, held("c", "PENDING"), &pending, false).is_some());
         assert!(differ(1, 7, held("b", "CONFIRMED"), &pending, false).is_some());
+        // Locked by a booking whose hold state Redis lost.
+        assert!(differ(1, 7, Some(("b".into(), None)), &pending, false).is_some());
         // Free in Redis but not listed, or held only in PostgreSQL.
         assert!(differ(1, 7, None, &free, false).is_some());
         assert!(differ(1, 7, None, &pending, true).is_some());

@@ -15,55 +15,12 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::status::BookingStatus;
+
 /// The schema of one hold event (and of a message carrying only one).
 pub const SCHEMA_VERSION: u32 = 1;
 /// The schema of a message carrying a batch of hold events.
 pub const BATCH_SCHEMA_VERSION: u32 = 2;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum BookingStatus {
-    Pending,
-    Confirmed,
-    Cancelled,
-    Expired,
-}
-
-impl BookingStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BookingStatus::Pending => "PENDING",
-            BookingStatus::Confirmed => "CONFIRMED",
-            BookingStatus::Cancelled => "CANCELLED",
-            BookingStatus::Expired => "EXPIRED",
-        }
-    }
-
-    /// The event type that leads to this status.
-    pub fn event_type(self) -> &'static str {
-        match self {
-            BookingStatus::Pending => "hold.placed",
-            BookingStatus::Confirmed => "hold.confirmed",
-            BookingStatus::Cancelled => "hold.cancelled",
-            BookingStatus::Expired => "hold.expired",
-        }
-    }
-
-    /// PENDING and CONFIRMED bookings occupy their seat.
-    pub fn is_live(self) -> bool {
-        matches!(self, BookingStatus::Pending | BookingStatus::Confirmed)
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "PENDING" => BookingStatus::Pending,
-            "CONFIRMED" => BookingStatus::Confirmed,
-            "CANCELLED" => BookingStatus::Cancelled,
-            "EXPIRED" => BookingStatus::Expired,
-            _ => return None,
-        })
-    }
-}
 
 /// One change of one booking, carrying the booking's whole state after it, so
 /// events can be applied in any order: the highest `version` wins.
@@ -131,7 +88,7 @@ impl HoldEvent {
             seat_id: int("seatId")?,
             user_id: int("userId")?,
             status: BookingStatus::parse(status)
-                .ok_or_else(|| format!("outbox field status: {status:?}"))?,
+                .map_err(|e| format!("outbox field status: {e}"))?,
             version: int("version")?,
             seq: int("seq")?,
             expires_at: time("expiresAt")?,

@@ -32,17 +32,20 @@
 //!   call), reading, confirming and cancelling bookings.
 //! - [`coalesce`]: coalescing the herd: concurrent holds of one seat share one Redis call.
 //! - [`booking_id`]: booking ids: UUIDv7 carrying their event.
-//! - [`holds`]: Redis: the Lua scripts in `lua/` (one typed call each, run by EVALSHA
-//!   with reload); `keys` (key names, decided there and nowhere else), `reads`
-//!   (seats, events and bookings), `transitions` (every change of a hold: place,
-//!   confirm, cancel, expire), `activity` (the channel saying which events have
-//!   work), `outbox` (visiting every loaded event, pipelined: outbox depths, first
-//!   due times, statuses).
-//! - [`inventory`]: each on-sale event's seats, loaded from PostgreSQL into Redis, and
+//! - [`holds`]: Redis, and the only code that sends it a command: the Lua scripts in
+//!   `lua/` (one typed call each, run by EVALSHA with reload); `keys` (key names and
+//!   hash fields, decided there and nowhere else), `reads` (seats, events and
+//!   bookings), `transitions` (every change of a hold: place, confirm, cancel,
+//!   expire), `inventory` (loading an event's seats, restored holds), `outbox` (the
+//!   outbox stream and the relay's consumer group), `loaded` (the watched events,
+//!   visited pipelined: statuses, first due times), `activity` (the channel saying
+//!   which events have work).
+//! - [`inventory`]: which events are on sale, loaded from PostgreSQL into Redis, and
 //!   nudged syncs; `restore` (live bookings put back into a rebuilt Redis, and the
 //!   catch-ups after it).
 //! - [`waiting_room`]: admission: whether an event lets buyers in, and how loaded this
 //!   gateway is.
+//! - [`status`]: the statuses of bookings, seats and events, one enum each.
 //! - [`hold_event`]: the hold event and the batch (schema 2): outbox entry, RabbitMQ
 //!   message, writer input.
 //! - [`relay`]: hold events from each event's Redis outbox to RabbitMQ, deleted only
@@ -87,6 +90,7 @@ pub mod retry;
 pub mod seed;
 pub mod serve;
 pub mod shutdown;
+pub mod status;
 pub mod sweeper;
 pub mod telemetry;
 pub mod users;

@@ -33,9 +33,10 @@ use tracing::Span;
 use crate::{
     broker::Broker,
     config::HoldConfig,
-    hold_event::{BookingStatus, HoldBatch, HoldEvent},
+    hold_event::{HoldBatch, HoldEvent},
     holds::{Activity, OutboxEntry, Store},
     prometheus, retry,
+    status::BookingStatus,
     telemetry::{self, spans},
 };
 

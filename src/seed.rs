@@ -11,7 +11,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::{auth::hash_password, config::Config};
+use crate::{auth::hash_password, config::Config, status::EventStatus};
 
 /// `herdgate seed`'s arguments, owned by the subcommand.
 #[derive(Debug, clap::Args)]
@@ -41,7 +41,7 @@ struct EventSeed {
     name: String,
     venue: String,
     starts_at: DateTime<Utc>,
-    status: String,
+    status: EventStatus,
     sections: Vec<String>,
     seats_per_row: i32,
     /// A number, or "demo" for the size given on the command line.

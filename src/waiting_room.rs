@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
-use crate::catalog::EventView;
+use crate::{catalog::EventView, status::EventStatus};
 
 /// In-flight admission: requests in flight in this gateway, bounded by
 /// `capacity`; one more is shed (503). Health checks are not counted.
@@ -70,7 +70,7 @@ pub struct Admission {
     pub name: String,
     /// Buyers may book now.
     pub open: bool,
-    pub status: String,
+    pub status: EventStatus,
     pub available_seats: u64,
     pub sold_out: bool,
     /// This gateway's in-flight requests (the API calls it `load`).
@@ -83,7 +83,7 @@ pub fn admission(event: &EventView, load: InFlightView) -> Admission {
         event_id: event.id,
         name: event.name.clone(),
         open: event.on_sale() && !sold_out && !load.saturated(),
-        status: event.status.clone(),
+        status: event.status,
         available_seats: event.available_seats,
         sold_out,
         load,
@@ -114,7 +114,7 @@ mod tests {
             starts_at: "2027-01-01T00:00:00Z".into(),
             total_seats: 10,
             available_seats: 3,
-            status: "ON_SALE".into(),
+            status: EventStatus::OnSale,
         };
         let idle = InFlightView {
             in_flight: 0,
@@ -133,7 +133,7 @@ mod tests {
         assert!(admission(&sold_out, idle).sold_out);
         assert!(!admission(&sold_out, idle).open);
         let scheduled = EventView {
-            status: "SCHEDULED".into(),
+            status: EventStatus::Scheduled,
             ..event
         };
         assert!(!admission(&scheduled, idle).open);

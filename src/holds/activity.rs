@@ -63,6 +63,15 @@ impl Store {
             resubscribe,
         })
     }
+
+    /// Says on the activity channel that `event_id` has work (its holds were
+    /// restored): the relay and the sweeper look at it now, not at their next scan.
+    pub async fn announce_activity(&self, event_id: i64) -> Result<(), StoreError> {
+        Ok(self
+            .client()
+            .publish::<(), _, _>(self.keys.activity(), event_id)
+            .await?)
+    }
 }
 
 impl ActivityFeed {

@@ -114,6 +114,30 @@ impl EventKeys {
     }
 }
 
+/// The fields of an event hash ([`EventKeys::event`]), as `read_event.lua`
+/// and `set_event_status.lua` read them.
+pub(super) mod event_field {
+    pub const NAME: &str = "name";
+    pub const VENUE: &str = "venue";
+    pub const STARTS_AT: &str = "startsAt";
+    pub const TOTAL_SEATS: &str = "totalSeats";
+    pub const STATUS: &str = "status";
+}
+
+/// The fields of a hold hash ([`EventKeys::hold`]), as `place_hold.lua`
+/// writes them and the other hold scripts read them.
+pub(super) mod hold_field {
+    pub const BOOKING: &str = "bookingId";
+    pub const SEAT: &str = "seatId";
+    pub const USER: &str = "userId";
+    pub const STATUS: &str = "status";
+    pub const VERSION: &str = "version";
+    pub const SEQ: &str = "seq";
+    pub const EXPIRES: &str = "expiresAt";
+    pub const CREATED: &str = "createdAt";
+    pub const CONFIRMED: &str = "confirmedAt";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +162,34 @@ mod tests {
             assert!(key.starts_with("hg:{e:42}:"), "{key}");
         }
         assert_eq!(keys.available(), "hg:{e:42}:available");
+    }
+
+    #[test]
+    fn the_scripts_write_the_fields_rust_reads() {
+        let place_hold = include_str!("../../lua/place_hold.lua");
+        let confirm_hold = include_str!("../../lua/confirm_hold.lua");
+        for field in [
+            hold_field::BOOKING,
+            hold_field::SEAT,
+            hold_field::USER,
+            hold_field::STATUS,
+            hold_field::VERSION,
+            hold_field::SEQ,
+            hold_field::EXPIRES,
+            hold_field::CREATED,
+        ] {
+            assert!(place_hold.contains(&format!("'{field}'")), "{field}");
+        }
+        assert!(confirm_hold.contains(&format!("'{}'", hold_field::CONFIRMED)));
+        let read_event = include_str!("../../lua/read_event.lua");
+        for field in [
+            event_field::NAME,
+            event_field::VENUE,
+            event_field::STARTS_AT,
+            event_field::TOTAL_SEATS,
+            event_field::STATUS,
+        ] {
+            assert!(read_event.contains(&format!("'{field}'")), "{field}");
+        }
     }
 }

@@ -7,7 +7,8 @@ use fred::{
     types::FromValue,
 };
 
-use super::{EventKeys, Store, StoreError};
+use super::{EventKeys, Store, StoreError, keys::event_field, status_field};
+use crate::status::EventStatus;
 
 /// Commands sent in one pipeline when visiting every event.
 const PIPELINE: usize = 1_000;
@@ -47,7 +48,7 @@ impl Store {
             .iter()
             .zip(statuses.iter().zip(depths.iter().zip(&live)))
             .filter(|(_, (status, (depth, live)))| {
-                status.as_deref() != Some("ON_SALE") && **depth == 0 && **live == 0
+                **status != Some(EventStatus::OnSale) && **depth == 0 && **live == 0
             })
             .map(|(&id, _)| id)
             .collect();
@@ -97,12 +98,19 @@ impl Store {
     }
 
     /// The status each event has in Redis, `None` for one not loaded, pipelined.
-    pub async fn event_statuses(&self, events: &[i64]) -> Result<Vec<Option<String>>, StoreError> {
-        self.pipelined(
-            events,
-            |p, k| async move { p.hget(k.event(), "status").await },
-        )
-        .await
+    pub async fn event_statuses(
+        &self,
+        events: &[i64],
+    ) -> Result<Vec<Option<EventStatus>>, StoreError> {
+        let texts: Vec<Option<String>> = self
+            .pipelined(events, |p, k| async move {
+                p.hget(k.event(), event_field::STATUS).await
+            })
+            .await?;
+        texts
+            .into_iter()
+            .map(|text| text.map(status_field).transpose())
+            .collect()
     }
 
     /// One command per event, sent `PIPELINE` at a time; the replies in order.

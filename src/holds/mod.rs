@@ -1,10 +1,14 @@
-//! Redis: the key layout ([`keys`]) and the Lua scripts in lua/, one typed call each.
+//! Redis: the key layout ([`keys`]), the Lua scripts in lua/ (one typed call
+//! each) and every other command herdgate sends. Nothing outside this module
+//! names a key, a hash field or a command, so each layout lives in one Rust
+//! place and in its scripts.
 //!
 //! Every script is embedded with `include_str!`, run by EVALSHA through fred and
 //! loaded again after NOSCRIPT, so a Redis restart or `SCRIPT FLUSH` never breaks
 //! the gateway. Replies become Rust values here and nowhere else.
 
 mod activity;
+mod inventory;
 pub mod keys;
 mod loaded;
 mod outbox;
@@ -22,6 +26,7 @@ use tracing::Instrument;
 use crate::telemetry::spans;
 
 pub use activity::{Activity, ActivityFeed};
+pub use inventory::{EventEntry, RestoredHold, SeatEntry};
 pub use keys::{EventKeys, Keys};
 pub use outbox::OutboxEntry;
 pub use reads::{EventInfo, HoldState, SeatPage};
@@ -131,7 +136,7 @@ impl Store {
 
     /// A connected client of the pool when there is one (background work may
     /// wait on it for a reconnect; requests use [`Store::live_client`]).
-    pub fn client(&self) -> &Client {
+    fn client(&self) -> &Client {
         self.pool.next_connected()
     }
 
@@ -153,7 +158,7 @@ impl Store {
     }
 
     /// Deletes `key` only while it still holds `token`; true when released.
-    pub async fn release_lock(&self, key: String, token: &str) -> Result<bool, StoreError> {
+    async fn release_lock(&self, key: String, token: &str) -> Result<bool, StoreError> {
         let reply = self
             .eval(
                 &RELEASE_LOCK,
@@ -167,28 +172,30 @@ impl Store {
 
     /// Makes a hold Redis has as PENDING the CONFIRMED booking PostgreSQL
     /// stored after a rebuild (see `restore_confirm.lua`); true when it did.
+    /// False for a hold PostgreSQL has not confirmed.
     pub async fn restore_confirm(
         &self,
-        keys: &EventKeys,
-        booking: &str,
-        seat_id: i64,
-        user_id: i64,
-        (version, seq, confirmed_ms): (i64, i64, i64),
+        event_id: i64,
+        hold: &RestoredHold,
     ) -> Result<bool, StoreError> {
+        let Some(confirmed_ms) = hold.confirmed_ms else {
+            return Ok(false);
+        };
+        let k = self.keys.event(event_id);
         let reply = self
             .eval(
                 &RESTORE_CONFIRM,
                 &self.restore_confirm,
                 vec![
-                    keys.hold(booking),
-                    keys.lock(seat_id),
-                    keys.holds(),
-                    keys.user_holds(user_id),
+                    k.hold(&hold.booking_id),
+                    k.lock(hold.seat_id),
+                    k.holds(),
+                    k.user_holds(hold.user_id),
                 ],
                 vec![
-                    booking.to_string(),
-                    version.to_string(),
-                    seq.to_string(),
+                    hold.booking_id.clone(),
+                    hold.version.to_string(),
+                    hold.seq.to_string(),
                     confirmed_ms.to_string(),
                 ],
             )
@@ -217,6 +224,17 @@ impl Store {
             .record(started.elapsed());
         Ok(reply?)
     }
+}
+
+/// A `status` field of a hash, read by a command rather than a script.
+fn status_field<T>(text: String) -> Result<T, StoreError>
+where
+    T: std::str::FromStr<Err = crate::status::UnknownStatus>,
+{
+    text.parse().map_err(|_| StoreError::Reply {
+        call: "HGET status",
+        reply: text,
+    })
 }
 
 fn reply_error(def: &ScriptDef, reply: &Value) -> StoreError {

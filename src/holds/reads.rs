@@ -6,7 +6,10 @@ use fred::{
     types::Value,
 };
 
-use super::{LIST_AVAILABLE, READ_EVENT, Store, StoreError, reply_error};
+use super::{
+    LIST_AVAILABLE, READ_EVENT, Store, StoreError, keys::hold_field, reply_error, status_field,
+};
+use crate::status::{BookingStatus, EventStatus};
 
 /// One page of available seats.
 #[derive(Debug, Clone)]
@@ -26,14 +29,14 @@ pub struct EventInfo {
     pub venue: String,
     pub starts_at: String,
     pub total_seats: u64,
-    pub status: String,
+    pub status: EventStatus,
     pub available: u64,
 }
 
 /// A booking as Redis holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldState {
-    pub status: String,
+    pub status: BookingStatus,
     pub seat_id: i64,
     pub user_id: i64,
     pub expires_ms: i64,
@@ -107,7 +110,7 @@ impl Store {
             venue: text(venue)?,
             starts_at: text(starts_at)?,
             total_seats: total.as_u64().ok_or_else(bad)?,
-            status: text(status)?,
+            status: EventStatus::parse(&text(status)?).map_err(|_| bad())?,
             available: available.as_u64().ok_or_else(bad)?,
         }))
     }
@@ -122,19 +125,23 @@ impl Store {
         let fields: std::collections::HashMap<String, String> =
             self.live_client()?.hgetall(k.hold(booking_id)).await?;
         let int = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
+        let status = fields
+            .get(hold_field::STATUS)
+            .map(|text| status_field(text.clone()))
+            .transpose()?;
         Ok(
             match (
-                fields.get("status"),
-                int("seatId"),
-                int("userId"),
-                int("expiresAt"),
+                status,
+                int(hold_field::SEAT),
+                int(hold_field::USER),
+                int(hold_field::EXPIRES),
             ) {
                 (Some(status), Some(seat_id), Some(user_id), Some(expires_ms)) => Some(HoldState {
-                    status: status.clone(),
+                    status,
                     seat_id,
                     user_id,
                     expires_ms,
-                    confirmed_ms: int("confirmedAt"),
+                    confirmed_ms: int(hold_field::CONFIRMED),
                 }),
                 _ => None,
             },
@@ -155,28 +162,22 @@ impl Store {
     }
 
     /// For each of `seats`, the booking its lock names and that booking's
-    /// status (empty when its hold state is gone), or `None` for a free seat.
+    /// status (`None` when its hold state is gone), or `None` for a free seat.
     pub async fn seat_holders(
         &self,
         event_id: i64,
         seats: &[i64],
-    ) -> Result<Vec<Option<(String, String)>>, StoreError> {
+    ) -> Result<Vec<Option<(String, Option<BookingStatus>)>>, StoreError> {
         let k = self.keys.event(event_id);
         let locks: Vec<Option<String>> = self
             .client()
             .mget(seats.iter().map(|&seat| k.lock(seat)).collect::<Vec<_>>())
             .await?;
-        let mut holders = Vec::with_capacity(locks.len());
-        for lock in locks {
-            holders.push(match lock {
-                Some(booking) => {
-                    let status: Option<String> =
-                        self.client().hget(k.hold(&booking), "status").await?;
-                    Some((booking, status.unwrap_or_default()))
-                }
-                None => None,
-            });
-        }
-        Ok(holders)
+        let bookings: Vec<&str> = locks.iter().flatten().map(String::as_str).collect();
+        let mut statuses = self.hold_statuses(event_id, &bookings).await?.into_iter();
+        Ok(locks
+            .into_iter()
+            .map(|lock| lock.map(|booking| (booking, statuses.next().flatten())))
+            .collect())
     }
 }

@@ -9,6 +9,7 @@ use super::{
     CANCEL_HOLD, CONFIRM_HOLD, EXPIRE_HOLD, EventKeys, HOLD_RETENTION_MS, Keys, PLACE_HOLD,
     SET_EVENT_STATUS, Store, StoreError, reply_error,
 };
+use crate::status::{BookingStatus, EventStatus};
 
 /// A request to hold a seat, in the order of `place_hold.lua`'s ARGV.
 #[derive(Debug, Clone)]
@@ -59,7 +60,7 @@ pub enum HoldOutcome {
 pub enum Transition {
     /// Now (or already) in `status`.
     Done {
-        status: String,
+        status: BookingStatus,
         seat_id: i64,
         expires_ms: i64,
         confirmed_ms: Option<i64>,
@@ -69,7 +70,7 @@ pub enum Transition {
     /// Cancelling a CONFIRMED booking.
     Confirmed,
     /// The hold ended otherwise (EXPIRED, CANCELLED).
-    Gone(String),
+    Gone(BookingStatus),
 }
 
 impl Store {
@@ -218,14 +219,18 @@ impl Store {
     }
 
     /// Sets a loaded event's status; true when it changed.
-    pub async fn set_event_status(&self, event_id: i64, status: &str) -> Result<bool, StoreError> {
+    pub async fn set_event_status(
+        &self,
+        event_id: i64,
+        status: EventStatus,
+    ) -> Result<bool, StoreError> {
         let k = self.keys.event(event_id);
         let reply = self
             .eval(
                 &SET_EVENT_STATUS,
                 &self.set_event_status,
                 vec![k.event()],
-                vec![status.to_string()],
+                vec![status.as_str().to_string()],
             )
             .await?;
         reply
@@ -309,14 +314,14 @@ fn parse_transition(reply: &Value) -> Option<Transition> {
     };
     Some(match &*items.first()?.as_str()? {
         "ok" => Transition::Done {
-            status: items.get(1)?.as_string()?,
+            status: BookingStatus::parse(&items.get(1)?.as_str()?).ok()?,
             seat_id: items.get(2)?.as_i64()?,
             expires_ms: items.get(3)?.as_i64()?,
             confirmed_ms: items.get(4).and_then(Value::as_i64),
         },
         "not_found" => Transition::NotFound,
         "confirmed" => Transition::Confirmed,
-        "gone" => Transition::Gone(items.get(1)?.as_string()?),
+        "gone" => Transition::Gone(BookingStatus::parse(&items.get(1)?.as_str()?).ok()?),
         _ => return None,
     })
 }

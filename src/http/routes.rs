@@ -43,6 +43,7 @@ use crate::{
     catalog::CatalogError,
     holds::StoreError,
     prometheus,
+    status::{BookingStatus, EventStatus},
     telemetry::{self, spans},
     waiting_room,
 };
@@ -450,7 +451,7 @@ async fn replayed(
 ) -> Result<(StatusCode, bookings::BookingView), Problem> {
     let id: Uuid = then.booking_id.parse().map_err(|_| Problem::internal())?;
     match bookings::status(&app.store, &app.pg, user_id, id).await {
-        Ok(now) if now.status == "PENDING" => Ok((StatusCode::CREATED, now)),
+        Ok(now) if now.status == BookingStatus::Pending => Ok((StatusCode::CREATED, now)),
         Ok(now) => Ok((StatusCode::OK, now)),
         // Redis let it go and PostgreSQL has not recorded it yet.
         Err(bookings::BookingError::NotFound(_)) => Err(Problem::unavailable(
@@ -488,7 +489,7 @@ async fn unless_loading(app: &App, event_id: i64, problem: Problem) -> Result<Pr
     }
     let status = app.store.event_statuses(&[event_id]).await?;
     match status.first() {
-        Some(Some(s)) if s == "ON_SALE" => Ok(problem),
+        Some(Some(EventStatus::OnSale)) => Ok(problem),
         _ if app.inventory.awaits_load(event_id) => Ok(Problem::event_loading(event_id)),
         _ => Ok(problem),
     }

@@ -21,20 +21,17 @@ use std::{
 };
 
 use anyhow::Context;
-use chrono::{DateTime, SecondsFormat, Utc};
-use fred::{
-    interfaces::{HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface},
-    types::{Expiration, SetOptions},
-};
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::holds::Store;
+use crate::{
+    holds::{EventEntry, SeatEntry, Store},
+    status::{EventStatus, SeatStatus},
+};
 
 mod restore;
 
-/// Seats written to Redis per command while loading.
-const LOAD_CHUNK: usize = 5_000;
 /// A rebuilt counter starts this far past PostgreSQL's highest `seq`: events
 /// Redis made before it lost its data may still be on their way to the writer,
 /// and new holds must be ordered after them, not reuse their numbers.
@@ -76,7 +73,7 @@ pub struct Inventory {
 struct Seen {
     rounds: u32,
     /// Each event's status in PostgreSQL at the last sync that went through.
-    statuses: HashMap<i64, String>,
+    statuses: HashMap<i64, EventStatus>,
 }
 
 impl Inventory {
@@ -139,18 +136,26 @@ impl Inventory {
             .await
             .context("failed to list events")?;
         drop(client);
-        let statuses: HashMap<i64, String> = rows
+        let rows: Vec<EventRow> = rows
             .iter()
-            .map(|row| (row.get("id"), row.get("status")))
+            .map(|row| EventRow {
+                id: row.get("id"),
+                name: row.get("name"),
+                venue: row.get("venue"),
+                starts_at: row.get("starts_at"),
+                status: row.get("status"),
+            })
             .collect();
+        let statuses: HashMap<i64, EventStatus> =
+            rows.iter().map(|event| (event.id, event.status)).collect();
         // First: from now on, a request for an event PostgreSQL just took off sale
         // is 404, and one for an event just put on sale is 503 until it is loaded.
         let events: Vec<OnSaleEvent> = rows
             .iter()
-            .filter(|row| row.get::<_, &str>("status") == "ON_SALE")
-            .map(|row| OnSaleEvent {
-                id: row.get("id"),
-                name: row.get("name"),
+            .filter(|event| event.status == EventStatus::OnSale)
+            .map(|event| OnSaleEvent {
+                id: event.id,
+                name: event.name.clone(),
             })
             .collect();
         let on_sale = events.len();
@@ -167,43 +172,33 @@ impl Inventory {
             || (self.store.loaded_event_count().await? as usize) < on_sale;
         // Only events whose status moved since the last sync need a look in Redis,
         // unless this is a full round.
-        let moved: Vec<_> = rows
+        let moved: Vec<&EventRow> = rows
             .iter()
-            .filter(|row| {
-                full || previous.get(&row.get::<_, i64>("id"))
-                    != Some(&row.get::<_, String>("status"))
-            })
+            .filter(|event| full || previous.get(&event.id) != Some(&event.status))
             .collect();
-        let ids: Vec<i64> = moved.iter().map(|row| row.get("id")).collect();
+        let ids: Vec<i64> = moved.iter().map(|event| event.id).collect();
         let loaded = self.store.event_statuses(&ids).await?;
-        for (row, in_redis) in moved.into_iter().zip(loaded) {
-            let event = EventRow {
-                id: row.get("id"),
-                name: row.get("name"),
-                venue: row.get("venue"),
-                starts_at: row.get("starts_at"),
-                status: row.get("status"),
-            };
-            let changed = match in_redis.as_deref() {
-                None if event.status == "ON_SALE" => {
-                    self.ensure_loaded(&event)
+        for (event, in_redis) in moved.into_iter().zip(loaded) {
+            let changed = match in_redis {
+                None if event.status == EventStatus::OnSale => {
+                    self.ensure_loaded(event)
                         .await
                         .with_context(|| format!("failed to load event {} into Redis", event.id))?;
                     false
                 }
                 Some(status) if status != event.status => {
-                    if event.status == "ON_SALE" {
+                    if event.status == EventStatus::OnSale {
                         // Before it takes holds again, as when it was loaded.
                         self.store.watch_events(&[event.id]).await?;
                     }
-                    self.store.set_event_status(event.id, &event.status).await?
+                    self.store.set_event_status(event.id, event.status).await?
                 }
                 _ => false,
             };
             if changed {
                 tracing::info!(
                     event_id = event.id,
-                    status = event.status,
+                    status = event.status.as_str(),
                     "event status changed"
                 );
             }
@@ -220,10 +215,13 @@ impl Inventory {
     /// (again, should another gateway have taken one out on a stale view), and
     /// of the others only those with entries to relay or holds to expire, so
     /// the relay's and sweeper's scans do not grow with every event ever sold.
-    async fn watch_only_live_events(&self, statuses: &HashMap<i64, String>) -> anyhow::Result<()> {
+    async fn watch_only_live_events(
+        &self,
+        statuses: &HashMap<i64, EventStatus>,
+    ) -> anyhow::Result<()> {
         let on_sale: Vec<i64> = statuses
             .iter()
-            .filter(|(_, status)| *status == "ON_SALE")
+            .filter(|(_, status)| **status == EventStatus::OnSale)
             .map(|(&id, _)| id)
             .collect();
         self.store.watch_events(&on_sale).await?;
@@ -232,7 +230,7 @@ impl Inventory {
             .loaded_events()
             .await?
             .into_iter()
-            .filter(|id| statuses.get(id).map(String::as_str) != Some("ON_SALE"))
+            .filter(|id| statuses.get(id) != Some(&EventStatus::OnSale))
             .collect();
         let forgotten = self.store.forget_finished_events(&off_sale).await?;
         if !forgotten.is_empty() {
@@ -271,34 +269,27 @@ impl Inventory {
 
     /// Loads one event unless it is loaded already or another process is loading it.
     async fn ensure_loaded(&self, event: &EventRow) -> anyhow::Result<()> {
-        let keys = self.store.keys().event(event.id);
-        let redis = self.store.client();
-        if redis.exists::<u32, _>(keys.event()).await? == 1 {
+        if self.store.is_loaded(event.id).await? {
             return Ok(());
         }
         let token = uuid::Uuid::new_v4().to_string();
-        let locked: Option<String> = redis
-            .set(
-                keys.loading(),
-                token.as_str(),
-                Some(Expiration::PX(LOADING_LOCK.as_millis() as i64)),
-                Some(SetOptions::NX),
-                false,
-            )
-            .await?;
-        if locked.is_none() {
+        if !self
+            .store
+            .lock_loading(event.id, &token, LOADING_LOCK)
+            .await?
+        {
             tracing::debug!(event_id = event.id, "another process is loading this event");
             return Ok(());
         }
         // Another process may have finished loading between our look and our lock:
         // loading over a live event would undo its holds.
-        if redis.exists::<u32, _>(keys.event()).await? == 1 {
-            self.store.release_lock(keys.loading(), &token).await?;
+        if self.store.is_loaded(event.id).await? {
+            self.store.unlock_loading(event.id, &token).await?;
             return Ok(());
         }
         let started = Instant::now();
         let result = self.load(event).await;
-        self.store.release_lock(keys.loading(), &token).await?;
+        self.store.unlock_loading(event.id, &token).await?;
         let available = result?;
         self.rebuilt
             .lock()
@@ -314,8 +305,6 @@ impl Inventory {
     }
 
     async fn load(&self, event: &EventRow) -> anyhow::Result<usize> {
-        let keys = self.store.keys().event(event.id);
-        let redis = self.store.client();
         let client = self.pg.get().await?;
         let rows = client
             .query(
@@ -325,55 +314,29 @@ impl Inventory {
             )
             .await?;
         drop(client);
+        let seats: Vec<SeatEntry> = rows
+            .iter()
+            .map(|row| SeatEntry {
+                id: row.get("id"),
+                section: row.get("section"),
+                row: row.get("row_label"),
+                number: row.get("number"),
+                available: row.get::<_, SeatStatus>("status") == SeatStatus::Available,
+            })
+            .collect();
         // Leftovers of a loader that died half-way.
-        redis
-            .del::<(), _>(vec![keys.seats(), keys.available()])
-            .await?;
-        let mut available = 0;
-        for chunk in rows.chunks(LOAD_CHUNK) {
-            let mut seats = Vec::with_capacity(chunk.len());
-            let mut free = Vec::with_capacity(chunk.len());
-            for row in chunk {
-                let id: i64 = row.get("id");
-                let seat = serde_json::json!({
-                    "id": id,
-                    "section": row.get::<_, &str>("section"),
-                    "row": row.get::<_, &str>("row_label"),
-                    "number": row.get::<_, i32>("number"),
-                });
-                seats.push((id.to_string(), seat.to_string()));
-                if row.get::<_, &str>("status") == "AVAILABLE" {
-                    free.push((id as f64, id));
-                }
-            }
-            redis.hset::<(), _, _>(keys.seats(), seats).await?;
-            available += free.len();
-            if !free.is_empty() {
-                redis
-                    .zadd::<(), _, _>(keys.available(), None, None, false, false, free)
-                    .await?;
-            }
-        }
-        let total_seats = rows.len();
+        self.store.clear_seats(event.id).await?;
+        self.store.add_seats(event.id, &seats).await?;
         self.restore_holds(event.id).await?;
-        // Before the event key: once the event takes holds, its outbox is relayed.
-        redis
-            .sadd::<(), _, _>(self.store.keys().outboxes(), event.id)
-            .await?;
-        let starts_at = event.starts_at.to_rfc3339_opts(SecondsFormat::Secs, true);
-        redis
-            .hset::<(), _, _>(
-                keys.event(),
-                vec![
-                    ("name", event.name.clone()),
-                    ("venue", event.venue.clone()),
-                    ("startsAt", starts_at),
-                    ("totalSeats", total_seats.to_string()),
-                    ("status", event.status.clone()),
-                ],
-            )
-            .await?;
-        Ok(available)
+        let entry = EventEntry {
+            name: &event.name,
+            venue: &event.venue,
+            starts_at: event.starts_at,
+            total_seats: seats.len(),
+            status: event.status,
+        };
+        self.store.complete_load(event.id, &entry).await?;
+        Ok(seats.iter().filter(|seat| seat.available).count())
     }
 }
 
@@ -382,5 +345,5 @@ struct EventRow {
     name: String,
     venue: String,
     starts_at: DateTime<Utc>,
-    status: String,
+    status: EventStatus,
 }

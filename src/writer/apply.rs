@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
-use crate::hold_event::{BookingStatus, HoldEvent};
+use crate::{hold_event::HoldEvent, status::BookingStatus};
 
 /// What one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

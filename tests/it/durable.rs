@@ -10,9 +10,10 @@ use fred::interfaces::StreamsInterface;
 use futures::StreamExt;
 use herdgate::{
     broker::Topology,
-    hold_event::{self, BookingStatus},
+    hold_event,
     holds::Keys,
     serve::{self, Role},
+    status::BookingStatus,
 };
 use lapin::{
     Connection,

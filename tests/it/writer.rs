@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use herdgate::{
     broker::Topology,
-    hold_event::{BookingStatus, HoldEvent, SCHEMA_VERSION},
+    hold_event::{HoldEvent, SCHEMA_VERSION},
+    status::BookingStatus,
 };
 use lapin::{
     BasicProperties,
