@@ -13,6 +13,8 @@ use crate::{
 
 /// Login rate limits count attempts in windows of this length.
 const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// A backend that does not answer a readiness check within this is not ready.
+const READY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct App {
     pub config: Config,
@@ -64,5 +66,53 @@ impl App {
             pg,
             config,
         })
+    }
+}
+
+/// Whether each backend answered a readiness check (`GET /readyz`); each
+/// failure says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub redis: Result<(), String>,
+    pub postgres: Result<(), String>,
+    pub rabbitmq: Result<(), String>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.redis.is_ok() && self.postgres.is_ok() && self.rabbitmq.is_ok()
+    }
+}
+
+impl App {
+    /// Asks Redis, PostgreSQL and RabbitMQ at once, each within [`READY_CHECK_TIMEOUT`].
+    pub async fn readiness(&self) -> Readiness {
+        let late = || format!("no answer within {}s", READY_CHECK_TIMEOUT.as_secs());
+        let redis = async {
+            match tokio::time::timeout(READY_CHECK_TIMEOUT, self.store.ping()).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(late()),
+            }
+        };
+        let postgres = async {
+            let check = async {
+                let client = self.pg.get().await.map_err(|e| e.to_string())?;
+                client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(())
+            };
+            tokio::time::timeout(READY_CHECK_TIMEOUT, check)
+                .await
+                .unwrap_or_else(|_| Err(late()))
+        };
+        let rabbitmq = self.broker.check(READY_CHECK_TIMEOUT);
+        let (redis, postgres, rabbitmq) = tokio::join!(redis, postgres, rabbitmq);
+        Readiness {
+            redis,
+            postgres,
+            rabbitmq,
+        }
     }
 }

@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn the_login_limits_are_the_documented_ones() {
-        let doc: serde_json::Value = serde_json::from_str(crate::http::routes::OPENAPI).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(crate::http::router::OPENAPI).unwrap();
         let login = &doc["components"]["schemas"]["LoginRequest"]["properties"];
         assert_eq!(login["email"]["maxLength"], MAX_EMAIL);
         assert_eq!(login["password"]["maxLength"], MAX_PASSWORD);

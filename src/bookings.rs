@@ -447,7 +447,7 @@ mod tests {
 
     /// The Idempotency-Key pattern `openapi.json` promises clients.
     fn documented_pattern() -> String {
-        let doc: serde_json::Value = serde_json::from_str(crate::http::routes::OPENAPI).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(crate::http::router::OPENAPI).unwrap();
         let parameters = doc["paths"]["/api/bookings"]["post"]["parameters"]
             .as_array()
             .unwrap();

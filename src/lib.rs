@@ -14,13 +14,17 @@
 //! - [`serve`]: running herdgate: the `serve`, `gateway` and `writer` roles, each
 //!   wiring its parts into one process.
 //! - [`app`]: the state every request shares: clients of the three backends and the
-//!   parts built on them.
+//!   parts built on them, and whether each backend is ready.
 //! - [`http`]: the HTTP/1.1 server: the hyper-util accept loop with connection limits
-//!   and graceful shutdown; `idle` (a connection's idle deadline), `routes` (routing
-//!   by hand, `(method, path)` to a handler; the endpoint list), `body` (size limit
-//!   while reading, slow senders time out, JSON errors as 400), `query` (query
-//!   strings and path ids to numbers, or a 400 naming the parameter), `problem`
-//!   (problem documents, RFC 9457: every error answer is built there).
+//!   and graceful shutdown; `idle` (a connection's idle deadline), `router` (a request
+//!   line to a route, by hand; the endpoint list), `dispatch` (one request through:
+//!   admitted, handled, counted, traced), `api` (one handler module per resource:
+//!   `bookings`, `events`, `seats`, `users`, `waiting_room`, `ops`), `request` (the
+//!   bearer token's user, the trace context), `body` (size limit while reading, slow
+//!   senders time out, JSON errors as 400), `query` (query strings and path ids to
+//!   numbers, or a 400 naming the parameter), `response` (JSON answers), `problem`
+//!   (problem documents, RFC 9457: every error answer and every mapping of an error
+//!   to one is there).
 //! - [`auth`]: argon2 password checks at login, and HS256 bearer tokens.
 //! - [`users`]: which user ids PostgreSQL knows, so a hold is acknowledged only for a
 //!   user its booking row can reference.

@@ -13,11 +13,15 @@
 //! the configured grace, then returns. Connection errors are logged where they
 //! happen and never reach the accept loop.
 
+pub mod api;
 pub mod body;
+pub mod dispatch;
 pub mod idle;
 pub mod problem;
 pub mod query;
-pub mod routes;
+pub mod request;
+pub mod response;
+pub mod router;
 
 use std::{
     convert::Infallible,
@@ -98,7 +102,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             let answering = answering.enter();
             req.extensions_mut().insert(Peer(peer));
             async move {
-                let response = routes::handle(&app, req).await;
+                let response = dispatch::handle(&app, req).await;
                 drop(answering);
                 Ok::<_, Infallible>(response)
             }

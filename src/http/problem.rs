@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     auth::AuthError,
     bookings::{BookingError, HoldError},
+    catalog::CatalogError,
     holds::StoreError,
     users::UsersError,
 };
@@ -236,6 +237,32 @@ impl From<StoreError> for Problem {
             }
             StoreError::Disconnected => Problem::unavailable(UNREACHABLE, 1),
             e @ StoreError::Reply { .. } => Problem::unexpected(&e),
+        }
+    }
+}
+
+impl From<CatalogError> for Problem {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Store(e) => e.into(),
+            CatalogError::Pool(e) => e.into(),
+            CatalogError::Query(e) => e.into(),
+            CatalogError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
+                Ok(e) => e.into(),
+                // Waiters on the same failed fetch: the same answer, from a shared cause.
+                Err(shared) => match &*shared {
+                    CatalogError::Store(StoreError::Unavailable(_)) | CatalogError::Pool(_) => {
+                        Problem::unavailable("the seat store did not answer in time", 1)
+                    }
+                    CatalogError::Store(StoreError::Disconnected) => {
+                        Problem::unavailable(UNREACHABLE, 1)
+                    }
+                    CatalogError::Query(e) if postgres_away(e) => {
+                        Problem::unavailable("the database did not answer", 1)
+                    }
+                    e => Problem::unexpected(e),
+                },
+            },
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::helpers::{json, spawn_app};
 async fn every_documented_operation_is_served() {
     let app = spawn_app().await;
     let doc = json(app.get("/openapi.json").await, 200).await;
-    let file: Value = serde_json::from_str(herdgate::http::routes::OPENAPI).unwrap();
+    let file: Value = serde_json::from_str(herdgate::http::router::OPENAPI).unwrap();
     assert_eq!(doc, file);
     let mut operations = 0;
     for (pattern, ops) in doc["paths"].as_object().unwrap() {

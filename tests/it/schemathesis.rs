@@ -141,7 +141,7 @@ async fn schemathesis_finds_only_documented_answers_and_no_server_errors() {
     );
     // Every operation ran (an empty run passes too), but `GET /openapi.json`,
     // which schemathesis leaves out as the document's own address.
-    let operations = herdgate::http::routes::ENDPOINTS.len() - 1;
+    let operations = herdgate::http::router::ENDPOINTS.len() - 1;
     for line in [
         format!("Selected: {operations}/{operations}"),
         format!("Tested: {operations}"),

@@ -1,0 +1,43 @@
+//! What handlers read off a request besides its body: the user of its bearer
+//! token, and the trace context its hold events carry.
+
+use http::{Request, header};
+
+use super::problem::Problem;
+use crate::{app::App, auth::AuthError, bookings, telemetry};
+
+/// The user id of a valid `Authorization: Bearer` token, or 401.
+pub fn authenticate<B>(app: &App, req: &Request<B>) -> Result<i64, Problem> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or(AuthError::BadToken)?;
+    Ok(app.auth.verify(token)?)
+}
+
+/// The trace context stored with the outbox entry: while traces are exported,
+/// this request's own span, or the unsampled context of a request the sampler
+/// dropped (a client's sampled flag carried on either way); otherwise the
+/// request's W3C `traceparent` passed through, or "" when it has none of the
+/// right shape.
+pub fn traceparent<B>(req: &Request<B>) -> String {
+    if telemetry::exporting() {
+        if let Some(untraced) = req.extensions().get::<telemetry::Untraced>() {
+            return untraced.traceparent();
+        }
+        if let Some(own) = telemetry::context::traceparent(&tracing::Span::current()) {
+            return own;
+        }
+    }
+    req.headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| bookings::valid_traceparent(v))
+        .unwrap_or("")
+        .to_string()
+}
