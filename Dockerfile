@@ -23,14 +23,16 @@ COPY lua lua
 COPY migrations migrations
 COPY seed seed
 COPY openapi.json openapi.json
+# A member of the cargo workspace: cargo reads its manifest, and builds `herdgate load`.
+COPY load-testing/herdgate-load load-testing/herdgate-load
 # The registry and target/ live in BuildKit cache mounts, so a source change recompiles
 # herdgate alone, not its dependencies. --locked: exactly the versions in Cargo.lock.
 # target/ is a cache mount, gone after this step: copy the binary out of it.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin herdgate \
-    && cp target/release/herdgate /usr/local/bin/herdgate
+    cargo build --release --locked --bins \
+    && cp target/release/herdgate target/release/herdgate-load /usr/local/bin/
 
 # The same Debian release as the build stage, so the binary finds the glibc it linked
 # against. No TLS library or CA certificates: herdgate is built without TLS (plain
@@ -40,7 +42,7 @@ FROM debian:bookworm-slim AS runtime
 RUN groupadd --system --gid 10001 herdgate \
     && useradd --system --uid 10001 --gid herdgate --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin herdgate
-COPY --from=build /usr/local/bin/herdgate /usr/local/bin/herdgate
+COPY --from=build /usr/local/bin/herdgate /usr/local/bin/herdgate-load /usr/local/bin/
 # Numeric, so an orchestrator can verify runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
 # HERDGATE_ADDR defaults to 0.0.0.0:8080.

@@ -30,7 +30,7 @@ source scripts/services.sh
 source load-testing/bench-lib.sh
 ensure_services
 if [[ -z ${HERDGATE_BIN:-} ]]; then
-    cargo build --release --bin herdgate
+    cargo build --release --bin herdgate --bin herdgate-load
 fi
 bin=${HERDGATE_BIN:-target/release/herdgate}
 # Both the attacker and the gateway hold ATTACKERS sockets.

@@ -25,7 +25,7 @@ source scripts/services.sh
 # shellcheck source=load-testing/bench-lib.sh
 source load-testing/bench-lib.sh
 if [[ -z ${HERDGATE_BIN:-} ]]; then
-    cargo build --release --bin herdgate
+    cargo build --release --bin herdgate --bin herdgate-load
 fi
 bin=${HERDGATE_BIN:-target/release/herdgate}
 work=$(mktemp -d)

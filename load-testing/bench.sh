@@ -55,7 +55,7 @@ ensure_services
 
 # HERDGATE_BIN runs another build (say, the last release's) through the same benchmark.
 if [[ -z ${HERDGATE_BIN:-} ]]; then
-    cargo build --release --bin herdgate --example ceiling
+    cargo build --release --bin herdgate --bin herdgate-load --example ceiling
 fi
 bin=${HERDGATE_BIN:-target/release/herdgate}
 # The generator may be another build than the server (the current one against an old server).

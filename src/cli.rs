@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-pub use crate::{load::LoadArgs, seed::SeedArgs};
+pub use crate::seed::SeedArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "herdgate", version, about, long_about = None)]
@@ -28,8 +28,14 @@ pub enum Command {
     Token(TokenArgs),
     /// Compare every seat and live hold in Redis with PostgreSQL; exit 1 on any difference.
     Check(CheckArgs),
-    /// Drive a running herdgate with a load scenario, then check the invariants.
-    Load(LoadArgs),
+    /// Drive a running herdgate with a load scenario, then check the invariants
+    /// (runs `herdgate-load`; `herdgate load --help` lists its arguments).
+    #[command(disable_help_flag = true)]
+    Load {
+        /// Passed to `herdgate-load` as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 impl Command {
@@ -44,7 +50,7 @@ impl Command {
             | Command::Seed(_)
             | Command::Token(_)
             | Command::Check(_)
-            | Command::Load(_) => None,
+            | Command::Load { .. } => None,
         }
     }
 }

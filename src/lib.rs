@@ -64,9 +64,9 @@
 //! - [`migrate`]: schema migrations from `migrations/`, applied in order by refinery.
 //! - [`seed`]: demo data from `seed/events.json`.
 //! - [`limits`]: the open-files limit, raised for thousands of sockets.
-//! - [`load`]: `herdgate load`, the load generator, with its invariant checks: `plan`
-//!   (scenarios, journeys), `client`, `run` (barrier, open-loop schedule), `stats`
-//!   (HDR histogram), `report`, `svg`, `users` (users, seats, tokens), `invariants`.
+//! - [`load`]: `herdgate load`, which runs the load generator: the `herdgate-load`
+//!   crate in `load-testing/herdgate-load/` (a client of this library, never the
+//!   other way round), with its own module list.
 #![forbid(unsafe_code)]
 
 pub mod app;

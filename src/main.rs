@@ -19,6 +19,12 @@ const EX_USAGE: u8 = 64;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Load { args } = &command {
+        // It reads the configuration itself, and owns its own --help.
+        let e = herdgate::load::exec(args);
+        eprintln!("herdgate: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let traces = command
         .service_name()
         .map(|service| TraceConfig::from_env(&Env, service))
@@ -40,7 +46,7 @@ async fn main() -> ExitCode {
         Command::Seed(args) => seed::run_cli(&config, &args).await,
         Command::Check(args) => herdgate::check::run_cli(&config, args.wait).await,
         Command::Token(args) => herdgate::auth::print_tokens(&config, args.user, args.count).await,
-        Command::Load(args) => herdgate::load::run_cli(&config, &args).await,
+        Command::Load { .. } => unreachable!("handled before the configuration is read"),
     };
     if let Err(e) = &result {
         tracing::error!(error = format!("{e:#}"), "herdgate failed");

@@ -1,33 +1,28 @@
-//! `herdgate load` end to end: each scenario, small, against the real app. The
+//! `herdgate-load` (`herdgate load`) end to end: each scenario, small, against the real app. The
 //! invariants must pass and the answers add up; speed is the benchmark's
 //! business, not the tests'.
 
 use std::time::Duration;
 
 use clap::Parser;
-use herdgate::{
-    cli::{Cli, Command},
-    load::report::Summary,
-    seed::SeedOptions,
-};
+use herdgate::seed::SeedOptions;
+use herdgate_load::{LoadArgs, report::Summary};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::helpers::{Isolation, TestApp, scalar, spawn_app, spawn_app_on};
 
-/// Runs `herdgate load <line>` in this process against `app`; checks what every
+/// Runs `herdgate-load <line>` in this process against `app`; checks what every
 /// run must show and returns the summary.
 async fn load(app: &TestApp, line: &str) -> Summary {
     let svg = std::env::temp_dir().join(format!("herdgate-load-{}.svg", Uuid::new_v4()));
     let argv = format!(
-        "herdgate load {line} --base {} --svg {}",
+        "herdgate-load {line} --base {} --svg {}",
         app.base,
         svg.display()
     );
-    let Some(Command::Load(args)) = Cli::parse_from(argv.split_whitespace()).command else {
-        unreachable!("a load command line")
-    };
-    let summary = herdgate::load::run(&app.config, &args)
+    let args = LoadArgs::parse_from(argv.split_whitespace());
+    let summary = herdgate_load::run(&app.config, &args)
         .await
         .expect("the run completes");
     let picture = std::fs::read_to_string(&svg).expect("the run draws its latency");
@@ -228,11 +223,9 @@ async fn a_server_that_is_not_there_is_reported_not_waited_for() {
         .local_addr()
         .unwrap()
         .port();
-    let argv = format!("herdgate load herd --users 5 --base http://127.0.0.1:{port}");
-    let Some(Command::Load(args)) = Cli::parse_from(argv.split_whitespace()).command else {
-        unreachable!()
-    };
-    let error = tokio::time::timeout(Duration::from_secs(30), herdgate::load::run(&config, &args))
+    let argv = format!("herdgate-load herd --users 5 --base http://127.0.0.1:{port}");
+    let args = LoadArgs::parse_from(argv.split_whitespace());
+    let error = tokio::time::timeout(Duration::from_secs(30), herdgate_load::run(&config, &args))
         .await
         .expect("gives up by itself")
         .expect_err("nothing to connect to");

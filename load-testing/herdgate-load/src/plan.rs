@@ -394,16 +394,9 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cli::{Cli, Command};
 
     fn args(line: &str) -> LoadArgs {
-        let argv = ["herdgate", "load"]
-            .into_iter()
-            .chain(line.split_whitespace());
-        match Cli::parse_from(argv).command {
-            Some(Command::Load(args)) => args,
-            other => panic!("not a load command: {other:?}"),
-        }
+        LoadArgs::parse_from(std::iter::once("herdgate-load").chain(line.split_whitespace()))
     }
 
     fn sizes(line: &str) -> Sizes {
@@ -452,18 +445,14 @@ mod tests {
         assert!(Sizes::resolve(&args("normal --rate 0")).is_err());
         assert!(Sizes::resolve(&args("normal --rate=-5")).is_err());
         assert!(Sizes::resolve(&args("normal --duration 2h")).is_err());
-        let argv = [
-            "herdgate",
-            "load",
-            "herd",
-            "--duration",
-            "1s",
-            "--requests",
-            "5",
-        ];
-        assert!(Cli::try_parse_from(argv).is_err());
-        assert!(Cli::try_parse_from(["herdgate", "load", "stampede"]).is_err());
-        assert!(Cli::try_parse_from(["herdgate", "load", "herd", "--users", "0"]).is_err());
+        let parse = |line: &str| {
+            LoadArgs::try_parse_from(
+                std::iter::once("herdgate-load").chain(line.split_whitespace()),
+            )
+        };
+        assert!(parse("herd --duration 1s --requests 5").is_err());
+        assert!(parse("stampede").is_err());
+        assert!(parse("herd --users 0").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::{check, holds::Store};
+use herdgate::{check, holds::Store};
 
 const POLL: Duration = Duration::from_millis(100);
 

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use anyhow::Context;
 use http::HeaderValue;
 
-use crate::{auth::Auth, seed};
+use herdgate::{auth::Auth, seed};
 
 /// The ids of load-test users, adding the missing ones first.
 pub async fn load_users(client: &tokio_postgres::Client, count: u32) -> anyhow::Result<Vec<i64>> {

@@ -1,4 +1,7 @@
-//! `herdgate load`: the project's own load generator, for machines without k6.
+//! `herdgate-load` (also run as `herdgate load`): the project's own load
+//! generator, for machines without k6. A client of herdgate in a crate of its
+//! own: the gateway does not depend on it, it depends on the gateway's library
+//! for the configuration, the token signer and the stores' checks.
 //!
 //! A run resolves its plan (`plan`), finds its users and seats in PostgreSQL and
 //! signs their tokens (`users`), opens its connections and releases them all at
@@ -25,11 +28,16 @@ use plan::{Shared, Sizes};
 use report::{Sellout, Summary, thousands};
 use stats::{Percentiles, Recorder};
 
-use crate::{auth::Auth, config::Config, holds::Store};
+use herdgate::{auth::Auth, config::Config, holds::Store};
 
-/// `herdgate load`'s arguments: owned here, not by `cli`, so the generator
-/// does not import the command line that imports it.
-#[derive(Debug, clap::Args)]
+/// The command line of `herdgate-load` (and of `herdgate load`, which runs it).
+/// Configuration comes from the environment, as for every herdgate command.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "herdgate-load",
+    version,
+    about = "Drive a running herdgate with a load scenario, then check the invariants."
+)]
 pub struct LoadArgs {
     /// What the virtual users do.
     #[arg(value_enum)]
@@ -50,7 +58,7 @@ pub struct LoadArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: Option<u32>,
     /// Stop after this long (e.g. 30s).
-    #[arg(long, value_parser = crate::config::parse_duration, conflicts_with = "requests")]
+    #[arg(long, value_parser = herdgate::config::parse_duration, conflicts_with = "requests")]
     pub duration: Option<std::time::Duration>,
     /// Stop after this many requests.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -60,10 +68,10 @@ pub struct LoadArgs {
     #[arg(long)]
     pub rate: Option<f64>,
     /// A request not answered by then counts as an error and its connection is replaced.
-    #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = herdgate::config::parse_duration)]
     pub timeout: std::time::Duration,
     /// How long to wait for PostgreSQL to hold every acknowledged booking after the run.
-    #[arg(long, default_value = "120s", value_parser = crate::config::parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = herdgate::config::parse_duration)]
     pub drain_timeout: std::time::Duration,
     /// Skip the post-run drain and invariant checks (for a herdgate whose stores are out of reach).
     #[arg(long)]
@@ -84,7 +92,7 @@ const SHARDS: usize = 16;
 pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
     let sizes = Sizes::resolve(args).map_err(anyhow::Error::msg)?;
     let target = client::Target::resolve(&args.base).await?;
-    crate::limits::raise_open_files(sizes.connections)?;
+    herdgate::limits::raise_open_files(sizes.connections)?;
     let pg = config.pg.pool()?;
     let db = pg
         .get()
@@ -216,7 +224,7 @@ fn draw(
         .with_context(|| format!("failed to write {}", path.display()))
 }
 
-/// `herdgate load`: runs, prints the summary (and `--json`), fails when an invariant did.
+/// `herdgate-load`: runs, prints the summary (and `--json`), fails when an invariant did.
 pub async fn run_cli(config: &Config, args: &LoadArgs) -> anyhow::Result<()> {
     let summary = run(config, args).await?;
     print!("{}", summary.render());
