@@ -61,7 +61,7 @@ impl App {
             login_clients: RateLimit::new(config.auth.login_client_rate, LOGIN_WINDOW),
             in_flight: InFlight::new(config.http.max_in_flight),
             coalescer: Coalescer::default(),
-            metrics: crate::prometheus::install(),
+            metrics: crate::metric::install(),
             store,
             pg,
             config,

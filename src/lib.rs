@@ -1,5 +1,23 @@
 //! herdgate: a ticket-booking gateway built for the thundering herd.
 //!
+//! Words used throughout, one meaning each:
+//!
+//! - **event**: what is on sale (a concert), with its seats; its status is
+//!   SCHEDULED, ON_SALE or CLOSED ([`status::EventStatus`]). Never a hold event.
+//! - **booking**: one user's claim on one seat, with a UUIDv7 id that carries its
+//!   event ([`booking_id`]); PENDING, then CONFIRMED, CANCELLED or EXPIRED
+//!   ([`status::BookingStatus`]). PostgreSQL's `bookings` row is its record.
+//! - **hold**: a booking as Redis has it: the seat's lock naming it and its state.
+//!   `POST /api/bookings` places a hold (PENDING, until its expiry); confirming
+//!   keeps it, cancelling or expiring releases the seat. Hence `place_hold`,
+//!   `confirm_hold`, `cancel_hold`, `expire_hold` for the Redis steps, and
+//!   `bookings` for what the API answers about bookings.
+//! - **hold event**: one change of a booking (`hold.placed`, `hold.confirmed`,
+//!   `hold.cancelled`, `hold.expired`) on its way from the outbox through RabbitMQ
+//!   to the writer ([`hold_event`]).
+//! - **load**: the load generator only; the in-flight bound on requests is
+//!   [`waiting_room::InFlight`].
+//!
 //! The crate's layout, one line per module saying what it owns (each module's
 //! own `//!` paragraph says more). `main.rs` only parses the command line, sets
 //! up telemetry, reads the configuration and runs the subcommand.
@@ -59,7 +77,8 @@
 //!   `apply` (a batch in one transaction, idempotently and in any order).
 //! - [`sweeper`]: releases holds whose time is up.
 //! - [`retry`]: keeping a background worker alive: sessions restarted with backoff.
-//! - [`prometheus`]: the metrics recorder and every metric's name.
+//! - [`metric`]: every metric's name, and the recorder that `GET /metrics` renders in
+//!   Prometheus's text format.
 //! - [`check`]: `herdgate check`: Redis reconciled with PostgreSQL, seat by seat.
 //! - [`migrate`]: schema migrations from `migrations/`, applied in order by refinery.
 //! - [`seed`]: demo data from `seed/events.json`.
@@ -86,8 +105,8 @@ pub mod http;
 pub mod inventory;
 pub mod limits;
 pub mod load;
+pub mod metric;
 pub mod migrate;
-pub mod prometheus;
 pub mod rate_limit;
 pub mod relay;
 pub mod retry;

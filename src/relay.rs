@@ -35,7 +35,7 @@ use crate::{
     config::HoldConfig,
     hold_event::{HoldBatch, HoldEvent},
     holds::{Activity, OutboxEntry, Store},
-    prometheus, retry,
+    metric, retry,
     status::BookingStatus,
     telemetry::{self, spans},
 };
@@ -221,7 +221,7 @@ impl Relay {
                     "hold events RabbitMQ confirmed long ago are not in PostgreSQL \
                      (was the writer queue deleted or purged?): publishing them again"
                 );
-                metrics::counter!(prometheus::RELAY_RESENT).increment(entries.len() as u64);
+                metrics::counter!(metric::RELAY_RESENT).increment(entries.len() as u64);
                 self.publish(channel, event_id, &entries, stop).await?;
                 if stop.is_cancelled() || entries.len() < self.batch {
                     break;
@@ -377,7 +377,7 @@ impl Relay {
                         done.append(&mut message.ids);
                     }
                     Some(reason) => {
-                        metrics::counter!(prometheus::RELAY_REFUSED)
+                        metrics::counter!(metric::RELAY_REFUSED)
                             .increment(message.ids.len() as u64);
                         if first {
                             tracing::warn!(
@@ -394,7 +394,7 @@ impl Relay {
                     }
                 }
             }
-            metrics::counter!(prometheus::RELAY_CONFIRMED).increment(confirmed as u64);
+            metrics::counter!(metric::RELAY_CONFIRMED).increment(confirmed as u64);
             self.settle(event_id, &mut done, Vec::new()).await?;
             outgoing = refused;
             first = false;
@@ -444,7 +444,7 @@ struct Depths(HashMap<i64, u64>);
 impl Depths {
     fn record(&mut self, event_id: i64, depth: u64) {
         if self.0.insert(event_id, depth) != Some(depth) {
-            metrics::gauge!(prometheus::OUTBOX_DEPTH, "event" => event_id.to_string())
+            metrics::gauge!(metric::OUTBOX_DEPTH, "event" => event_id.to_string())
                 .set(depth as f64);
         }
     }

@@ -176,7 +176,7 @@ impl Sweeper {
             for result in results {
                 expired += usize::from(result?);
             }
-            metrics::counter!(crate::prometheus::HOLDS, "outcome" => "expired")
+            metrics::counter!(crate::metric::HOLDS, "outcome" => "expired")
                 .increment((expired - before) as u64);
             if due.len() < BATCH as usize {
                 return Ok(expired);

@@ -18,9 +18,9 @@ pub struct InFlight {
 }
 
 /// Counts one request in flight until dropped.
-pub struct Admitted<'a>(&'a InFlight);
+pub struct InFlightSlot<'a>(&'a InFlight);
 
-impl Drop for Admitted<'_> {
+impl Drop for InFlightSlot<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -35,10 +35,10 @@ impl InFlight {
     }
 
     /// Admits one more request, or `None` when the gateway is full.
-    pub fn try_enter(&self) -> Option<Admitted<'_>> {
+    pub fn try_enter(&self) -> Option<InFlightSlot<'_>> {
         let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let admitted = Admitted(self);
-        (previous < self.capacity).then_some(admitted)
+        let slot = InFlightSlot(self);
+        (previous < self.capacity).then_some(slot)
     }
 
     pub fn snapshot(&self) -> InFlightView {

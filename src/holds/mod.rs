@@ -220,7 +220,7 @@ impl Store {
             true => call.instrument(spans::script(def.name)).await,
             false => call.await,
         };
-        metrics::histogram!(crate::prometheus::SCRIPT_DURATION, "script" => def.name)
+        metrics::histogram!(crate::metric::SCRIPT_DURATION, "script" => def.name)
             .record(started.elapsed());
         Ok(reply?)
     }

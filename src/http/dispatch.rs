@@ -12,7 +12,7 @@ use super::{api, problem::Problem, response::Answer, router::Route};
 use crate::{
     app::App,
     bookings::Ending,
-    prometheus,
+    metric,
     telemetry::{self, spans},
 };
 
@@ -59,10 +59,10 @@ where
     };
     let name = route.name();
     // Held until the answer is ready; health checks are never turned away.
-    let _admitted = match route.counts_as_load() {
+    let _slot = match route.counts_as_load() {
         false => None,
         true => match app.in_flight.try_enter() {
-            Some(admitted) => Some(admitted),
+            Some(slot) => Some(slot),
             None => {
                 let full = Problem::unavailable("the gateway is at capacity", 1);
                 return record(name, started, full.into_response());
@@ -80,8 +80,8 @@ fn record(
     response: Response<Full<Bytes>>,
 ) -> Response<Full<Bytes>> {
     let status = response.status().as_str().to_string();
-    metrics::counter!(prometheus::HTTP_REQUESTS, "route" => route, "status" => status).increment(1);
-    metrics::histogram!(prometheus::HTTP_DURATION, "route" => route).record(started.elapsed());
+    metrics::counter!(metric::HTTP_REQUESTS, "route" => route, "status" => status).increment(1);
+    metrics::histogram!(metric::HTTP_DURATION, "route" => route).record(started.elapsed());
     response
 }
 

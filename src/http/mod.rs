@@ -109,7 +109,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         });
         let (watcher, builder, stopping) = (graceful.watcher(), builder.clone(), stopping.clone());
         tokio::spawn(async move {
-            let open = metrics::gauge!(crate::prometheus::HTTP_CONNECTIONS);
+            let open = metrics::gauge!(crate::metric::HTTP_CONNECTIONS);
             open.increment(1);
             // Until its first byte a connection is a socket and a task; hyper's
             // buffers (16 KiB) only come with a request. A peek, not `readable()`,
@@ -168,7 +168,7 @@ const REFUSAL_WAIT: Duration = Duration::from_millis(200);
 /// answer: an HTTP client discards a response that comes before its request,
 /// and closing on unread bytes would reset the connection.
 fn refuse(stream: TcpStream, refusing: &Arc<Semaphore>) {
-    metrics::counter!(crate::prometheus::HTTP_CONNECTIONS_REFUSED).increment(1);
+    metrics::counter!(crate::metric::HTTP_CONNECTIONS_REFUSED).increment(1);
     let Ok(turn) = refusing.clone().try_acquire_owned() else {
         return;
     };
@@ -186,7 +186,7 @@ fn refuse(stream: TcpStream, refusing: &Arc<Semaphore>) {
 /// Out of descriptors: answers without reading or waiting (the answer fits a
 /// fresh socket's send buffer), so the descriptor is free again at once.
 fn refuse_now(stream: TcpStream) {
-    metrics::counter!(crate::prometheus::HTTP_CONNECTIONS_REFUSED).increment(1);
+    metrics::counter!(crate::metric::HTTP_CONNECTIONS_REFUSED).increment(1);
     let _ = stream.try_write(&REFUSAL);
 }
 

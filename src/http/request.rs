@@ -4,7 +4,7 @@
 use http::{Request, header};
 
 use super::problem::Problem;
-use crate::{app::App, auth::AuthError, bookings, telemetry};
+use crate::{app::App, auth::AuthError, telemetry};
 
 /// The user id of a valid `Authorization: Bearer` token, or 401.
 pub fn authenticate<B>(app: &App, req: &Request<B>) -> Result<i64, Problem> {
@@ -23,8 +23,8 @@ pub fn authenticate<B>(app: &App, req: &Request<B>) -> Result<i64, Problem> {
 /// The trace context stored with the outbox entry: while traces are exported,
 /// this request's own span, or the unsampled context of a request the sampler
 /// dropped (a client's sampled flag carried on either way); otherwise the
-/// request's W3C `traceparent` passed through, or "" when it has none of the
-/// right shape.
+/// request's W3C `traceparent` (see [`telemetry::context::normalize`]), or ""
+/// when it has no valid one.
 pub fn traceparent<B>(req: &Request<B>) -> String {
     if telemetry::exporting() {
         if let Some(untraced) = req.extensions().get::<telemetry::Untraced>() {
@@ -37,7 +37,6 @@ pub fn traceparent<B>(req: &Request<B>) -> String {
     req.headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| bookings::valid_traceparent(v))
-        .unwrap_or("")
-        .to_string()
+        .and_then(telemetry::context::normalize)
+        .unwrap_or_default()
 }

@@ -6,7 +6,7 @@ use http::HeaderMap;
 use opentelemetry::{
     Context,
     propagation::{Extractor, TextMapPropagator},
-    trace::TraceContextExt,
+    trace::{SpanContext, TraceContextExt},
 };
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
@@ -15,8 +15,19 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// `span`'s own context as a version-00 `traceparent`, sampled flag included,
 /// so the next process samples parent-based exactly as this one did.
 pub fn traceparent(span: &Span) -> Option<String> {
-    let cx = span.context();
-    let span_context = cx.span().span_context().clone();
+    write(span.context().span().span_context())
+}
+
+/// A client's `traceparent` as the W3C propagator reads it, written back in
+/// the version-00 form (lowercase, full length, unknown flags cleared), or
+/// `None` when it names no valid parent. What a hold stores is then always
+/// 55 bytes, whatever a client sent: the propagator itself accepts later
+/// versions with any number of trailing fields.
+pub fn normalize(traceparent: &str) -> Option<String> {
+    write(from_traceparent(traceparent).span().span_context())
+}
+
+fn write(span_context: &SpanContext) -> Option<String> {
     span_context.is_valid().then(|| {
         format!(
             "00-{}-{}-{:02x}",
@@ -109,6 +120,51 @@ mod tests {
         let unsampled = from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         assert!(!unsampled.span().span_context().is_sampled());
         assert!(!from_traceparent("garbage").span().span_context().is_valid());
+    }
+
+    #[test]
+    fn a_client_traceparent_is_kept_only_when_valid_and_then_in_the_version_00_form() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(normalize(valid).as_deref(), Some(valid));
+        // A later version may carry more fields; unknown flags are cleared.
+        assert_eq!(
+            normalize(&format!(
+                "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-{}",
+                "x".repeat(10_000)
+            ))
+            .as_deref(),
+            Some(valid)
+        );
+        for invalid in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(normalize(invalid), None, "{invalid}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, what is stored is the W3C shape or nothing,
+        /// and reads back as itself.
+        #[test]
+        fn normalized_traceparents_have_the_w3c_shape(
+            value in proptest::prop_oneof![
+                proptest::prelude::any::<String>(),
+                "[0-9a-f-]{50,60}",
+                "[0-9a-f]{2}-[0-9a-f]{1,32}-[0-9a-f]{1,16}-[0-9a-fg]{2}(-.*)?",
+            ]
+        ) {
+            if let Some(stored) = normalize(&value) {
+                proptest::prop_assert_eq!(stored.len(), 55);
+                proptest::prop_assert!(stored.bytes().all(|b| b == b'-' || matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+                proptest::prop_assert_eq!(normalize(&stored), Some(stored.clone()));
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The spans a booking's trace is made of, named and attributed after
 //! OpenTelemetry's semantic conventions (HTTP server, database client,
-//! messaging), the way `prometheus` names every metric in one place:
+//! messaging), the way `metric` names every metric in one place:
 //!
 //! ```text
 //! POST /api/bookings        gateway, server: the request; a client's traceparent is its parent

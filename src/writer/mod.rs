@@ -36,7 +36,7 @@ use crate::{
     config::WriterConfig,
     hold_event::{self, HoldEvent},
     holds::Store,
-    prometheus, retry,
+    metric, retry,
     telemetry::{self, spans},
 };
 
@@ -142,11 +142,11 @@ impl Writer {
                     .map(|e| e.occurred_at)
                     .min()
                     .map(|t| chrono::Utc::now() - t);
-                metrics::histogram!(prometheus::WRITER_BATCH).record(events.len() as f64);
-                metrics::counter!(prometheus::WRITER_ROWS).increment(applied.rows);
-                metrics::counter!(prometheus::WRITER_EVENTS).increment(events.len() as u64);
+                metrics::histogram!(metric::WRITER_BATCH).record(events.len() as f64);
+                metrics::counter!(metric::WRITER_ROWS).increment(applied.rows);
+                metrics::counter!(metric::WRITER_EVENTS).increment(events.len() as u64);
                 if let Some(lag) = lag.and_then(|l| l.to_std().ok()) {
-                    metrics::histogram!(prometheus::WRITER_LAG).record(lag);
+                    metrics::histogram!(metric::WRITER_LAG).record(lag);
                 }
                 tracing::debug!(
                     messages = parsed.len(),
@@ -182,7 +182,7 @@ impl Writer {
                     }
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                 }
-                metrics::counter!(prometheus::WRITER_EVENTS).increment(events.len() as u64);
+                metrics::counter!(metric::WRITER_EVENTS).increment(events.len() as u64);
                 self.clear_outboxes(&events).await;
                 Ok(())
             }
@@ -203,7 +203,7 @@ impl Writer {
         for (event_id, ids) in entries {
             let count = ids.len() as u64;
             if let Err(e) = self.store.clear_outbox(event_id, ids).await {
-                metrics::counter!(prometheus::WRITER_OUTBOX_LEFT).increment(count);
+                metrics::counter!(metric::WRITER_OUTBOX_LEFT).increment(count);
                 tracing::warn!(
                     event_id,
                     entries = count,
@@ -244,7 +244,7 @@ impl Writer {
         event: &HoldEvent,
         reason: &str,
     ) -> anyhow::Result<()> {
-        metrics::counter!(prometheus::DEAD_LETTERED).increment(1);
+        metrics::counter!(metric::DEAD_LETTERED).increment(1);
         tracing::error!(
             reason,
             booking_id = %event.booking_id,
@@ -350,7 +350,7 @@ impl Message {
 }
 
 async fn dead_letter(delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
-    metrics::counter!(prometheus::DEAD_LETTERED).increment(1);
+    metrics::counter!(metric::DEAD_LETTERED).increment(1);
     tracing::error!(
         reason,
         routing_key = %delivery.routing_key,

@@ -30,7 +30,7 @@ async fn a_broker_that_nacks_under_load_gets_503_from_a_full_outbox_and_loses_no
     let (rabbit, app) = app_on_private_broker(OUTBOX_MAX, |_| {}).await;
     let users = user_ids(&app.iso.pg().await).await;
     let pattern = format!("^{}\\.writer$", app.iso.amqp_prefix.replace('.', "\\."));
-    let refused_before = metric(&app, herdgate::prometheus::RELAY_REFUSED).await;
+    let refused_before = metric(&app, herdgate::metric::RELAY_REFUSED).await;
     // The policy is in place before the load (rabbitmqctl takes seconds): while
     // the writer keeps up no message waits ready, so nothing is refused yet.
     let policy = rabbit.ctl(&[
@@ -73,7 +73,7 @@ async fn a_broker_that_nacks_under_load_gets_503_from_a_full_outbox_and_loses_no
         refusals,
         watch_outbox(&app, until),
     );
-    let refused = metric(&app, herdgate::prometheus::RELAY_REFUSED).await - refused_before;
+    let refused = metric(&app, herdgate::metric::RELAY_REFUSED).await - refused_before;
     println!(
         "answers: {:?}; writer stalled at {:?}, going again at {:?}; deepest outbox {}",
         tally(&answers),
@@ -145,8 +145,8 @@ async fn a_full_queue_of_another_service_makes_the_broker_nack_and_nothing_is_lo
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let refused_before = metric(&app, herdgate::prometheus::RELAY_REFUSED).await;
-    let settled_before = metric(&app, herdgate::prometheus::WRITER_EVENTS).await;
+    let refused_before = metric(&app, herdgate::metric::RELAY_REFUSED).await;
+    let settled_before = metric(&app, herdgate::metric::WRITER_EVENTS).await;
 
     let start = Instant::now();
     let (bind_at, delete_at) = (
@@ -190,7 +190,7 @@ async fn a_full_queue_of_another_service_makes_the_broker_nack_and_nothing_is_lo
     );
     rabbit.ctl(&["clear_policy", "herdgate-full"]);
     let _ = connection.close(200, "done".into()).await;
-    let refused = metric(&app, herdgate::prometheus::RELAY_REFUSED).await - refused_before;
+    let refused = metric(&app, herdgate::metric::RELAY_REFUSED).await - refused_before;
     println!(
         "answers: {:?}; full queue bound at {:?}, deleted at {:?}; deepest outbox {}",
         tally(&answers),
@@ -220,7 +220,7 @@ async fn a_full_queue_of_another_service_makes_the_broker_nack_and_nothing_is_lo
     // Shared by the tests of this process: exact when it runs alone.
     println!(
         "the writer settled {} hold events for {} holds",
-        metric(&app, herdgate::prometheus::WRITER_EVENTS).await - settled_before,
+        metric(&app, herdgate::metric::WRITER_EVENTS).await - settled_before,
         settled.acknowledged
     );
     println!(

@@ -13,7 +13,7 @@ use crate::{
         response::{Answer, json_bytes, json_response},
         router::OPENAPI,
     },
-    prometheus,
+    metric,
 };
 
 /// `GET /healthz`: the process is up.
@@ -47,7 +47,7 @@ fn ready_answer(readiness: Readiness) -> Answer {
 
 /// `GET /metrics`: the Prometheus text format.
 pub async fn metrics(app: &App) -> Response<Full<Bytes>> {
-    metrics::gauge!(prometheus::READ_CACHE_BYTES).set(app.catalog.cache_bytes().await as f64);
+    metrics::gauge!(metric::READ_CACHE_BYTES).set(app.catalog.cache_bytes().await as f64);
     let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -17,7 +17,7 @@ use crate::{
         problem::Problem,
         response::{Answer, json_response},
     },
-    prometheus, rate_limit,
+    metric, rate_limit,
 };
 
 #[derive(Serialize)]
@@ -69,6 +69,6 @@ where
 }
 
 fn limited(scope: &'static str, wait: Duration) -> Problem {
-    metrics::counter!(prometheus::LOGIN_LIMITED, "scope" => scope).increment(1);
+    metrics::counter!(metric::LOGIN_LIMITED, "scope" => scope).increment(1);
     Problem::login_limited(scope, rate_limit::retry_after_secs(wait))
 }

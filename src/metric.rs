@@ -1,5 +1,6 @@
-//! Prometheus metrics: the recorder, and the name of every metric herdgate
-//! records, so dashboards and code agree on one list. `GET /metrics` renders them.
+//! Metrics: the name of every metric herdgate records, so dashboards and code
+//! agree on one list, and the recorder. `GET /metrics` renders them in
+//! Prometheus's text format.
 
 use std::sync::OnceLock;
 
