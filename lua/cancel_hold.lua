@@ -5,6 +5,8 @@
   KEYS[4] user holds zset   KEYS[5] available zset   KEYS[6] outbox stream
   KEYS[7] sequence string   KEYS[8] outbox announced string (SET NX: the first entry
                             the relay has not read)
+  KEYS[9] admitted zset   KEYS[10] admission caps hash (the buyer's waiting-room
+          admission ends with the cancel, freeing its place for the next buyer)
   ARGV[1] booking id   ARGV[2] user id   ARGV[3] W3C traceparent or ""
   ARGV[4] retention of the ended hold's hash, ms
   ARGV[5] activity channel   ARGV[6] event id: published when KEYS[8] was unset
@@ -54,4 +56,6 @@ redis.call('XADD', KEYS[6], '*', 'type', 'hold.cancelled', 'bookingId', booking,
 if redis.call('SET', KEYS[8], 1, 'NX') then
   redis.call('PUBLISH', ARGV[5], ARGV[6])
 end
+redis.call('ZREM', KEYS[9], user)
+redis.call('HDEL', KEYS[10], user)
 return {'ok', 'CANCELLED', tonumber(seat), expires}

@@ -4,6 +4,8 @@
   KEYS[1] hold hash   KEYS[2] seat lock string   KEYS[3] holds zset
   KEYS[4] user holds zset   KEYS[5] outbox stream   KEYS[6] sequence string
   KEYS[7] outbox announced string (SET NX: the first entry the relay has not read)
+  KEYS[8] admitted zset   KEYS[9] admission caps hash (the buyer's waiting-room
+          admission ends with the confirm, freeing its place for the next buyer)
   ARGV[1] booking id   ARGV[2] user id   ARGV[3] W3C traceparent or ""
   ARGV[4] activity channel   ARGV[5] event id: published when KEYS[7] was unset
   Times (ms since epoch) are Redis's TIME.
@@ -43,4 +45,6 @@ redis.call('XADD', KEYS[5], '*', 'type', 'hold.confirmed', 'bookingId', booking,
 if redis.call('SET', KEYS[7], 1, 'NX') then
   redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
+redis.call('ZREM', KEYS[8], user)
+redis.call('HDEL', KEYS[9], user)
 return {'ok', 'CONFIRMED', tonumber(seat), expires, now}

@@ -1,6 +1,7 @@
 --[[ place_hold: hold one seat for one user until a deadline, atomically, and
   record the hold.placed event in the event's outbox in the same step.
-  KEYS[1]  event hash          (status ON_SALE = loaded and taking holds)
+  KEYS[1]  event hash          (status ON_SALE = loaded and taking holds; admission = the
+                                waiting room's idle timeout, ms, when buyers need admission)
   KEYS[2]  seats hash          (seat id -> seat JSON: the seat belongs to the event)
   KEYS[3]  available zset      (the seat leaves it)
   KEYS[4]  seat lock string    (SET lock booking_id PX ttl NX, as the prototype)
@@ -12,6 +13,8 @@
   KEYS[9]  outbox stream       (events not yet in PostgreSQL; bounded by ARGV[8])
   KEYS[10] sequence string     (INCR: orders every change of this event)
   KEYS[11] outbox announced    (SET NX: this entry is the first the relay has not read)
+  KEYS[12] admitted zset       (the waiting room's active admissions: user id -> end, ms)
+  KEYS[13] admission caps hash (user id -> the admission's hard end, ms)
   ARGV[1]  booking id (UUIDv7)   ARGV[2]  seat id          ARGV[3] user id
   ARGV[4]  hold TTL, ms          ARGV[5]  max live holds per user
   ARGV[6]  idempotency key or "" ARGV[7]  idempotency TTL, ms
@@ -23,6 +26,7 @@
           {"own", booking_id, expires_ms}     the seat is this user's own live hold already
           {"mismatch"}                        idempotency key used before for another seat
           {"no_event"} | {"no_seat"}          unknown, not loaded or not on sale | seat not in event
+          {"not_admitted"}                    the event needs admission and this user has none live
           {"taken"}                           seat held by another user, or booked
           {"limit", retry_after_ms}           user holds the maximum already
           {"busy"}                            outbox at its bound (relay or writer behind): back off
@@ -37,8 +41,20 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local idem = ARGV[6]
 
-if redis.call('HGET', KEYS[1], 'status') ~= 'ON_SALE' then
+local event = redis.call('HMGET', KEYS[1], 'status', 'admission')
+if event[1] ~= 'ON_SALE' then
   return {'no_event'}
+end
+-- Admission is checked in the step that takes the seat, and renewed by it: the
+-- buyer is active. A replay below is answered only to an admitted buyer too.
+local admission_idle = tonumber(event[2])
+if admission_idle then
+  local ends = tonumber(redis.call('ZSCORE', KEYS[12], user))
+  if not ends or ends <= now then
+    return {'not_admitted'}
+  end
+  local cap = tonumber(redis.call('HGET', KEYS[13], user)) or ends
+  redis.call('ZADD', KEYS[12], math.min(now + admission_idle, cap), user)
 end
 if idem ~= '' then
   local previous = redis.call('GET', KEYS[8])

@@ -11,7 +11,7 @@ use crate::{
     waiting_room::InFlight,
 };
 
-/// Login rate limits count attempts in windows of this length.
+/// Login and waiting-room rate limits count attempts in windows of this length.
 const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 /// A backend that does not answer a readiness check within this is not ready.
 const READY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -32,6 +32,9 @@ pub struct App {
     pub login_accounts: RateLimit<String>,
     /// Login attempts per client address.
     pub login_clients: RateLimit<std::net::IpAddr>,
+    /// Waiting-room visits per user, and per client address.
+    pub room_users: RateLimit<i64>,
+    pub room_clients: RateLimit<std::net::IpAddr>,
     /// Shares one Redis call among concurrent holds of one seat.
     pub coalescer: Coalescer,
     /// Renders `GET /metrics`.
@@ -59,6 +62,8 @@ impl App {
             users: Arc::new(Users::new(pg.clone(), config.users_interval)),
             login_accounts: RateLimit::new(config.auth.login_account_rate, LOGIN_WINDOW),
             login_clients: RateLimit::new(config.auth.login_client_rate, LOGIN_WINDOW),
+            room_users: RateLimit::new(config.auth.room_user_rate, LOGIN_WINDOW),
+            room_clients: RateLimit::new(config.auth.room_client_rate, LOGIN_WINDOW),
             in_flight: InFlight::new(config.http.max_in_flight),
             coalescer: Coalescer::default(),
             metrics: crate::metric::install(),

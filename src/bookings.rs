@@ -91,6 +91,11 @@ pub enum HoldError {
     Busy,
     #[error("this Idempotency-Key was used for another seat")]
     IdempotencyMismatch,
+    #[error(
+        "event {0} admits buyers through its waiting room: join it (POST /waiting-room/{0}/join), \
+         visit it (GET /waiting-room/{0}) until you are admitted, then book"
+    )]
+    NotAdmitted(i64),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -134,6 +139,7 @@ pub async fn place(
         Err(HoldError::Busy) => "busy",
         Err(HoldError::NoEvent(_) | HoldError::NoSeat { .. }) => "not_found",
         Err(HoldError::IdempotencyMismatch) => "mismatch",
+        Err(HoldError::NotAdmitted(_)) => "not_admitted",
         Err(HoldError::InvalidIds) => "invalid",
         Err(HoldError::Store(_)) => "unavailable",
     };
@@ -262,6 +268,7 @@ impl Attempt<'_> {
             }),
             HoldOutcome::Busy | HoldOutcome::IdCollision => Err(HoldError::Busy),
             HoldOutcome::IdempotencyMismatch => Err(HoldError::IdempotencyMismatch),
+            HoldOutcome::NotAdmitted => Err(HoldError::NotAdmitted(req.event_id)),
         }
     }
 }

@@ -47,6 +47,8 @@ pub const ENV_MAX_CONNECTIONS: &str = "HERDGATE_MAX_CONNECTIONS";
 pub const ENV_READ_CACHE_BYTES: &str = "HERDGATE_READ_CACHE_BYTES";
 pub const ENV_LOGIN_ACCOUNT_RATE: &str = "HERDGATE_LOGIN_ACCOUNT_RATE";
 pub const ENV_LOGIN_CLIENT_RATE: &str = "HERDGATE_LOGIN_CLIENT_RATE";
+pub const ENV_ROOM_USER_RATE: &str = "HERDGATE_ROOM_USER_RATE";
+pub const ENV_ROOM_CLIENT_RATE: &str = "HERDGATE_ROOM_CLIENT_RATE";
 pub const ENV_USERS_INTERVAL: &str = "HERDGATE_USERS_INTERVAL";
 
 /// Every variable [`Config::from_env`] reads, so deployment files can be checked against
@@ -92,6 +94,8 @@ pub const ENV_VARS: &[&str] = &[
     ENV_READ_CACHE_BYTES,
     ENV_LOGIN_ACCOUNT_RATE,
     ENV_LOGIN_CLIENT_RATE,
+    ENV_ROOM_USER_RATE,
+    ENV_ROOM_CLIENT_RATE,
     ENV_USERS_INTERVAL,
 ];
 
@@ -255,6 +259,11 @@ pub struct AuthConfig {
     pub login_account_rate: u32,
     /// Login attempts per minute from one client address before 429.
     pub login_client_rate: u32,
+    /// Waiting-room visits (joins and looks) per minute by one user before 429:
+    /// the server asks for one every 1 to 30 s.
+    pub room_user_rate: u32,
+    /// Waiting-room visits per minute from one client address before 429.
+    pub room_client_rate: u32,
 }
 
 impl Config {
@@ -332,6 +341,8 @@ impl Config {
                 login_concurrency: parse(env, ENV_LOGIN_CONCURRENCY, "2", parse_positive)?,
                 login_account_rate: parse(env, ENV_LOGIN_ACCOUNT_RATE, "10", parse_positive)?,
                 login_client_rate: parse(env, ENV_LOGIN_CLIENT_RATE, "60", parse_positive)?,
+                room_user_rate: parse(env, ENV_ROOM_USER_RATE, "120", parse_positive)?,
+                room_client_rate: parse(env, ENV_ROOM_CLIENT_RATE, "1200", parse_positive)?,
             },
             holds: HoldConfig {
                 ttl: parse(env, ENV_HOLD_TTL, "600s", parse_duration)?,

@@ -15,6 +15,9 @@
 //! - **hold event**: one change of a booking (`hold.placed`, `hold.confirmed`,
 //!   `hold.cancelled`, `hold.expired`) on its way from the outbox through RabbitMQ
 //!   to the writer ([`hold_event`]).
+//! - **admission**: a buyer's leave, from an event's waiting room, to hold its seats
+//!   for a while ([`waiting_room`]); an event without a waiting room admits every
+//!   buyer. `GET /waiting-room` says per event whether it is open to buyers now.
 //! - **load**: the load generator only; the in-flight bound on requests is
 //!   [`waiting_room::InFlight`].
 //!
@@ -59,14 +62,15 @@
 //!   hash fields, decided there and nowhere else), `reads` (seats, events and
 //!   bookings), `transitions` (every change of a hold: place, confirm, cancel,
 //!   expire), `inventory` (loading an event's seats, restored holds), `outbox` (the
-//!   outbox stream and the relay's consumer group), `loaded` (the watched events,
+//!   outbox stream and the relay's consumer group), `queue` (an event's waiting room:
+//!   its settings and a buyer's visit), `loaded` (the watched events,
 //!   visited pipelined: statuses, first due times), `activity` (the channel saying
 //!   which events have work).
-//! - [`inventory`]: which events are on sale, loaded from PostgreSQL into Redis, and
-//!   nudged syncs; `restore` (live bookings put back into a rebuilt Redis, and the
+//! - [`inventory`]: which events are on sale, loaded from PostgreSQL into Redis with
+//!   their waiting rooms' settings, and nudged syncs; `restore` (live bookings put back into a rebuilt Redis, and the
 //!   catch-ups after it).
 //! - [`waiting_room`]: admission: whether an event lets buyers in, and how loaded this
-//!   gateway is.
+//!   gateway is; `queue` (a buyer's place in an event's waiting room, as answered).
 //! - [`status`]: the statuses of bookings, seats and events, one enum each.
 //! - [`hold_event`]: the hold event and the batch (schema 2): outbox entry, RabbitMQ
 //!   message, writer input.

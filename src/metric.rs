@@ -18,8 +18,11 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "herdgate_http_connections_refused_to
 pub const READ_CACHE_BYTES: &str = "herdgate_read_cache_bytes";
 /// Login attempts answered 429, by `scope` (account or client).
 pub const LOGIN_LIMITED: &str = "herdgate_login_limited_total";
+/// Waiting-room visits answered 429, by `scope` (user or client).
+pub const ROOM_LIMITED: &str = "herdgate_waiting_room_limited_total";
 /// Hold requests by `outcome`: placed, replayed, own, taken, limited, busy,
-/// not_found, mismatch, unavailable; and lifecycle changes: confirmed, cancelled, expired.
+/// not_found, mismatch, not_admitted, unavailable; and lifecycle changes: confirmed,
+/// cancelled, expired.
 pub const HOLDS: &str = "herdgate_holds_total";
 /// Hold requests answered from another request's script call for the same seat.
 pub const HOLDS_COALESCED: &str = "herdgate_holds_coalesced_total";

@@ -43,6 +43,9 @@ pub struct EventEntry<'a> {
     pub starts_at: DateTime<Utc>,
     pub total_seats: usize,
     pub status: EventStatus,
+    /// Buyers need admission through the waiting room, whose sessions idle out
+    /// after this long (ms); `None`: no waiting room.
+    pub admission_idle_ms: Option<i64>,
 }
 
 /// A CONFIRMED or PENDING booking PostgreSQL has, to be put back into Redis
@@ -167,13 +170,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.watch_events(&[event_id]).await?;
         let starts_at = event.starts_at.to_rfc3339_opts(SecondsFormat::Secs, true);
-        let fields = vec![
+        let mut fields = vec![
             (event_field::NAME, event.name.to_string()),
             (event_field::VENUE, event.venue.to_string()),
             (event_field::STARTS_AT, starts_at),
             (event_field::TOTAL_SEATS, event.total_seats.to_string()),
             (event_field::STATUS, event.status.as_str().to_string()),
         ];
+        if let Some(idle_ms) = event.admission_idle_ms {
+            fields.push((event_field::ADMISSION, idle_ms.to_string()));
+        }
         Ok(self
             .client()
             .hset::<(), _, _>(self.keys.event(event_id).event(), fields)

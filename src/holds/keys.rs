@@ -112,6 +112,38 @@ impl EventKeys {
     pub fn seq(&self) -> String {
         format!("{}seq", self.base)
     }
+
+    /// Hash: the event's waiting room, its settings and its admission bucket
+    /// (see `waiting_room.lua`); absent when buyers need no admission.
+    pub fn room(&self) -> String {
+        format!("{}room", self.base)
+    }
+
+    /// Sorted set of the users waiting, scored by their order in the queue.
+    pub fn room_queue(&self) -> String {
+        format!("{}room:queue", self.base)
+    }
+
+    /// Counter numbering the joins after the waiting room's start.
+    pub fn room_arrivals(&self) -> String {
+        format!("{}room:arrivals", self.base)
+    }
+
+    /// Sorted set of the users waiting, scored by their last visit (ms).
+    pub fn room_seen(&self) -> String {
+        format!("{}room:seen", self.base)
+    }
+
+    /// Sorted set of the admitted users, scored by when their admission ends
+    /// (ms): the buyers `place_hold.lua` lets hold a seat.
+    pub fn room_admitted(&self) -> String {
+        format!("{}room:admitted", self.base)
+    }
+
+    /// Hash: admitted user id -> the hard end of their admission (ms).
+    pub fn room_caps(&self) -> String {
+        format!("{}room:caps", self.base)
+    }
 }
 
 /// The fields of an event hash ([`EventKeys::event`]), as `read_event.lua`
@@ -122,6 +154,8 @@ pub(super) mod event_field {
     pub const STARTS_AT: &str = "startsAt";
     pub const TOTAL_SEATS: &str = "totalSeats";
     pub const STATUS: &str = "status";
+    /// Set when buyers need admission: the waiting room's idle timeout, ms.
+    pub const ADMISSION: &str = "admission";
 }
 
 /// The fields of a hold hash ([`EventKeys::hold`]), as `place_hold.lua`
@@ -158,6 +192,12 @@ mod tests {
             keys.outbox(),
             keys.outbox_announced(),
             keys.seq(),
+            keys.room(),
+            keys.room_queue(),
+            keys.room_arrivals(),
+            keys.room_seen(),
+            keys.room_admitted(),
+            keys.room_caps(),
         ] {
             assert!(key.starts_with("hg:{e:42}:"), "{key}");
         }

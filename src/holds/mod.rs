@@ -12,6 +12,7 @@ mod inventory;
 pub mod keys;
 mod loaded;
 mod outbox;
+mod queue;
 mod reads;
 mod transitions;
 
@@ -29,6 +30,7 @@ pub use activity::{Activity, ActivityFeed};
 pub use inventory::{EventEntry, RestoredHold, SeatEntry};
 pub use keys::{EventKeys, Keys};
 pub use outbox::OutboxEntry;
+pub use queue::{RoomSettings, Visit, VisitKind};
 pub use reads::{EventInfo, HoldState, SeatPage};
 pub use transitions::{HoldOutcome, PlaceHold, Transition};
 
@@ -52,13 +54,14 @@ struct ScriptDef {
 
 const LIST_AVAILABLE: ScriptDef = script!("list_available", 3);
 const READ_EVENT: ScriptDef = script!("read_event", 2);
-const PLACE_HOLD: ScriptDef = script!("place_hold", 11);
+const PLACE_HOLD: ScriptDef = script!("place_hold", 13);
 const SET_EVENT_STATUS: ScriptDef = script!("set_event_status", 1);
 const EXPIRE_HOLD: ScriptDef = script!("expire_hold", 8);
-const CONFIRM_HOLD: ScriptDef = script!("confirm_hold", 7);
-const CANCEL_HOLD: ScriptDef = script!("cancel_hold", 8);
+const CONFIRM_HOLD: ScriptDef = script!("confirm_hold", 9);
+const CANCEL_HOLD: ScriptDef = script!("cancel_hold", 10);
 const RELEASE_LOCK: ScriptDef = script!("release_lock", 1);
 const RESTORE_CONFIRM: ScriptDef = script!("restore_confirm", 4);
+const WAITING_ROOM: ScriptDef = script!("waiting_room", 6);
 
 /// How long an ended hold's state stays in Redis for status reads; PostgreSQL answers after.
 pub const HOLD_RETENTION_MS: i64 = 3_600_000;
@@ -94,6 +97,7 @@ pub struct Store {
     cancel_hold: Script,
     release_lock: Script,
     restore_confirm: Script,
+    waiting_room: Script,
 }
 
 impl Store {
@@ -110,6 +114,7 @@ impl Store {
             cancel_hold: Script::from_lua(CANCEL_HOLD.source),
             release_lock: Script::from_lua(RELEASE_LOCK.source),
             restore_confirm: Script::from_lua(RESTORE_CONFIRM.source),
+            waiting_room: Script::from_lua(WAITING_ROOM.source),
         }
     }
 
@@ -273,6 +278,7 @@ mod tests {
             &CANCEL_HOLD,
             &RELEASE_LOCK,
             &RESTORE_CONFIRM,
+            &WAITING_ROOM,
         ] {
             assert!(def.source.starts_with(&format!("--[[ {}:", def.name)));
             assert_eq!(declared_keys(def.source), def.keys, "{}", def.name);

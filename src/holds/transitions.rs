@@ -51,6 +51,9 @@ pub enum HoldOutcome {
         retry_after_ms: i64,
     },
     Busy,
+    /// The event admits buyers through its waiting room, and this user has no
+    /// live admission.
+    NotAdmitted,
     /// The booking id is taken by another hold (vanishingly rare): draw another.
     IdCollision,
 }
@@ -170,6 +173,8 @@ impl Store {
             k.outbox(),
             k.seq(),
             k.outbox_announced(),
+            k.room_admitted(),
+            k.room_caps(),
         ];
         let args = vec![
             booking_id.to_string(),
@@ -203,6 +208,8 @@ impl Store {
             k.outbox(),
             k.seq(),
             k.outbox_announced(),
+            k.room_admitted(),
+            k.room_caps(),
         ];
         let args = vec![
             booking_id.to_string(),
@@ -258,6 +265,8 @@ fn place_hold_call(keys: &Keys, req: &PlaceHold<'_>) -> (Vec<String>, Vec<String
         k.outbox(),
         k.seq(),
         k.outbox_announced(),
+        k.room_admitted(),
+        k.room_caps(),
     ];
     let args = vec![
         req.booking_id.to_string(),
@@ -303,6 +312,7 @@ fn parse_hold_outcome(reply: &Value) -> Option<HoldOutcome> {
             retry_after_ms: number(1)?,
         },
         "busy" => HoldOutcome::Busy,
+        "not_admitted" => HoldOutcome::NotAdmitted,
         "collision" => HoldOutcome::IdCollision,
         _ => return None,
     })

@@ -12,6 +12,7 @@ use super::{api, problem::Problem, response::Answer, router::Route};
 use crate::{
     app::App,
     bookings::Ending,
+    holds::VisitKind,
     metric,
     telemetry::{self, spans},
 };
@@ -103,5 +104,7 @@ where
         Route::ConfirmBooking(id) => api::bookings::end(app, &req, id, Ending::Confirm).await,
         Route::CancelBooking(id) => api::bookings::end(app, &req, id, Ending::Cancel).await,
         Route::WaitingRoom => api::waiting_room::admissions(app, req.uri().query()).await,
+        Route::QueuePlace(id) => api::waiting_room::visit(app, &req, id, VisitKind::Look).await,
+        Route::JoinQueue(id) => api::waiting_room::visit(app, &req, id, VisitKind::Join).await,
     }
 }

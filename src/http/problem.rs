@@ -139,6 +139,20 @@ impl Problem {
     }
 
     /// Answered before hyper reads anything, by the accept loop.
+    /// 409 `waiting-room-not-open`: joining opens at `opens_ms`.
+    pub fn queue_not_open(event_id: i64, opens_ms: i64) -> Self {
+        let opens = chrono::DateTime::from_timestamp_millis(opens_ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        Problem::new(
+            StatusCode::CONFLICT,
+            "waiting-room-not-open",
+            "Waiting room not open",
+            format!("the waiting room of event {event_id} opens at {opens}"),
+        )
+        .with("opensAt", Value::String(opens))
+    }
+
     pub fn too_many_connections() -> Self {
         let mut p = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -157,6 +171,21 @@ impl Problem {
             "login-rate-limited",
             "Too many login attempts",
             format!("too many login attempts for this {scope}; try again later"),
+        );
+        p.retry_after = Some(retry_after.max(1));
+        p.with("scope", Value::from(scope))
+    }
+
+    /// 429 `waiting-room-rate-limited`: this user or address visits more often
+    /// than any buyer needs to (the answers say when to come back).
+    pub fn room_limited(scope: &'static str, retry_after: u64) -> Self {
+        let mut p = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "waiting-room-rate-limited",
+            "Too many waiting-room visits",
+            format!(
+                "too many waiting-room visits for this {scope}; visit again after pollAfterSeconds"
+            ),
         );
         p.retry_after = Some(retry_after.max(1));
         p.with("scope", Value::from(scope))
@@ -296,6 +325,12 @@ impl From<HoldError> for Problem {
                 p.retry_after = Some(1);
                 p
             }
+            HoldError::NotAdmitted(_) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "admission-required",
+                "Admission required",
+                detail,
+            ),
             HoldError::IdempotencyMismatch => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",

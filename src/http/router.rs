@@ -13,6 +13,8 @@
 //! | `POST /api/bookings/:id/confirm` + Bearer | 200 CONFIRMED; 409 hold-expired |
 //! | `DELETE /api/bookings/:id` + Bearer | 200 CANCELLED; 409 booking-confirmed |
 //! | `GET /waiting-room[?eventId=]` | admission state per on-sale event |
+//! | `POST /waiting-room/:id/join` + Bearer | your place in the event's queue (joined), or your admission |
+//! | `GET /waiting-room/:id` + Bearer | your place in the event's queue, or your admission |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /openapi.json` | the API description, `openapi.json` at the repository root |
 //!
@@ -38,6 +40,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/api/events/{id}"),
     ("GET", "/api/seats/available"),
     ("GET", "/waiting-room"),
+    ("GET", "/waiting-room/{id}"),
+    ("POST", "/waiting-room/{id}/join"),
     ("POST", "/api/users/login"),
     ("POST", "/api/bookings"),
     ("GET", "/api/bookings/{id}"),
@@ -50,6 +54,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("HEAD", "/api/events/{id}"),
     ("HEAD", "/api/seats/available"),
     ("HEAD", "/waiting-room"),
+    ("HEAD", "/waiting-room/{id}"),
     ("HEAD", "/api/bookings/{id}"),
 ];
 
@@ -71,6 +76,9 @@ pub enum Route {
     ConfirmBooking(Uuid),
     CancelBooking(Uuid),
     WaitingRoom,
+    /// A buyer's place in this event's queue.
+    QueuePlace(i64),
+    JoinQueue(i64),
 }
 
 impl Route {
@@ -88,6 +96,8 @@ impl Route {
             ["metrics"] => (GET, Ok(Route::Metrics)),
             ["openapi.json"] => (GET, Ok(Route::OpenApi)),
             ["waiting-room"] => (GET, Ok(Route::WaitingRoom)),
+            ["waiting-room", id] => (GET, parse_id("event id", id).map(Route::QueuePlace)),
+            ["waiting-room", id, "join"] => (POST, parse_id("event id", id).map(Route::JoinQueue)),
             ["api", "events", id] => (GET, parse_id("event id", id).map(Route::Event)),
             ["api", "seats", "available"] => (GET, Ok(Route::AvailableSeats)),
             ["api", "users", "login"] => (POST, Ok(Route::Login)),
@@ -130,6 +140,8 @@ impl Route {
             Route::Booking(_) | Route::CancelBooking(_) => "/api/bookings/:id",
             Route::ConfirmBooking(_) => "/api/bookings/:id/confirm",
             Route::WaitingRoom => "/waiting-room",
+            Route::QueuePlace(_) => "/waiting-room/:id",
+            Route::JoinQueue(_) => "/waiting-room/:id/join",
         }
     }
 }
@@ -244,6 +256,8 @@ mod tests {
             Route::Booking(_) | Route::CancelBooking(_) => "/api/bookings/{id}",
             Route::ConfirmBooking(_) => "/api/bookings/{id}/confirm",
             Route::WaitingRoom => "/waiting-room",
+            Route::QueuePlace(_) => "/waiting-room/{id}",
+            Route::JoinQueue(_) => "/waiting-room/{id}/join",
         };
         for (method, path) in ENDPOINTS {
             let method = Method::from_bytes(method.as_bytes()).unwrap();

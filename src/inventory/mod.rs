@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    holds::{EventEntry, SeatEntry, Store},
+    holds::{EventEntry, RoomSettings, SeatEntry, Store},
     status::{EventStatus, SeatStatus},
 };
 
@@ -74,6 +74,8 @@ struct Seen {
     rounds: u32,
     /// Each event's status in PostgreSQL at the last sync that went through.
     statuses: HashMap<i64, EventStatus>,
+    /// The waiting rooms in PostgreSQL at the last sync, by event.
+    rooms: HashMap<i64, RoomSettings>,
 }
 
 impl Inventory {
@@ -206,8 +208,39 @@ impl Inventory {
         if full {
             self.watch_only_live_events(&statuses).await?;
         }
+        self.sync_rooms().await?;
         // Only once every event has been seen through: a failed sync looks again.
         self.seen.lock().expect("inventory lock").statuses = statuses;
+        Ok(())
+    }
+
+    /// Makes each loaded event's waiting room follow `waiting_rooms`: settings
+    /// changed there (rate, maximum active, pause, times) reach Redis at the next
+    /// sync and nobody loses a place; a room added to a loaded event starts
+    /// admission, one removed ends it. One query per sync; Redis is written only
+    /// for rooms that changed.
+    async fn sync_rooms(&self) -> anyhow::Result<()> {
+        let rooms = self.waiting_rooms(None).await?;
+        let previous = self.seen.lock().expect("inventory lock").rooms.clone();
+        for (&event_id, room) in &rooms {
+            if previous.get(&event_id) != Some(room) && self.store.is_loaded(event_id).await? {
+                self.store.set_room(event_id, room).await?;
+                self.store
+                    .require_admission(event_id, Some(room.idle_ms))
+                    .await?;
+                tracing::info!(
+                    event_id,
+                    rate = room.rate,
+                    paused = room.paused,
+                    "waiting room set"
+                );
+            }
+        }
+        for &event_id in previous.keys().filter(|id| !rooms.contains_key(id)) {
+            self.store.require_admission(event_id, None).await?;
+            tracing::info!(event_id, "waiting room removed: buyers need no admission");
+        }
+        self.seen.lock().expect("inventory lock").rooms = rooms;
         Ok(())
     }
 
@@ -328,15 +361,57 @@ impl Inventory {
         self.store.clear_seats(event.id).await?;
         self.store.add_seats(event.id, &seats).await?;
         self.restore_holds(event.id).await?;
+        // Before the event hash: from then on its buyers need admission.
+        let room = self.waiting_rooms(Some(event.id)).await?.remove(&event.id);
+        if let Some(room) = &room {
+            self.store.set_room(event.id, room).await?;
+        }
         let entry = EventEntry {
             name: &event.name,
             venue: &event.venue,
             starts_at: event.starts_at,
             total_seats: seats.len(),
             status: event.status,
+            admission_idle_ms: room.as_ref().map(|room| room.idle_ms),
         };
         self.store.complete_load(event.id, &entry).await?;
         Ok(seats.iter().filter(|seat| seat.available).count())
+    }
+}
+
+impl Inventory {
+    /// The waiting rooms PostgreSQL has, by event: every one, or `only` this event's.
+    async fn waiting_rooms(&self, only: Option<i64>) -> anyhow::Result<HashMap<i64, RoomSettings>> {
+        let client = self.pg.get().await?;
+        let rows = client
+            .query(
+                "SELECT event_id,
+                        (extract(epoch FROM opens_at) * 1000)::bigint,
+                        (extract(epoch FROM starts_at) * 1000)::bigint,
+                        admit_per_sec, max_active, idle_ms, session_cap_ms, grace_ms,
+                        seed, paused
+                   FROM waiting_rooms WHERE $1::bigint IS NULL OR event_id = $1",
+                &[&only],
+            )
+            .await
+            .context("failed to read the waiting rooms")?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let room = RoomSettings {
+                    opens_ms: row.get(1),
+                    starts_ms: row.get(2),
+                    rate: row.get(3),
+                    max_active: row.get::<_, i32>(4) as u32,
+                    idle_ms: row.get::<_, i32>(5).into(),
+                    cap_ms: row.get::<_, i32>(6).into(),
+                    grace_ms: row.get::<_, i32>(7).into(),
+                    seed: row.get(8),
+                    paused: row.get(9),
+                };
+                (row.get(0), room)
+            })
+            .collect())
     }
 }
 

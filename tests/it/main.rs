@@ -30,4 +30,5 @@ mod read_api;
 mod schema;
 mod schemathesis;
 mod traces;
+mod waiting_room;
 mod writer;

@@ -1,18 +1,73 @@
 //! `GET /waiting-room[?eventId=]`: the admission state of one event, or of
-//! every event on sale (see [`crate::waiting_room`]).
+//! every event on sale; `POST /waiting-room/:id/join` and `GET
+//! /waiting-room/:id`: a buyer's place in an event's queue (see
+//! [`crate::waiting_room`]).
 
-use http::StatusCode;
+use http::{Request, StatusCode};
 use serde_json::json;
 
 use crate::{
     app::App,
+    auth::AuthError,
+    holds::{Visit, VisitKind},
     http::{
+        Peer,
         problem::Problem,
         query::Query,
+        request::authenticate,
         response::{Answer, json_response},
     },
-    waiting_room,
+    metric, rate_limit, waiting_room,
 };
+
+/// Joins the event's queue (keeping the place of one who joined before), or
+/// looks at one's place: queued, or admitted.
+pub async fn visit<B>(app: &App, req: &Request<B>, event_id: i64, kind: VisitKind) -> Answer {
+    // Before any work, as for logins: one address may not make Redis do everyone's.
+    if let Some(peer) = req.extensions().get::<Peer>() {
+        app.room_clients
+            .hit(peer.0.ip())
+            .await
+            .map_err(|wait| limited("client", wait))?;
+    }
+    let user_id = authenticate(app, req)?;
+    app.room_users
+        .hit(user_id)
+        .await
+        .map_err(|wait| limited("user", wait))?;
+    // A place is only worth its booking: the user must be one PostgreSQL knows.
+    if kind == VisitKind::Join && !app.users.exists(user_id).await? {
+        return Err(AuthError::UnknownUser.into());
+    }
+    let visit = app.store.visit_room(event_id, user_id, kind).await?;
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    if let Some(view) = waiting_room::queue_view(event_id, &visit, now_ms) {
+        return Ok(json_response(StatusCode::OK, &view));
+    }
+    let unloaded = matches!(visit, Visit::NoRoom)
+        && app.inventory.was_on_sale(event_id)
+        && !app.store.is_loaded(event_id).await?;
+    Err(match visit {
+        // Redis lost the event (and its queue): it is being loaded again.
+        Visit::NoRoom if unloaded && app.inventory.awaits_load(event_id) => {
+            Problem::event_loading(event_id)
+        }
+        Visit::NoRoom => Problem::not_found(format!(
+            "event {event_id} has no waiting room (unknown, not on sale, or open to every buyer)"
+        )),
+        Visit::NotQueued => Problem::not_found(format!(
+            "you are not in the queue of event {event_id} (never joined, or away past the \
+             grace period): POST /waiting-room/{event_id}/join"
+        )),
+        Visit::NotOpen { opens_ms } => Problem::queue_not_open(event_id, opens_ms),
+        _ => Problem::internal(),
+    })
+}
+
+fn limited(scope: &'static str, wait: std::time::Duration) -> Problem {
+    metrics::counter!(metric::ROOM_LIMITED, "scope" => scope).increment(1);
+    Problem::room_limited(scope, rate_limit::retry_after_secs(wait))
+}
 
 pub async fn admissions(app: &App, query: Option<&str>) -> Answer {
     let load = app.in_flight.snapshot();

@@ -1,8 +1,14 @@
-//! Admission: whether an event lets buyers in, and how loaded this gateway is.
+//! Admission: whether an event lets buyers in, and how loaded this gateway is;
+//! `queue` (a buyer's place in an event's waiting room, as the API shows it).
 //!
-//! Today admission is open for every on-sale event while the gateway has room
-//! for more requests in flight; a queue with positions and admission tokens will
-//! grow from this shape.
+//! An event with a waiting room (a `waiting_rooms` row) admits buyers from its
+//! queue at a set rate, and `place_hold.lua` holds seats only for admitted
+//! buyers (see `waiting_room.lua`). Every on-sale event is open while the
+//! gateway has room for more requests in flight.
+
+mod queue;
+
+pub use queue::{QueueView, queue_view};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -1,0 +1,191 @@
+//! An event's waiting room in Redis: its settings, written by the loader, and
+//! one visit of a buyer (join, or look at one's place), one script call each.
+
+use fred::{
+    interfaces::{HashesInterface, KeysInterface},
+    types::Value,
+};
+
+use super::{Store, StoreError, WAITING_ROOM, keys::event_field, reply_error};
+
+/// Users the bookkeeping of one visit moves at most (admitted, dropped).
+const STEP: u32 = 100;
+
+/// How a waiting room runs, as the loader writes it (see `waiting_room.lua`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomSettings {
+    /// Joining opens (ms since epoch): the pre-queue.
+    pub opens_ms: i64,
+    /// Admission starts (ms); the pre-queue's order is drawn from `seed`.
+    pub starts_ms: i64,
+    /// Admissions per second.
+    pub rate: f64,
+    pub max_active: u32,
+    /// An admission ends this long after its buyer's last visit or hold.
+    pub idle_ms: i64,
+    /// ... and this long after it began, whatever the buyer does.
+    pub cap_ms: i64,
+    /// A queued buyer who does not visit for this long loses the place.
+    pub grace_ms: i64,
+    pub seed: String,
+    pub paused: bool,
+}
+
+/// Join the queue, or only look at one's place in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VisitKind {
+    Join,
+    Look,
+}
+
+/// What one visit found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Visit {
+    /// May book until `ends_ms` (renewed by each visit and hold), never past `cap_ms`.
+    Admitted {
+        ends_ms: i64,
+        cap_ms: i64,
+    },
+    /// `position` (1: next) of `queued`; `rate` admissions per second, measured;
+    /// the place is lost after `grace_ms` without a visit.
+    Queued {
+        position: u64,
+        queued: u64,
+        rate: f64,
+        seed: String,
+        grace_ms: i64,
+    },
+    /// Joined before the start: the order is drawn at `starts_ms`.
+    PreQueue {
+        starts_ms: i64,
+        queued: u64,
+        rate: f64,
+        seed: String,
+        grace_ms: i64,
+    },
+    /// A look by a buyer who is not in the queue (never joined, or lost the place).
+    NotQueued,
+    NotOpen {
+        opens_ms: i64,
+    },
+    /// The event admits buyers without a waiting room, or is not loaded.
+    NoRoom,
+}
+
+impl Store {
+    /// Writes an event's waiting-room settings (the queue and admissions are kept).
+    pub async fn set_room(&self, event_id: i64, room: &RoomSettings) -> Result<(), StoreError> {
+        let fields = vec![
+            ("opensAt", room.opens_ms.to_string()),
+            ("startsAt", room.starts_ms.to_string()),
+            ("rate", room.rate.to_string()),
+            ("maxActive", room.max_active.to_string()),
+            ("idleMs", room.idle_ms.to_string()),
+            ("capMs", room.cap_ms.to_string()),
+            ("graceMs", room.grace_ms.to_string()),
+            ("seed", room.seed.clone()),
+            ("paused", if room.paused { "1" } else { "0" }.to_string()),
+        ];
+        Ok(self
+            .client()
+            .hset::<(), _, _>(self.keys.event(event_id).room(), fields)
+            .await?)
+    }
+
+    /// Makes buyers of a loaded event need admission, with sessions idling out
+    /// after `idle_ms`; `None` ends it, and the room with its queue goes.
+    pub async fn require_admission(
+        &self,
+        event_id: i64,
+        idle_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let k = self.keys.event(event_id);
+        match idle_ms {
+            Some(idle_ms) => {
+                self.client()
+                    .hset::<(), _, _>(k.event(), (event_field::ADMISSION, idle_ms))
+                    .await?
+            }
+            None => {
+                self.client()
+                    .hdel::<(), _, _>(k.event(), event_field::ADMISSION)
+                    .await?;
+                self.client()
+                    .del::<(), _>(vec![
+                        k.room(),
+                        k.room_queue(),
+                        k.room_arrivals(),
+                        k.room_seen(),
+                        k.room_admitted(),
+                        k.room_caps(),
+                    ])
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// One visit of `user_id` to the event's waiting room (see `waiting_room.lua`).
+    pub async fn visit_room(
+        &self,
+        event_id: i64,
+        user_id: i64,
+        kind: VisitKind,
+    ) -> Result<Visit, StoreError> {
+        let k = self.keys.event(event_id);
+        let mode = match kind {
+            VisitKind::Join => "join",
+            VisitKind::Look => "look",
+        };
+        let reply = self
+            .eval(
+                &WAITING_ROOM,
+                &self.waiting_room,
+                vec![
+                    k.room(),
+                    k.room_queue(),
+                    k.room_arrivals(),
+                    k.room_seen(),
+                    k.room_admitted(),
+                    k.room_caps(),
+                ],
+                vec![user_id.to_string(), mode.to_string(), STEP.to_string()],
+            )
+            .await?;
+        parse_visit(&reply).ok_or_else(|| reply_error(&WAITING_ROOM, &reply))
+    }
+}
+
+fn parse_visit(reply: &Value) -> Option<Visit> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let int = |i: usize| items.get(i).and_then(Value::as_i64);
+    let count = |i: usize| items.get(i).and_then(Value::as_u64);
+    let rate = || Some(int(3)? as f64 / 1000.0);
+    let seed = || items.get(4)?.as_string();
+    Some(match &*items.first()?.as_str()? {
+        "admitted" => Visit::Admitted {
+            ends_ms: int(1)?,
+            cap_ms: int(2)?,
+        },
+        "queued" => Visit::Queued {
+            position: count(1)?,
+            queued: count(2)?,
+            rate: rate()?,
+            seed: seed()?,
+            grace_ms: int(5)?,
+        },
+        "pre_queue" => Visit::PreQueue {
+            starts_ms: int(1)?,
+            queued: count(2)?,
+            rate: rate()?,
+            seed: seed()?,
+            grace_ms: int(5)?,
+        },
+        "not_queued" => Visit::NotQueued,
+        "not_open" => Visit::NotOpen { opens_ms: int(1)? },
+        "no_room" => Visit::NoRoom,
+        _ => return None,
+    })
+}
