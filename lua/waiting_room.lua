@@ -11,13 +11,18 @@
   KEYS[5] active zset        (admitted user id scored by when its admission ends, ms:
                               idle deadline, never past its cap; place_hold.lua checks it)
   KEYS[6] caps hash          (admitted user id -> its admission's hard end, ms)
+  KEYS[7] joined hash        (queued user id -> when it joined, ms)
+  KEYS[8] waits list         (the last 1,000 admissions' waits from join to admission, ms)
   ARGV[1] user id   ARGV[2] "join" or "look"   ARGV[3] most users moved per step
   Times (ms since epoch) are Redis's TIME.
   Bookkeeping, in order: admissions past their end are dropped; queued users not
   seen for graceMs lose their place; from startsAt, unless paused, users leave the
   head of the queue for `active` at `rate` per second (a bucket of at most one
   second's worth), while fewer than maxActive admissions are live. A head user not
-  seen for graceMs is dropped, not admitted. At most ARGV[3] users per step.
+  seen for graceMs is dropped, not admitted. At most ARGV[3] users per step. Each
+  admission counts in the room's `admitted`, its wait goes to KEYS[8], and one whose
+  order is below the last admitted one's counts in `outOfOrder` (never, unless the
+  start is moved back after admissions began).
   Returns {"admitted", ends_ms, cap_ms}                      admitted: book now (visit renews ends_ms)
           {"queued", position, queued, milli_rate, seed, grace_ms}     1-based place after startsAt
           {"pre_queue", starts_ms, queued, milli_rate, seed, grace_ms} joined before startsAt
@@ -32,7 +37,7 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local f = redis.call('HMGET', KEYS[1], 'opensAt', 'startsAt', 'rate', 'maxActive', 'idleMs',
   'capMs', 'graceMs', 'seed', 'paused', 'tokens', 'refilledAt', 'windowAt', 'windowCount',
-  'measured')
+  'measured', 'lastOrder')
 if not f[1] then
   return {'no_room'}
 end
@@ -49,6 +54,7 @@ local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - grace, 'LIMIT', 
 if #gone > 0 then
   redis.call('ZREM', KEYS[2], unpack(gone))
   redis.call('ZREM', KEYS[4], unpack(gone))
+  redis.call('HDEL', KEYS[7], unpack(gone))
 end
 
 local measured = tonumber(f[14])
@@ -61,19 +67,27 @@ if now >= starts then
   -- Counted by deadline, so admissions not yet dropped above never count as live.
   local free = max_active - redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf')
   local admitted, tries = 0, 0
+  local last_order = tonumber(f[15])
   while not paused and admitted < math.floor(tokens) and admitted < free and tries < step do
     tries = tries + 1
     local head = redis.call('ZPOPMIN', KEYS[2])
     if #head == 0 then
       break
     end
-    local who = head[1]
+    local who, order = head[1], tonumber(head[2])
     local seen = redis.call('ZSCORE', KEYS[4], who)
+    local joined = tonumber(redis.call('HGET', KEYS[7], who))
     redis.call('ZREM', KEYS[4], who)
+    redis.call('HDEL', KEYS[7], who)
     if seen and tonumber(seen) > now - grace then
       redis.call('ZADD', KEYS[5], math.min(now + idle, now + cap), who)
       redis.call('HSET', KEYS[6], who, now + cap)
       admitted = admitted + 1
+      redis.call('LPUSH', KEYS[8], now - (joined or now))
+      if last_order and order < last_order then
+        redis.call('HINCRBY', KEYS[1], 'outOfOrder', 1)
+      end
+      last_order = order
     end
   end
   local window_at = tonumber(f[12]) or now
@@ -85,6 +99,11 @@ if now >= starts then
   end
   redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - admitted), 'refilledAt', now,
     'windowAt', window_at, 'windowCount', window_count)
+  if admitted > 0 then
+    redis.call('HSET', KEYS[1], 'lastOrder', tostring(last_order))
+    redis.call('HINCRBY', KEYS[1], 'admitted', admitted)
+    redis.call('LTRIM', KEYS[8], 0, 999)
+  end
 end
 local milli_rate = math.floor((measured or rate) * 1000)
 
@@ -108,6 +127,7 @@ if not rank and mode == 'join' then
     order = 1 + redis.call('INCR', KEYS[3])
   end
   redis.call('ZADD', KEYS[2], order, user)
+  redis.call('HSET', KEYS[7], user, now)
   rank = redis.call('ZRANK', KEYS[2], user)
 end
 if not rank then

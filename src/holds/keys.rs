@@ -144,6 +144,16 @@ impl EventKeys {
     pub fn room_caps(&self) -> String {
         format!("{}room:caps", self.base)
     }
+
+    /// Hash: waiting user id -> when it joined (ms).
+    pub fn room_joined(&self) -> String {
+        format!("{}room:joined", self.base)
+    }
+
+    /// List of the last admissions' waits from join to admission (ms), newest first.
+    pub fn room_waits(&self) -> String {
+        format!("{}room:waits", self.base)
+    }
 }
 
 /// The fields of an event hash ([`EventKeys::event`]), as `read_event.lua`
@@ -198,6 +208,8 @@ mod tests {
             keys.room_seen(),
             keys.room_admitted(),
             keys.room_caps(),
+            keys.room_joined(),
+            keys.room_waits(),
         ] {
             assert!(key.starts_with("hg:{e:42}:"), "{key}");
         }

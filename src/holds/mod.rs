@@ -30,7 +30,7 @@ pub use activity::{Activity, ActivityFeed};
 pub use inventory::{EventEntry, RestoredHold, SeatEntry};
 pub use keys::{EventKeys, Keys};
 pub use outbox::OutboxEntry;
-pub use queue::{RoomSettings, Visit, VisitKind};
+pub use queue::{RoomSettings, RoomStats, Visit, VisitKind};
 pub use reads::{EventInfo, HoldState, SeatPage};
 pub use transitions::{HoldOutcome, PlaceHold, Transition};
 
@@ -61,7 +61,7 @@ const CONFIRM_HOLD: ScriptDef = script!("confirm_hold", 9);
 const CANCEL_HOLD: ScriptDef = script!("cancel_hold", 10);
 const RELEASE_LOCK: ScriptDef = script!("release_lock", 1);
 const RESTORE_CONFIRM: ScriptDef = script!("restore_confirm", 4);
-const WAITING_ROOM: ScriptDef = script!("waiting_room", 6);
+const WAITING_ROOM: ScriptDef = script!("waiting_room", 8);
 
 /// How long an ended hold's state stays in Redis for status reads; PostgreSQL answers after.
 pub const HOLD_RETENTION_MS: i64 = 3_600_000;

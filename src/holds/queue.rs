@@ -2,7 +2,7 @@
 //! one visit of a buyer (join, or look at one's place), one script call each.
 
 use fred::{
-    interfaces::{HashesInterface, KeysInterface},
+    interfaces::{HashesInterface, KeysInterface, ListInterface, SortedSetsInterface},
     types::Value,
 };
 
@@ -118,6 +118,8 @@ impl Store {
                         k.room_seen(),
                         k.room_admitted(),
                         k.room_caps(),
+                        k.room_joined(),
+                        k.room_waits(),
                     ])
                     .await?
             }
@@ -148,6 +150,8 @@ impl Store {
                     k.room_seen(),
                     k.room_admitted(),
                     k.room_caps(),
+                    k.room_joined(),
+                    k.room_waits(),
                 ],
                 vec![user_id.to_string(), mode.to_string(), STEP.to_string()],
             )
@@ -188,4 +192,88 @@ fn parse_visit(reply: &Value) -> Option<Visit> {
         "no_room" => Visit::NoRoom,
         _ => return None,
     })
+}
+
+/// An event's waiting room as a whole, for operators: read in one pipeline,
+/// not atomically (a visit between two reads may move a count by one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomStats {
+    pub opens_ms: i64,
+    pub starts_ms: i64,
+    /// Admissions per second, as set.
+    pub rate: f64,
+    /// ... and as measured over the last full ten seconds, once there is one.
+    pub measured_rate: Option<f64>,
+    pub max_active: u64,
+    pub paused: bool,
+    pub seed: String,
+    pub queued: u64,
+    /// Admissions live now.
+    pub active: u64,
+    /// Admissions ever made.
+    pub admitted: u64,
+    pub out_of_order: u64,
+    /// The last admissions' waits from join to admission (ms), newest first.
+    pub waits_ms: Vec<i64>,
+}
+
+impl Store {
+    /// The room's settings and counts, or `None` when the event has no room loaded.
+    pub async fn room_stats(
+        &self,
+        event_id: i64,
+        now_ms: i64,
+    ) -> Result<Option<RoomStats>, StoreError> {
+        let k = self.keys.event(event_id);
+        let pipeline = self.client().pipeline();
+        pipeline
+            .hmget::<(), _, _>(
+                k.room(),
+                vec![
+                    "opensAt",
+                    "startsAt",
+                    "rate",
+                    "measured",
+                    "maxActive",
+                    "paused",
+                    "seed",
+                    "admitted",
+                    "outOfOrder",
+                ],
+            )
+            .await?;
+        pipeline.zcard::<(), _>(k.room_queue()).await?;
+        pipeline
+            .zcount::<(), _>(k.room_admitted(), now_ms as f64 + 0.5, f64::INFINITY)
+            .await?;
+        pipeline.lrange::<(), _>(k.room_waits(), 0, -1).await?;
+        let replies: Vec<Value> = pipeline.all().await?;
+        let bad = || StoreError::Reply {
+            call: "room stats pipeline",
+            reply: format!("{replies:?}"),
+        };
+        let [fields, queued, active, waits] = &replies[..] else {
+            return Err(bad());
+        };
+        let fields: Vec<Option<String>> = fields.clone().convert().map_err(|_| bad())?;
+        let field = |i: usize| fields.get(i).cloned().flatten();
+        let number = |i: usize| field(i).and_then(|v| v.parse::<f64>().ok());
+        let Some(opens_ms) = number(0) else {
+            return Ok(None);
+        };
+        Ok(Some(RoomStats {
+            opens_ms: opens_ms as i64,
+            starts_ms: number(1).ok_or_else(bad)? as i64,
+            rate: number(2).ok_or_else(bad)?,
+            measured_rate: number(3),
+            max_active: number(4).ok_or_else(bad)? as u64,
+            paused: field(5).as_deref() == Some("1"),
+            seed: field(6).ok_or_else(bad)?,
+            admitted: number(7).unwrap_or(0.0) as u64,
+            out_of_order: number(8).unwrap_or(0.0) as u64,
+            queued: queued.as_u64().ok_or_else(bad)?,
+            active: active.as_u64().ok_or_else(bad)?,
+            waits_ms: waits.clone().convert().map_err(|_| bad())?,
+        }))
+    }
 }

@@ -106,5 +106,6 @@ where
         Route::WaitingRoom => api::waiting_room::admissions(app, req.uri().query()).await,
         Route::QueuePlace(id) => api::waiting_room::visit(app, &req, id, VisitKind::Look).await,
         Route::JoinQueue(id) => api::waiting_room::visit(app, &req, id, VisitKind::Join).await,
+        Route::RoomStats(id) => api::waiting_room::stats(app, id).await,
     }
 }

@@ -15,6 +15,7 @@
 //! | `GET /waiting-room[?eventId=]` | admission state per on-sale event |
 //! | `POST /waiting-room/:id/join` + Bearer | your place in the event's queue (joined), or your admission |
 //! | `GET /waiting-room/:id` + Bearer | your place in the event's queue, or your admission |
+//! | `GET /waiting-room/:id/stats` | the room: queued, active, rates, waits, order commitment |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /openapi.json` | the API description, `openapi.json` at the repository root |
 //!
@@ -42,6 +43,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/waiting-room"),
     ("GET", "/waiting-room/{id}"),
     ("POST", "/waiting-room/{id}/join"),
+    ("GET", "/waiting-room/{id}/stats"),
     ("POST", "/api/users/login"),
     ("POST", "/api/bookings"),
     ("GET", "/api/bookings/{id}"),
@@ -55,6 +57,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("HEAD", "/api/seats/available"),
     ("HEAD", "/waiting-room"),
     ("HEAD", "/waiting-room/{id}"),
+    ("HEAD", "/waiting-room/{id}/stats"),
     ("HEAD", "/api/bookings/{id}"),
 ];
 
@@ -79,6 +82,7 @@ pub enum Route {
     /// A buyer's place in this event's queue.
     QueuePlace(i64),
     JoinQueue(i64),
+    RoomStats(i64),
 }
 
 impl Route {
@@ -98,6 +102,7 @@ impl Route {
             ["waiting-room"] => (GET, Ok(Route::WaitingRoom)),
             ["waiting-room", id] => (GET, parse_id("event id", id).map(Route::QueuePlace)),
             ["waiting-room", id, "join"] => (POST, parse_id("event id", id).map(Route::JoinQueue)),
+            ["waiting-room", id, "stats"] => (GET, parse_id("event id", id).map(Route::RoomStats)),
             ["api", "events", id] => (GET, parse_id("event id", id).map(Route::Event)),
             ["api", "seats", "available"] => (GET, Ok(Route::AvailableSeats)),
             ["api", "users", "login"] => (POST, Ok(Route::Login)),
@@ -142,6 +147,7 @@ impl Route {
             Route::WaitingRoom => "/waiting-room",
             Route::QueuePlace(_) => "/waiting-room/:id",
             Route::JoinQueue(_) => "/waiting-room/:id/join",
+            Route::RoomStats(_) => "/waiting-room/:id/stats",
         }
     }
 }
@@ -258,6 +264,7 @@ mod tests {
             Route::WaitingRoom => "/waiting-room",
             Route::QueuePlace(_) => "/waiting-room/{id}",
             Route::JoinQueue(_) => "/waiting-room/{id}/join",
+            Route::RoomStats(_) => "/waiting-room/{id}/stats",
         };
         for (method, path) in ENDPOINTS {
             let method = Method::from_bytes(method.as_bytes()).unwrap();

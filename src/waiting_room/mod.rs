@@ -8,7 +8,7 @@
 
 mod queue;
 
-pub use queue::{QueueView, queue_view};
+pub use queue::{QueueView, StatsView, queue_view, stats_view};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

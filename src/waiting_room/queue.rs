@@ -7,7 +7,7 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::holds::Visit;
+use crate::holds::{RoomStats, Visit};
 
 /// Visits are asked for at most this far apart, however long the queue.
 const MAX_POLL_SECS: f64 = 30.0;
@@ -128,6 +128,63 @@ pub fn queue_view(event_id: i64, visit: &Visit, now_ms: i64) -> Option<QueueView
     })
 }
 
+/// `GET /waiting-room/:id/stats`: the room as a whole, public and read-only.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsView {
+    pub event_id: i64,
+    pub opens_at: String,
+    pub starts_at: String,
+    pub paused: bool,
+    /// Admissions per second, as set.
+    pub admission_rate: f64,
+    /// ... and as measured over the last full ten seconds, once there is one.
+    pub measured_rate: Option<f64>,
+    pub max_active: u64,
+    pub queued: u64,
+    /// Admissions live now.
+    pub active: u64,
+    /// Admissions ever made.
+    pub admitted: u64,
+    /// Admissions whose order was below an earlier admission's: 0 unless the
+    /// start was moved back after admissions began.
+    pub out_of_order: u64,
+    /// From join to admission, over the last 1,000 admissions.
+    pub wait_seconds: Option<Waits>,
+    pub order: Order,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Waits {
+    pub p50: f64,
+    pub p90: f64,
+}
+
+pub fn stats_view(event_id: i64, stats: &RoomStats, now_ms: i64) -> StatsView {
+    let mut waits = stats.waits_ms.clone();
+    waits.sort_unstable();
+    // Nearest rank: the smallest wait at least `p`% of admissions did not exceed.
+    let rank = |p: usize| waits[(waits.len() * p).div_ceil(100).max(1) - 1] as f64 / 1_000.0;
+    StatsView {
+        event_id,
+        opens_at: timestamp(stats.opens_ms),
+        starts_at: timestamp(stats.starts_ms),
+        paused: stats.paused,
+        admission_rate: stats.rate,
+        measured_rate: stats.measured_rate,
+        max_active: stats.max_active,
+        queued: stats.queued,
+        active: stats.active,
+        admitted: stats.admitted,
+        out_of_order: stats.out_of_order,
+        wait_seconds: (!waits.is_empty()).then(|| Waits {
+            p50: rank(50),
+            p90: rank(90),
+        }),
+        order: Order::of(&stats.seed, now_ms >= stats.starts_ms),
+    }
+}
+
 /// `wanted` seconds between visits, kept within [`MIN_POLL_SECS`] and
 /// [`MAX_POLL_SECS`] and to a third of the grace a queued buyer has.
 fn poll(wanted: f64, grace_ms: i64) -> f64 {
@@ -205,6 +262,38 @@ mod tests {
                 .commitment
                 .starts_with("3ba3f5f43b92602683c19aee62a20342")
         );
+    }
+
+    #[test]
+    fn stats_give_wait_percentiles_by_nearest_rank_and_reveal_the_seed_from_the_start() {
+        let stats = RoomStats {
+            opens_ms: 0,
+            starts_ms: 1_000,
+            rate: 5.0,
+            measured_rate: None,
+            max_active: 10,
+            paused: false,
+            seed: "s".repeat(32),
+            queued: 3,
+            active: 1,
+            admitted: 10,
+            out_of_order: 0,
+            waits_ms: (1..=10).rev().map(|s| s * 1_000).collect(),
+        };
+        let before = stats_view(1, &stats, 500);
+        assert_eq!(before.order.seed, None);
+        assert_eq!(before.wait_seconds, Some(Waits { p50: 5.0, p90: 9.0 }));
+        let after = stats_view(1, &stats, 1_000);
+        assert_eq!(after.order.seed.as_deref(), Some(stats.seed.as_str()));
+        let none = stats_view(
+            1,
+            &RoomStats {
+                waits_ms: vec![],
+                ..stats
+            },
+            0,
+        );
+        assert_eq!(none.wait_seconds, None);
     }
 
     #[test]

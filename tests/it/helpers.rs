@@ -504,3 +504,17 @@ pub async fn json(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status);
     response.json().await.unwrap()
 }
+
+/// Puts `event_id` behind a waiting room that started a second ago and admits
+/// 1,000 buyers a second (before the app loads it: the loader reads it then).
+pub async fn add_waiting_room(pg: &tokio_postgres::Client, event_id: i64) {
+    pg.execute(
+        "INSERT INTO waiting_rooms (event_id, opens_at, starts_at, admit_per_sec, max_active,
+                                    idle_ms, session_cap_ms, grace_ms, seed)
+         VALUES ($1, now() - interval '1 hour', now() - interval '1 second', 1000, 1000,
+                 60000, 600000, 60000, repeat('s', 32))",
+        &[&event_id],
+    )
+    .await
+    .unwrap();
+}

@@ -11,7 +11,7 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 use herdgate::config;
 use tokio::process::Command;
 
-use crate::helpers::{Isolation, json, spawn_app_on};
+use crate::helpers::{Isolation, add_waiting_room, json, spawn_app_on};
 
 /// Set (to anything) to skip this test when schemathesis is not installed.
 const SKIP: &str = "HERDGATE_SKIP_SCHEMATHESIS";
@@ -88,17 +88,7 @@ async fn schemathesis_finds_only_documented_answers_and_no_server_errors() {
     let iso = Isolation::new().await;
     // Event 3 behind a waiting room (the spec's example id), so its operations
     // reach their logic, and holds of event 3 meet the admission check.
-    iso.pg()
-        .await
-        .execute(
-            "INSERT INTO waiting_rooms (event_id, opens_at, starts_at, admit_per_sec, max_active,
-                                        idle_ms, session_cap_ms, grace_ms, seed)
-             VALUES (3, now() - interval '1 hour', now() - interval '1 second', 1000, 1000,
-                     60000, 600000, 60000, repeat('s', 32))",
-            &[],
-        )
-        .await
-        .unwrap();
+    add_waiting_room(&iso.pg().await, 3).await;
     let app = spawn_app_on(iso, |env| {
         // Generated holds must not all end at the per-user limit before reaching the script.
         env.insert(config::ENV_MAX_HOLDS_PER_USER.into(), "1000".into());

@@ -478,3 +478,32 @@ async fn a_user_or_an_address_visiting_too_often_gets_429_with_retry_after() {
     assert_eq!(problem["scope"], "client");
     app.assert_healthy().await;
 }
+
+#[tokio::test]
+async fn the_stats_count_the_room_publicly_with_waits_and_no_admission_out_of_order() {
+    let (app, users) = app_with_room(Room::default(), 0).await;
+    let stats = json(app.get(&format!("/waiting-room/{EVENT}/stats")).await, 200).await;
+    assert_eq!(stats["queued"], 0);
+    assert_eq!(stats["admitted"], 0);
+    assert!(stats["waitSeconds"].is_null());
+    assert_eq!(
+        stats["order"]["seed"], SEED,
+        "revealed: the room has started"
+    );
+    for &user in &users[..5] {
+        visit(&app, user, true).await;
+    }
+    for &user in &users[..5] {
+        admitted(&app, user).await;
+    }
+    let stats = json(app.get(&format!("/waiting-room/{EVENT}/stats")).await, 200).await;
+    assert_eq!(stats["queued"], 0, "{stats}");
+    assert_eq!(stats["active"], 5);
+    assert_eq!(stats["admitted"], 5);
+    assert_eq!(stats["outOfOrder"], 0);
+    assert!(stats["waitSeconds"]["p90"].as_f64().unwrap() >= 0.0);
+    assert_eq!(stats["admissionRate"], 1_000.0);
+    // An event without a room has no stats; a bad id is 400.
+    assert_problem(app.get("/waiting-room/2/stats").await, 404).await;
+    assert_problem(app.get("/waiting-room/x/stats").await, 400).await;
+}

@@ -60,19 +60,31 @@ async fn publish(app: &TestApp, bodies: &[(String, Vec<u8>)]) {
         .await
         .unwrap();
     for (routing_key, body) in bodies {
-        let confirm = channel
-            .basic_publish(
-                topology.exchange.as_str().into(),
-                routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
+        // RabbitMQ may nack a publish to a quorum queue on a loaded machine (seen
+        // twice in full runs): the message was not taken, and like the relay the
+        // test publishes it again.
+        let mut attempts = 0;
+        loop {
+            let confirm = channel
+                .basic_publish(
+                    topology.exchange.as_str().into(),
+                    routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            attempts += 1;
+            if confirm.is_ack() {
+                break;
+            }
+            assert!(attempts < 5, "RabbitMQ nacked the publish {attempts} times");
+            eprintln!("publish nacked (attempt {attempts}); publishing again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let _ = connection.close(200, "done".into()).await;
 }

@@ -64,6 +64,20 @@ pub async fn visit<B>(app: &App, req: &Request<B>, event_id: i64, kind: VisitKin
     })
 }
 
+/// `GET /waiting-room/:id/stats`: public and read-only, one Redis pipeline.
+pub async fn stats(app: &App, event_id: i64) -> Answer {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    match app.store.room_stats(event_id, now_ms).await? {
+        Some(stats) => Ok(json_response(
+            StatusCode::OK,
+            &waiting_room::stats_view(event_id, &stats, now_ms),
+        )),
+        None => Err(Problem::not_found(format!(
+            "event {event_id} has no waiting room (unknown, not on sale, or open to every buyer)"
+        ))),
+    }
+}
+
 fn limited(scope: &'static str, wait: std::time::Duration) -> Problem {
     metrics::counter!(metric::ROOM_LIMITED, "scope" => scope).increment(1);
     Problem::room_limited(scope, rate_limit::retry_after_secs(wait))
