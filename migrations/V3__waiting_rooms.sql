@@ -18,5 +18,8 @@ CREATE TABLE waiting_rooms (
     -- The pre-queue's order: ascending SHA-1(seed || ':' || user id). Its SHA-256
     -- (the commitment) is published before starts_at, the seed itself after.
     seed            TEXT NOT NULL CHECK (length(seed) >= 32),
-    paused          BOOLEAN NOT NULL DEFAULT false
+    paused          BOOLEAN NOT NULL DEFAULT false,
+    -- A join must carry a proof of work: a nonce whose SHA-256 with the user's
+    -- challenge starts with this many zero bits (0: none asked).
+    proof_bits      SMALLINT NOT NULL DEFAULT 0 CHECK (proof_bits BETWEEN 0 AND 24)
 );

@@ -29,6 +29,9 @@ pub struct RoomSettings {
     pub grace_ms: i64,
     pub seed: String,
     pub paused: bool,
+    /// Leading zero bits a join's proof of work must have (0: none); checked by
+    /// the gateway, not the script.
+    pub proof_bits: u8,
 }
 
 /// Join the queue, or only look at one's place in it.

@@ -139,6 +139,23 @@ impl Problem {
     }
 
     /// Answered before hyper reads anything, by the accept loop.
+    /// 403 `proof-of-work-required`: the join carried no nonce proving `bits`
+    /// zero bits for `challenge` (see `waiting_room::proof`).
+    pub fn proof_required(challenge: String, bits: u8) -> Self {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "proof-of-work-required",
+            "Proof of work required",
+            format!(
+                "this waiting room asks every join for a proof of work: send a nonce (1 to 64 \
+                 of A-Z a-z 0-9) in the Proof-Of-Work header such that SHA-256 of the \
+                 challenge followed by the nonce starts with {bits} zero bits"
+            ),
+        )
+        .with("challenge", Value::String(challenge))
+        .with("difficulty", Value::from(bits))
+    }
+
     /// 409 `waiting-room-not-open`: joining opens at `opens_ms`.
     pub fn queue_not_open(event_id: i64, opens_ms: i64) -> Self {
         let opens = chrono::DateTime::from_timestamp_millis(opens_ms)

@@ -91,6 +91,13 @@ impl Inventory {
         }
     }
 
+    /// Leading zero bits a join to the event's waiting room must prove, as of
+    /// the last sync (0: none asked, or no room).
+    pub fn proof_bits(&self, event_id: i64) -> u8 {
+        let seen = self.seen.lock().expect("inventory lock");
+        seen.rooms.get(&event_id).map_or(0, |room| room.proof_bits)
+    }
+
     /// Whether PostgreSQL had `event_id` on sale at the last sync.
     pub fn was_on_sale(&self, event_id: i64) -> bool {
         self.on_sale()
@@ -389,7 +396,7 @@ impl Inventory {
                         (extract(epoch FROM opens_at) * 1000)::bigint,
                         (extract(epoch FROM starts_at) * 1000)::bigint,
                         admit_per_sec, max_active, idle_ms, session_cap_ms, grace_ms,
-                        seed, paused
+                        seed, paused, proof_bits
                    FROM waiting_rooms WHERE $1::bigint IS NULL OR event_id = $1",
                 &[&only],
             )
@@ -408,6 +415,7 @@ impl Inventory {
                     grace_ms: row.get::<_, i32>(7).into(),
                     seed: row.get(8),
                     paused: row.get(9),
+                    proof_bits: row.get::<_, i16>(10) as u8,
                 };
                 (row.get(0), room)
             })

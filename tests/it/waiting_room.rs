@@ -22,6 +22,7 @@ struct Room {
     max_active: i32,
     idle_ms: i32,
     grace_ms: i32,
+    proof_bits: i16,
 }
 
 impl Default for Room {
@@ -33,6 +34,7 @@ impl Default for Room {
             max_active: 1_000,
             idle_ms: 60_000,
             grace_ms: 60_000,
+            proof_bits: 0,
         }
     }
 }
@@ -53,9 +55,9 @@ async fn app_with_room_and(
     herdgate::seed::ensure_load_users(&pg, users).await.unwrap();
     pg.execute(
         "INSERT INTO waiting_rooms (event_id, opens_at, starts_at, admit_per_sec, max_active,
-                                    idle_ms, session_cap_ms, grace_ms, seed)
+                                    idle_ms, session_cap_ms, grace_ms, seed, proof_bits)
          VALUES ($1, now() + make_interval(secs => $2), now() + make_interval(secs => $3),
-                 $4, $5, $6, 600000, $7, $8)",
+                 $4, $5, $6, 600000, $7, $8, $9)",
         &[
             &EVENT,
             &(room.opens_in_ms as f64 / 1_000.0),
@@ -65,6 +67,7 @@ async fn app_with_room_and(
             &room.idle_ms,
             &room.grace_ms,
             &SEED,
+            &room.proof_bits,
         ],
     )
     .await
@@ -506,4 +509,55 @@ async fn the_stats_count_the_room_publicly_with_waits_and_no_admission_out_of_or
     // An event without a room has no stats; a bad id is 400.
     assert_problem(app.get("/waiting-room/2/stats").await, 404).await;
     assert_problem(app.get("/waiting-room/x/stats").await, 400).await;
+}
+
+#[tokio::test]
+async fn a_room_that_asks_for_proof_of_work_lets_in_only_joins_that_carry_one() {
+    let room = Room {
+        proof_bits: 10,
+        ..Room::default()
+    };
+    let (app, users) = app_with_room(room, 0).await;
+    let user = users[0];
+    let join = |proof: Option<String>| {
+        let mut request = app
+            .http
+            .post(format!("{}/waiting-room/{EVENT}/join", app.base))
+            .bearer_auth(app.token(user));
+        if let Some(proof) = proof {
+            request = request.header("Proof-Of-Work", proof);
+        }
+        request.send()
+    };
+    let asked = assert_problem(join(None).await.unwrap(), 403).await;
+    assert_eq!(asked["type"], "/problems/proof-of-work-required");
+    assert_eq!(asked["difficulty"], 10);
+    let challenge = asked["challenge"].as_str().unwrap().to_string();
+    assert_eq!(challenge, format!("herdgate:{EVENT}:{user}:"));
+    if !herdgate::waiting_room::proof::verify(EVENT, user, "0", 10) {
+        assert_problem(join(Some("0".into())).await.unwrap(), 403).await;
+    }
+    // A nonce of the wrong shape is a bad request, whatever the room asks.
+    assert_problem(join(Some("not valid!".into())).await.unwrap(), 400).await;
+    assert_problem(join(Some("".into())).await.unwrap(), 400).await;
+    // About a thousand hashes, as a browser would do them.
+    let nonce = (0u64..)
+        .map(|n| n.to_string())
+        .find(|n| herdgate::waiting_room::proof::verify(EVENT, user, n, 10))
+        .unwrap();
+    let joined = json(join(Some(nonce)).await.unwrap(), 200).await;
+    assert_eq!(joined["position"], 1);
+    // Looking needs no proof; another user's proof is not this one's.
+    assert_eq!(place(&app, user).await["status"], "admitted");
+    let other = app
+        .http
+        .post(format!("{}/waiting-room/{EVENT}/join", app.base))
+        .bearer_auth(app.token(users[1]))
+        .header("Proof-Of-Work", "0")
+        .send()
+        .await
+        .unwrap();
+    if !herdgate::waiting_room::proof::verify(EVENT, users[1], "0", 10) {
+        assert_problem(other, 403).await;
+    }
 }

@@ -17,7 +17,8 @@ use crate::{
         request::authenticate,
         response::{Answer, json_response},
     },
-    metric, rate_limit, waiting_room,
+    metric, rate_limit,
+    waiting_room::{self, proof},
 };
 
 /// Joins the event's queue (keeping the place of one who joined before), or
@@ -35,6 +36,24 @@ pub async fn visit<B>(app: &App, req: &Request<B>, event_id: i64, kind: VisitKin
         .hit(user_id)
         .await
         .map_err(|wait| limited("user", wait))?;
+    if kind == VisitKind::Join {
+        let bits = app.inventory.proof_bits(event_id);
+        let nonce = match req.headers().get(proof::HEADER).map(|v| v.to_str()) {
+            None => None,
+            Some(Ok(nonce)) if proof::valid_nonce(nonce) => Some(nonce),
+            Some(_) => {
+                return Err(Problem::bad_request(
+                    "Proof-Of-Work must be 1 to 64 characters of A-Z a-z 0-9",
+                ));
+            }
+        };
+        if bits > 0 && !nonce.is_some_and(|n| proof::verify(event_id, user_id, n, bits)) {
+            return Err(Problem::proof_required(
+                proof::challenge(event_id, user_id),
+                bits,
+            ));
+        }
+    }
     // A place is only worth its booking: the user must be one PostgreSQL knows.
     if kind == VisitKind::Join && !app.users.exists(user_id).await? {
         return Err(AuthError::UnknownUser.into());
