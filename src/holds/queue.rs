@@ -6,7 +6,7 @@ use fred::{
     types::Value,
 };
 
-use super::{Store, StoreError, WAITING_ROOM, keys::event_field, reply_error};
+use super::{EventKeys, Store, StoreError, WAITING_ROOM, keys::event_field, reply_error};
 
 /// Users the bookkeeping of one visit moves at most (admitted, dropped).
 const STEP: u32 = 100;
@@ -113,18 +113,7 @@ impl Store {
                 self.client()
                     .hdel::<(), _, _>(k.event(), event_field::ADMISSION)
                     .await?;
-                self.client()
-                    .del::<(), _>(vec![
-                        k.room(),
-                        k.room_queue(),
-                        k.room_arrivals(),
-                        k.room_seen(),
-                        k.room_admitted(),
-                        k.room_caps(),
-                        k.room_joined(),
-                        k.room_waits(),
-                    ])
-                    .await?
+                self.client().del::<(), _>(room_keys(&k)).await?
             }
         }
         Ok(())
@@ -146,21 +135,26 @@ impl Store {
             .eval(
                 &WAITING_ROOM,
                 &self.waiting_room,
-                vec![
-                    k.room(),
-                    k.room_queue(),
-                    k.room_arrivals(),
-                    k.room_seen(),
-                    k.room_admitted(),
-                    k.room_caps(),
-                    k.room_joined(),
-                    k.room_waits(),
-                ],
+                room_keys(&k),
                 vec![user_id.to_string(), mode.to_string(), STEP.to_string()],
             )
             .await?;
         parse_visit(&reply).ok_or_else(|| reply_error(&WAITING_ROOM, &reply))
     }
+}
+
+/// Every key of the event's waiting room, in `waiting_room.lua`'s KEYS order.
+fn room_keys(k: &EventKeys) -> Vec<String> {
+    vec![
+        k.room(),
+        k.room_queue(),
+        k.room_arrivals(),
+        k.room_seen(),
+        k.room_admitted(),
+        k.room_caps(),
+        k.room_joined(),
+        k.room_waits(),
+    ]
 }
 
 fn parse_visit(reply: &Value) -> Option<Visit> {

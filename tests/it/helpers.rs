@@ -518,3 +518,14 @@ pub async fn add_waiting_room(pg: &tokio_postgres::Client, event_id: i64) {
     .await
     .unwrap();
 }
+
+/// The `Retry-After` seconds of an answer, asserted to be within a minute.
+pub fn retry_after(response: &reqwest::Response) -> u64 {
+    let secs: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&secs), "Retry-After: {secs}");
+    secs
+}

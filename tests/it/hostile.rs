@@ -12,7 +12,9 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{TestApp, assert_problem, json, spawn_app, spawn_app_with, user_ids};
+use crate::helpers::{
+    TestApp, assert_problem, json, retry_after, spawn_app, spawn_app_with, user_ids,
+};
 
 /// Reads until the server closes the connection (or `within` passes, which fails
 /// the test); what it sent, and how long that took.
@@ -248,12 +250,7 @@ async fn guessing_one_accounts_password_is_stopped_and_other_accounts_log_in() {
         assert_problem(app.post_login("test@example.com", "guess").await, 401).await;
     }
     let limited = app.post_login("Test@Example.com", "password").await;
-    let retry: u64 = limited.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=60).contains(&retry), "{retry}");
+    retry_after(&limited);
     let p = assert_problem(limited, 429).await;
     assert_eq!(p["type"], "/problems/login-rate-limited");
     assert_eq!(p["scope"], "account");

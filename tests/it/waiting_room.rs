@@ -8,7 +8,9 @@ use fred::interfaces::{LuaInterface, SortedSetsInterface};
 use herdgate::{config, holds::Keys};
 use serde_json::Value;
 
-use crate::helpers::{Isolation, TestApp, assert_problem, json, spawn_app_on, user_ids};
+use crate::helpers::{
+    Isolation, TestApp, assert_problem, json, retry_after, spawn_app_on, user_ids,
+};
 
 /// Event 3 of the seed (120 seats) gets a waiting room before the app loads it.
 const EVENT: i64 = 3;
@@ -460,12 +462,7 @@ async fn a_user_or_an_address_visiting_too_often_gets_429_with_retry_after() {
         assert_eq!(visit(&app, users[0], true).await.status(), 200);
     }
     let limited = visit(&app, users[0], false).await;
-    let retry: u64 = limited.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=60).contains(&retry), "{retry}");
+    retry_after(&limited);
     let problem = assert_problem(limited, 429).await;
     assert_eq!(problem["type"], "/problems/waiting-room-rate-limited");
     assert_eq!(problem["scope"], "user");
