@@ -20,6 +20,11 @@ pub const READ_CACHE_BYTES: &str = "herdgate_read_cache_bytes";
 pub const LOGIN_LIMITED: &str = "herdgate_login_limited_total";
 /// Waiting-room visits answered 429, by `scope` (user or client).
 pub const ROOM_LIMITED: &str = "herdgate_waiting_room_limited_total";
+/// Waiting-room visits that reached the script, by `kind` (join, look) and
+/// `outcome`: admitted, queued, pre_queue, not_queued, not_open, no_room.
+pub const ROOM_VISITS: &str = "herdgate_waiting_room_visits_total";
+/// Buyers waiting in an event's room, by `event`, as the last visit here saw it.
+pub const ROOM_QUEUED: &str = "herdgate_waiting_room_queued";
 /// Hold requests by `outcome`: placed, replayed, own, taken, limited, busy,
 /// not_found, mismatch, not_admitted, unavailable; and lifecycle changes: confirmed,
 /// cancelled, expired.

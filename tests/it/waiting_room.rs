@@ -503,6 +503,18 @@ async fn the_stats_count_the_room_publicly_with_waits_and_no_admission_out_of_or
     assert_eq!(stats["outOfOrder"], 0);
     assert!(stats["waitSeconds"]["p90"].as_f64().unwrap() >= 0.0);
     assert_eq!(stats["admissionRate"], 1_000.0);
+    // The recorder is the process's: other tests' visits count too.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let joins: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("herdgate_waiting_room_visits_total{")
+                && l.contains(r#"kind="join""#)
+                && l.contains(r#"outcome="queued""#)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no join count in {metrics}"));
+    assert!(joins >= 5.0, "{joins}");
     // An event without a room has no stats; a bad id is 400.
     assert_problem(app.get("/waiting-room/2/stats").await, 404).await;
     assert_problem(app.get("/waiting-room/x/stats").await, 400).await;

@@ -59,6 +59,7 @@ pub async fn visit<B>(app: &App, req: &Request<B>, event_id: i64, kind: VisitKin
         return Err(AuthError::UnknownUser.into());
     }
     let visit = app.store.visit_room(event_id, user_id, kind).await?;
+    record(event_id, kind, &visit);
     let now_ms = chrono::Utc::now().timestamp_millis();
     if let Some(view) = waiting_room::queue_view(event_id, &visit, now_ms) {
         return Ok(json_response(StatusCode::OK, &view));
@@ -94,6 +95,25 @@ pub async fn stats(app: &App, event_id: i64) -> Answer {
         None => Err(Problem::not_found(format!(
             "event {event_id} has no waiting room (unknown, not on sale, or open to every buyer)"
         ))),
+    }
+}
+
+fn record(event_id: i64, kind: VisitKind, visit: &Visit) {
+    let kind = match kind {
+        VisitKind::Join => "join",
+        VisitKind::Look => "look",
+    };
+    let outcome = match visit {
+        Visit::Admitted { .. } => "admitted",
+        Visit::Queued { .. } => "queued",
+        Visit::PreQueue { .. } => "pre_queue",
+        Visit::NotQueued => "not_queued",
+        Visit::NotOpen { .. } => "not_open",
+        Visit::NoRoom => "no_room",
+    };
+    metrics::counter!(metric::ROOM_VISITS, "kind" => kind, "outcome" => outcome).increment(1);
+    if let Visit::Queued { queued, .. } | Visit::PreQueue { queued, .. } = visit {
+        metrics::gauge!(metric::ROOM_QUEUED, "event" => event_id.to_string()).set(*queued as f64);
     }
 }
 
