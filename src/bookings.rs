@@ -273,7 +273,8 @@ impl Attempt<'_> {
     }
 }
 
-fn timestamp(ms: i64) -> String {
+/// A time (ms since epoch, Redis's clock) as every answer writes it.
+pub fn timestamp(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
         .unwrap_or_default()

@@ -209,15 +209,7 @@ impl Store {
             let pipeline = self.client().pipeline();
             for hold in chunk {
                 if !hold.is_due(now_ms) {
-                    pipeline
-                        .set::<(), _, _>(
-                            k.lock(hold.seat_id),
-                            hold.booking_id.as_str(),
-                            hold.lock_expiry(now_ms),
-                            None,
-                            false,
-                        )
-                        .await?;
+                    queue_lock(&pipeline, &k, hold, now_ms, None).await?;
                 }
                 queue_hold(&pipeline, &k, hold).await?;
             }
@@ -240,15 +232,7 @@ impl Store {
         for chunk in holds.chunks(RESTORE_CHUNK) {
             let pipeline = self.client().pipeline();
             for hold in chunk.iter().filter(|hold| !hold.is_due(now_ms)) {
-                pipeline
-                    .set::<(), _, _>(
-                        k.lock(hold.seat_id),
-                        hold.booking_id.as_str(),
-                        hold.lock_expiry(now_ms),
-                        Some(SetOptions::NX),
-                        false,
-                    )
-                    .await?;
+                queue_lock(&pipeline, &k, hold, now_ms, Some(SetOptions::NX)).await?;
             }
             let mut locked: Vec<Option<String>> = pipeline.all().await?;
             locked.reverse();
@@ -287,6 +271,25 @@ impl Store {
         }
         Ok(statuses)
     }
+}
+
+/// Queues a restored hold's seat lock, naming its booking (`NX`: only while the seat is free).
+async fn queue_lock(
+    pipeline: &Pipeline<Client>,
+    k: &EventKeys,
+    hold: &RestoredHold,
+    now_ms: i64,
+    options: Option<SetOptions>,
+) -> Result<(), fred::error::Error> {
+    pipeline
+        .set::<(), _, _>(
+            k.lock(hold.seat_id),
+            hold.booking_id.as_str(),
+            hold.lock_expiry(now_ms),
+            options,
+            false,
+        )
+        .await
 }
 
 /// Queues a restored hold's state, its place in `holds` and in the user's

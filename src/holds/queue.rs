@@ -41,6 +41,16 @@ pub enum VisitKind {
     Look,
 }
 
+impl VisitKind {
+    /// As `waiting_room.lua` and the metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VisitKind::Join => "join",
+            VisitKind::Look => "look",
+        }
+    }
+}
+
 /// What one visit found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Visit {
@@ -127,16 +137,16 @@ impl Store {
         kind: VisitKind,
     ) -> Result<Visit, StoreError> {
         let k = self.keys.event(event_id);
-        let mode = match kind {
-            VisitKind::Join => "join",
-            VisitKind::Look => "look",
-        };
         let reply = self
             .eval(
                 &WAITING_ROOM,
                 &self.waiting_room,
                 room_keys(&k),
-                vec![user_id.to_string(), mode.to_string(), STEP.to_string()],
+                vec![
+                    user_id.to_string(),
+                    kind.as_str().to_string(),
+                    STEP.to_string(),
+                ],
             )
             .await?;
         parse_visit(&reply).ok_or_else(|| reply_error(&WAITING_ROOM, &reply))

@@ -158,9 +158,7 @@ impl Problem {
 
     /// 409 `waiting-room-not-open`: joining opens at `opens_ms`.
     pub fn queue_not_open(event_id: i64, opens_ms: i64) -> Self {
-        let opens = chrono::DateTime::from_timestamp_millis(opens_ms)
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let opens = crate::bookings::timestamp(opens_ms);
         Problem::new(
             StatusCode::CONFLICT,
             "waiting-room-not-open",

@@ -187,10 +187,12 @@ impl Inventory {
             .collect();
         let ids: Vec<i64> = moved.iter().map(|event| event.id).collect();
         let loaded = self.store.event_statuses(&ids).await?;
+        // One query for every room, whatever is loaded below.
+        let rooms = self.waiting_rooms().await?;
         for (event, in_redis) in moved.into_iter().zip(loaded) {
             let changed = match in_redis {
                 None if event.status == EventStatus::OnSale => {
-                    self.ensure_loaded(event)
+                    self.ensure_loaded(event, rooms.get(&event.id))
                         .await
                         .with_context(|| format!("failed to load event {} into Redis", event.id))?;
                     false
@@ -215,7 +217,7 @@ impl Inventory {
         if full {
             self.watch_only_live_events(&statuses).await?;
         }
-        self.sync_rooms().await?;
+        self.sync_rooms(rooms).await?;
         // Only once every event has been seen through: a failed sync looks again.
         self.seen.lock().expect("inventory lock").statuses = statuses;
         Ok(())
@@ -224,10 +226,9 @@ impl Inventory {
     /// Makes each loaded event's waiting room follow `waiting_rooms`: settings
     /// changed there (rate, maximum active, pause, times) reach Redis at the next
     /// sync and nobody loses a place; a room added to a loaded event starts
-    /// admission, one removed ends it. One query per sync; Redis is written only
-    /// for rooms that changed.
-    async fn sync_rooms(&self) -> anyhow::Result<()> {
-        let rooms = self.waiting_rooms(None).await?;
+    /// admission, one removed ends it. Redis is written only for rooms that
+    /// changed since the last sync.
+    async fn sync_rooms(&self, rooms: HashMap<i64, RoomSettings>) -> anyhow::Result<()> {
         let previous = self.seen.lock().expect("inventory lock").rooms.clone();
         for (&event_id, room) in &rooms {
             if previous.get(&event_id) != Some(room) && self.store.is_loaded(event_id).await? {
@@ -308,7 +309,11 @@ impl Inventory {
     }
 
     /// Loads one event unless it is loaded already or another process is loading it.
-    async fn ensure_loaded(&self, event: &EventRow) -> anyhow::Result<()> {
+    async fn ensure_loaded(
+        &self,
+        event: &EventRow,
+        room: Option<&RoomSettings>,
+    ) -> anyhow::Result<()> {
         if self.store.is_loaded(event.id).await? {
             return Ok(());
         }
@@ -328,7 +333,7 @@ impl Inventory {
             return Ok(());
         }
         let started = Instant::now();
-        let result = self.load(event).await;
+        let result = self.load(event, room).await;
         self.store.unlock_loading(event.id, &token).await?;
         let available = result?;
         self.rebuilt
@@ -344,7 +349,7 @@ impl Inventory {
         Ok(())
     }
 
-    async fn load(&self, event: &EventRow) -> anyhow::Result<usize> {
+    async fn load(&self, event: &EventRow, room: Option<&RoomSettings>) -> anyhow::Result<usize> {
         let client = self.pg.get().await?;
         let rows = client
             .query(
@@ -369,8 +374,7 @@ impl Inventory {
         self.store.add_seats(event.id, &seats).await?;
         self.restore_holds(event.id).await?;
         // Before the event hash: from then on its buyers need admission.
-        let room = self.waiting_rooms(Some(event.id)).await?.remove(&event.id);
-        if let Some(room) = &room {
+        if let Some(room) = room {
             self.store.set_room(event.id, room).await?;
         }
         let entry = EventEntry {
@@ -379,7 +383,7 @@ impl Inventory {
             starts_at: event.starts_at,
             total_seats: seats.len(),
             status: event.status,
-            admission_idle_ms: room.as_ref().map(|room| room.idle_ms),
+            admission_idle_ms: room.map(|room| room.idle_ms),
         };
         self.store.complete_load(event.id, &entry).await?;
         Ok(seats.iter().filter(|seat| seat.available).count())
@@ -387,8 +391,8 @@ impl Inventory {
 }
 
 impl Inventory {
-    /// The waiting rooms PostgreSQL has, by event: every one, or `only` this event's.
-    async fn waiting_rooms(&self, only: Option<i64>) -> anyhow::Result<HashMap<i64, RoomSettings>> {
+    /// Every waiting room PostgreSQL has, by event.
+    async fn waiting_rooms(&self) -> anyhow::Result<HashMap<i64, RoomSettings>> {
         let client = self.pg.get().await?;
         let rows = client
             .query(
@@ -397,8 +401,8 @@ impl Inventory {
                         (extract(epoch FROM starts_at) * 1000)::bigint,
                         admit_per_sec, max_active, idle_ms, session_cap_ms, grace_ms,
                         seed, paused, proof_bits
-                   FROM waiting_rooms WHERE $1::bigint IS NULL OR event_id = $1",
-                &[&only],
+                   FROM waiting_rooms",
+                &[],
             )
             .await
             .context("failed to read the waiting rooms")?;

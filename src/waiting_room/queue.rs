@@ -3,11 +3,13 @@
 //! from the measured admission rate, when to look again, and the pre-queue's
 //! order commitment (the seed's SHA-256 before the start, the seed after it).
 
-use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::holds::{RoomStats, Visit};
+use crate::{
+    bookings::timestamp,
+    holds::{RoomStats, Visit},
+};
 
 /// Visits are asked for at most this far apart, however long the queue.
 const MAX_POLL_SECS: f64 = 30.0;
@@ -191,13 +193,6 @@ fn poll(wanted: f64, grace_ms: i64) -> f64 {
     let most = MAX_POLL_SECS.min(grace_ms as f64 / 3_000.0);
     let secs = wanted.clamp(MIN_POLL_SECS.min(most), most);
     (secs * 10.0).round() / 10.0
-}
-
-fn timestamp(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]

@@ -99,10 +99,6 @@ pub async fn stats(app: &App, event_id: i64) -> Answer {
 }
 
 fn record(event_id: i64, kind: VisitKind, visit: &Visit) {
-    let kind = match kind {
-        VisitKind::Join => "join",
-        VisitKind::Look => "look",
-    };
     let outcome = match visit {
         Visit::Admitted { .. } => "admitted",
         Visit::Queued { .. } => "queued",
@@ -111,7 +107,8 @@ fn record(event_id: i64, kind: VisitKind, visit: &Visit) {
         Visit::NotOpen { .. } => "not_open",
         Visit::NoRoom => "no_room",
     };
-    metrics::counter!(metric::ROOM_VISITS, "kind" => kind, "outcome" => outcome).increment(1);
+    metrics::counter!(metric::ROOM_VISITS, "kind" => kind.as_str(), "outcome" => outcome)
+        .increment(1);
     if let Visit::Queued { queued, .. } | Visit::PreQueue { queued, .. } = visit {
         metrics::gauge!(metric::ROOM_QUEUED, "event" => event_id.to_string()).set(*queued as f64);
     }
