@@ -1,9 +1,10 @@
 //! Which user ids PostgreSQL knows, so a hold is only acknowledged for a user its
 //! booking row can reference.
 //!
-//! A 201 promises the booking reaches PostgreSQL, and `bookings.user_id` is a
-//! foreign key: a validly signed token for a user that does not exist (deleted,
-//! or minted by hand) would get a 201 the writer can never apply. Tokens alone
+//! A 201 promises the booking reaches PostgreSQL, and the writer refuses a
+//! booking whose user does not exist: a validly signed token for a user that
+//! does not exist (deleted, or minted by hand) would get a 201 the writer can
+//! never apply. Tokens alone
 //! cannot tell, and PostgreSQL must stay off the hot path, so the gateway keeps
 //! every user id in memory (8 bytes each, sorted), loads them all at start and
 //! every HERDGATE_USERS_INTERVAL, and catches up with one query for the ids

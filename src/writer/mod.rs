@@ -132,7 +132,7 @@ impl Writer {
             return Ok(());
         }
         // Ended when this function returns: after the commit and the ack.
-        let spans = self.spans(&parsed);
+        let mut spans = self.spans(&parsed);
         let events: Vec<HoldEvent> = parsed.iter().flat_map(|(_, e)| e.iter().cloned()).collect();
         let started = Instant::now();
         match self.apply(&events).await {
@@ -157,6 +157,12 @@ impl Writer {
                     apply_ms = started.elapsed().as_millis() as u64,
                     "batch committed"
                 );
+                for (i, reason) in &applied.refused {
+                    let span = spans.get_mut(*i).and_then(Option::take);
+                    self.dead_letter_event(channel, &events[*i], reason)
+                        .instrument(span.unwrap_or_else(Span::none))
+                        .await?;
+                }
                 // One ack for the whole batch: everything before it is settled already.
                 let (last, _) = parsed.last().expect("batch is not empty");
                 last.acker.ack(BasicAckOptions { multiple: true }).await?;
@@ -169,15 +175,16 @@ impl Writer {
                 for (delivery, events) in &parsed {
                     for event in events {
                         let span = spans.next().flatten().unwrap_or_else(Span::none);
-                        match self.apply(std::slice::from_ref(event)).await {
-                            Ok(_) => {}
-                            Err(e) if is_permanent(&e) => {
-                                // Logged inside the event's span: the line names its trace.
-                                self.dead_letter_event(channel, event, &db_reason(&e))
-                                    .instrument(span)
-                                    .await?
-                            }
+                        let reason = match self.apply(std::slice::from_ref(event)).await {
+                            Ok(applied) => applied.refused.into_iter().next().map(|(_, r)| r),
+                            Err(e) if is_permanent(&e) => Some(db_reason(&e)),
                             Err(e) => return Err(e).context("failed to apply a hold event"),
+                        };
+                        if let Some(reason) = reason {
+                            // Logged inside the event's span: the line names its trace.
+                            self.dead_letter_event(channel, event, &reason)
+                                .instrument(span)
+                                .await?
                         }
                     }
                     delivery.acker.ack(BasicAckOptions::default()).await?;
