@@ -8,6 +8,7 @@
 
 pub mod proof;
 mod queue;
+pub mod settings;
 
 pub use queue::{QueueView, StatsView, queue_view, stats_view};
 

@@ -31,4 +31,5 @@ mod schema;
 mod schemathesis;
 mod traces;
 mod waiting_room;
+mod waiting_room_operator;
 mod writer;

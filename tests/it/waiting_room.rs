@@ -13,18 +13,18 @@ use crate::helpers::{
 };
 
 /// Event 3 of the seed (120 seats) gets a waiting room before the app loads it.
-const EVENT: i64 = 3;
-const SEED: &str = "0123456789abcdef0123456789abcdef";
+pub const EVENT: i64 = 3;
+pub const SEED: &str = "0123456789abcdef0123456789abcdef";
 
 /// How the test's waiting room runs; times relative to when it is created.
-struct Room {
-    opens_in_ms: i64,
-    starts_in_ms: i64,
-    rate: f64,
-    max_active: i32,
-    idle_ms: i32,
-    grace_ms: i32,
-    proof_bits: i16,
+pub struct Room {
+    pub opens_in_ms: i64,
+    pub starts_in_ms: i64,
+    pub rate: f64,
+    pub max_active: i32,
+    pub idle_ms: i32,
+    pub grace_ms: i32,
+    pub proof_bits: i16,
 }
 
 impl Default for Room {
@@ -43,11 +43,11 @@ impl Default for Room {
 
 /// The app, with `users` load-test users beside the seed's, and event 3
 /// behind a waiting room.
-async fn app_with_room(room: Room, users: u32) -> (TestApp, Vec<i64>) {
+pub async fn app_with_room(room: Room, users: u32) -> (TestApp, Vec<i64>) {
     app_with_room_and(room, users, []).await
 }
 
-async fn app_with_room_and(
+pub async fn app_with_room_and(
     room: Room,
     users: u32,
     limits: impl IntoIterator<Item = (String, String)>,
@@ -85,7 +85,7 @@ async fn app_with_room_and(
 }
 
 /// The first `n` seat ids of `event`.
-async fn seats(app: &TestApp, event: i64, n: i64) -> Vec<i64> {
+pub async fn seats(app: &TestApp, event: i64, n: i64) -> Vec<i64> {
     app.iso
         .pg()
         .await
@@ -100,7 +100,7 @@ async fn seats(app: &TestApp, event: i64, n: i64) -> Vec<i64> {
         .collect()
 }
 
-async fn visit(app: &TestApp, user: i64, join: bool) -> reqwest::Response {
+pub async fn visit(app: &TestApp, user: i64, join: bool) -> reqwest::Response {
     let path = match join {
         true => format!("{}/waiting-room/{EVENT}/join", app.base),
         false => format!("{}/waiting-room/{EVENT}", app.base),
@@ -112,12 +112,12 @@ async fn visit(app: &TestApp, user: i64, join: bool) -> reqwest::Response {
     request.bearer_auth(app.token(user)).send().await.unwrap()
 }
 
-async fn place(app: &TestApp, user: i64) -> Value {
+pub async fn place(app: &TestApp, user: i64) -> Value {
     json(visit(app, user, false).await, 200).await
 }
 
 /// Visits until admitted (the queue moves at each visit).
-async fn admitted(app: &TestApp, user: i64) -> Value {
+pub async fn admitted(app: &TestApp, user: i64) -> Value {
     for _ in 0..200 {
         let view = place(app, user).await;
         if view["status"] == "admitted" {
@@ -317,7 +317,7 @@ async fn a_buyer_who_stops_visiting_loses_the_place_and_an_idle_admission_ends()
     assert_problem(app.post_hold(&token, EVENT, seat, None).await, 403).await;
 }
 
-async fn place_after_join(app: &TestApp, user: i64) -> u64 {
+pub async fn place_after_join(app: &TestApp, user: i64) -> u64 {
     json(visit(app, user, true).await, 200).await["position"]
         .as_u64()
         .unwrap()
