@@ -24,13 +24,14 @@
   order is below the last admitted one's counts in `outOfOrder` (never, unless the
   start is moved back after admissions began).
   Returns {"admitted", ends_ms, cap_ms}                      admitted: book now (visit renews ends_ms)
-          {"queued", position, queued, milli_rate, seed, grace_ms}     1-based place after startsAt
-          {"pre_queue", starts_ms, queued, milli_rate, seed, grace_ms} joined before startsAt
+          {"queued", position, queued, milli_rate, seed, grace_ms, paused}     1-based place after startsAt
+          {"pre_queue", starts_ms, queued, milli_rate, seed, grace_ms, paused} joined before startsAt
           {"not_queued"}                                     look by a user not in the queue
           {"not_open", opens_ms}                             join before opensAt
           {"no_room"}                                        the event has no waiting room loaded
-  milli_rate is the admissions per second measured over the last 10 s (x1000), or
-  the set rate before any; seed is the shuffle's seed (the gateway reveals it only
+  milli_rate is the admissions per second measured over the last 10 s of admission
+  (x1000; time paused is not measured), or the set rate before any; paused is 1
+  while the operator has paused admission, else 0; seed is the shuffle's seed (the gateway reveals it only
   from startsAt). ]]
 local user, mode, step = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local clock = redis.call('TIME')
@@ -92,7 +93,10 @@ if now >= starts then
   end
   local window_at = tonumber(f[12]) or now
   local window_count = (tonumber(f[13]) or 0) + admitted
-  if now - window_at >= 10000 then
+  if paused then
+    -- A pause is no measure of the rate: the last one stands until admission resumes.
+    window_at, window_count = now, 0
+  elseif now - window_at >= 10000 then
     measured = window_count * 1000 / (now - window_at)
     window_at, window_count = now, 0
     redis.call('HSET', KEYS[1], 'measured', tostring(measured))
@@ -135,7 +139,8 @@ if not rank then
 end
 redis.call('ZADD', KEYS[4], now, user)
 local queued = redis.call('ZCARD', KEYS[2])
+local paused_flag = paused and 1 or 0
 if now < starts then
-  return {'pre_queue', starts, queued, milli_rate, seed, grace}
+  return {'pre_queue', starts, queued, milli_rate, seed, grace, paused_flag}
 end
-return {'queued', rank + 1, queued, milli_rate, seed, grace}
+return {'queued', rank + 1, queued, milli_rate, seed, grace, paused_flag}

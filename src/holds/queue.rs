@@ -82,13 +82,15 @@ pub enum Visit {
         cap_ms: i64,
     },
     /// `position` (1: next) of `queued`; `rate` admissions per second, measured;
-    /// the place is lost after `grace_ms` without a visit.
+    /// the place is lost after `grace_ms` without a visit; nobody is admitted
+    /// while `paused`.
     Queued {
         position: u64,
         queued: u64,
         rate: f64,
         seed: String,
         grace_ms: i64,
+        paused: bool,
     },
     /// Joined before the start: the order is drawn at `starts_ms`.
     PreQueue {
@@ -97,6 +99,7 @@ pub enum Visit {
         rate: f64,
         seed: String,
         grace_ms: i64,
+        paused: bool,
     },
     /// A look by a buyer who is not in the queue (never joined, or lost the place).
     NotQueued,
@@ -225,6 +228,7 @@ fn parse_visit(reply: &Value) -> Option<Visit> {
     let count = |i: usize| items.get(i).and_then(Value::as_u64);
     let rate = || Some(int(3)? as f64 / 1000.0);
     let seed = || items.get(4)?.as_string();
+    let paused = || Some(int(6)? == 1);
     Some(match &*items.first()?.as_str()? {
         "admitted" => Visit::Admitted {
             ends_ms: int(1)?,
@@ -236,6 +240,7 @@ fn parse_visit(reply: &Value) -> Option<Visit> {
             rate: rate()?,
             seed: seed()?,
             grace_ms: int(5)?,
+            paused: paused()?,
         },
         "pre_queue" => Visit::PreQueue {
             starts_ms: int(1)?,
@@ -243,6 +248,7 @@ fn parse_visit(reply: &Value) -> Option<Visit> {
             rate: rate()?,
             seed: seed()?,
             grace_ms: int(5)?,
+            paused: paused()?,
         },
         "not_queued" => Visit::NotQueued,
         "not_open" => Visit::NotOpen { opens_ms: int(1)? },

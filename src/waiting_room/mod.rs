@@ -6,6 +6,7 @@
 //! buyers (see `waiting_room.lua`). Every on-sale event is open while the
 //! gateway has room for more requests in flight.
 
+pub mod page;
 pub mod proof;
 mod queue;
 pub mod settings;

@@ -32,4 +32,5 @@ mod schemathesis;
 mod traces;
 mod waiting_room;
 mod waiting_room_operator;
+mod waiting_room_page;
 mod writer;

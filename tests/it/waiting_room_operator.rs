@@ -97,6 +97,8 @@ async fn an_operator_pauses_slows_and_resumes_a_room_at_once_and_nobody_loses_a_
         let view = place(&app, user).await;
         assert_eq!(view["status"], "queued", "paused: nobody is admitted");
         assert_eq!(view["position"].as_u64(), Some(i as u64 + 1));
+        assert_eq!(view["paused"], true, "the buyer is told");
+        assert!(view["estimatedWaitSeconds"].is_null(), "no guess: {view}");
     }
 
     // Slower, and at most two buyers in at a time: still paused, nobody moves.
@@ -118,6 +120,8 @@ async fn an_operator_pauses_slows_and_resumes_a_room_at_once_and_nobody_loses_a_
 
     let resumed = change(&app, json!({"paused": false})).await;
     assert_eq!(resumed["paused"], false);
+    let view = place(&app, buyers[5]).await;
+    assert!(view["paused"].is_null(), "said only while paused: {view}");
     // Resumed in order, and never more than two admissions live.
     let mut admitted: Vec<i64> = Vec::new();
     for _ in 0..100 {
