@@ -570,3 +570,34 @@ async fn a_room_that_asks_for_proof_of_work_lets_in_only_joins_that_carry_one() 
         assert_problem(other, 403).await;
     }
 }
+
+#[tokio::test]
+async fn the_seeded_demo_room_puts_event_5_behind_a_pre_queue_and_leaves_event_1_open() {
+    let app = crate::helpers::spawn_app().await;
+    let users = user_ids(&app.iso.pg().await).await;
+    let token = app.token(users[0]);
+    let joined = app
+        .http
+        .post(format!("{}/waiting-room/5/join", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let view = json(joined, 200).await;
+    // Drawn a minute after the seed ran: the commitment now, the seed then.
+    assert_eq!(view["status"], "pre_queue", "{view}");
+    assert!(view["order"]["seed"].is_null());
+    assert_eq!(view["order"]["commitment"].as_str().unwrap().len(), 64);
+    let seat: i64 = crate::helpers::scalar(
+        &app.iso.pg().await,
+        "SELECT min(id) FROM seats WHERE event_id = 5",
+    )
+    .await;
+    let refused = assert_problem(app.post_hold(&token, 5, seat, None).await, 403).await;
+    assert_eq!(refused["type"], "/problems/admission-required");
+    // The README's curl demo and the benchmarks' event: no room.
+    assert_eq!(app.post_hold(&token, 1, 1, None).await.status(), 201);
+    let stats = json(app.get("/waiting-room/5/stats").await, 200).await;
+    assert_eq!(stats["admissionRate"], 5.0);
+    assert_eq!(stats["maxActive"], 200);
+}
