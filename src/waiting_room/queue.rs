@@ -15,9 +15,6 @@ use crate::{
 const MAX_POLL_SECS: f64 = 30.0;
 /// ... and at least this far apart: a short queue need not be polled faster.
 const MIN_POLL_SECS: f64 = 1.0;
-/// While admission is paused, visits keep places at this pace (or the grace
-/// period's third): the end of a pause cannot be foreseen.
-const PAUSED_POLL_SECS: f64 = 10.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -117,10 +114,10 @@ pub fn queue_view(event_id: i64, visit: &Visit, now_ms: i64) -> Option<QueueView
                 estimated_wait_seconds: (!paused).then_some(wait as u64),
                 paused: *paused,
                 admission_rate: Some(*rate),
-                poll_after_seconds: match paused {
-                    true => poll(PAUSED_POLL_SECS, *grace_ms),
-                    false => poll(wait / 10.0, *grace_ms),
-                },
+                // Paused too: those near the head keep visiting every second,
+                // so the queue moves on at once when admission resumes (only
+                // visits move it).
+                poll_after_seconds: poll(wait / 10.0, *grace_ms),
                 order: Some(Order::of(seed, true)),
                 ..empty
             }
@@ -238,11 +235,11 @@ mod tests {
         assert_eq!(short_grace.poll_after_seconds, 1.0);
         let slow = queue_view(1, &queued(10_000, 1.0, 600_000), 0).unwrap();
         assert_eq!(slow.poll_after_seconds, 30.0);
-        // Paused: no estimate (nobody knows for how long), and a steady pace.
+        // Paused: no estimate (nobody knows for how long), the pace of the place.
         let paused = Visit::Queued {
             position: 10,
             queued: 20,
-            rate: 0.0,
+            rate: 5.0,
             seed: "s".repeat(32),
             grace_ms: 60_000,
             paused: true,
@@ -250,7 +247,7 @@ mod tests {
         let view = queue_view(1, &paused, 0).unwrap();
         assert!(view.paused);
         assert_eq!(view.estimated_wait_seconds, None);
-        assert_eq!(view.poll_after_seconds, 10.0);
+        assert_eq!(view.poll_after_seconds, 1.0);
         let json = serde_json::to_value(&near).unwrap();
         assert!(json.get("paused").is_none(), "only said when true");
     }
