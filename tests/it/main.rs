@@ -33,4 +33,5 @@ mod traces;
 mod waiting_room;
 mod waiting_room_operator;
 mod waiting_room_page;
+mod waiting_room_processes;
 mod writer;
