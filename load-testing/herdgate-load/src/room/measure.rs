@@ -68,7 +68,7 @@ pub struct Window {
 pub fn report(
     before: &Stats,
     samples: Vec<Sample>,
-    admitting_from: Option<f64>,
+    admitting: Option<(f64, f64)>,
     draw: Option<Draw>,
     buyers: Journeys,
     out_of_order: u64,
@@ -76,7 +76,8 @@ pub fn report(
     RoomReport {
         target_rate: before.admission_rate,
         max_active: before.max_active,
-        window: admitting_from.and_then(|from| window(&samples, from, before.admission_rate)),
+        window: admitting
+            .and_then(|(from, until)| window(&samples, from, until, before.admission_rate)),
         out_of_order,
         draw,
         buyers,
@@ -85,12 +86,16 @@ pub fn report(
 }
 
 /// From the first sample at or after `from` with buyers waiting, to the last
-/// one before the line first ran empty.
-fn window(samples: &[Sample], from: f64, target: f64) -> Option<Window> {
+/// one before the line first ran empty or `until` (the buyers stop visiting,
+/// and only visits admit).
+fn window(samples: &[Sample], from: f64, until: f64, target: f64) -> Option<Window> {
     let start = samples
         .iter()
         .position(|s| s.at_secs >= from && s.queued > 0)?;
-    let run = samples[start..].iter().take_while(|s| s.queued > 0).count();
+    let run = samples[start..]
+        .iter()
+        .take_while(|s| s.queued > 0 && s.at_secs <= until)
+        .count();
     let span = &samples[start..start + run];
     let (first, last) = (span.first()?, span.last()?);
     let secs = last.at_secs - first.at_secs;
@@ -333,13 +338,15 @@ mod tests {
             sample(5.0, 160, 0),
             sample(6.0, 160, 20),
         ];
-        let w = window(&samples, 0.5, 50.0).unwrap();
+        let w = window(&samples, 0.5, 60.0, 50.0).unwrap();
         assert_eq!((w.from_secs, w.to_secs, w.admitted), (1.0, 4.0, 150));
         assert_eq!(w.rate, 50.0);
         assert_eq!(w.ratio, 1.0);
         assert_eq!((w.per_second_min, w.per_second_max), (45.0, 55.0));
         // Admission held until 2.5 s: measured from the first sample after it.
-        assert_eq!(window(&samples, 2.5, 50.0).unwrap().from_secs, 3.0);
-        assert!(window(&samples, 9.0, 50.0).is_none());
+        assert_eq!(window(&samples, 2.5, 60.0, 50.0).unwrap().from_secs, 3.0);
+        assert!(window(&samples, 9.0, 60.0, 50.0).is_none());
+        // Ends before the buyers stop.
+        assert_eq!(window(&samples, 0.5, 3.5, 50.0).unwrap().to_secs, 3.0);
     }
 }

@@ -227,17 +227,20 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     progress.abort();
     crate::report::end_progress();
-    if let Ok(stats) = room.stats().await {
-        samples.push(Sample::of(&stats, started));
-    }
-    let after = samples.last().cloned();
+    // After the run, for the count out of order only: nobody visits any more.
+    let out_of_order = match room.stats().await {
+        Ok(stats) => stats.out_of_order,
+        Err(_) => samples.last().map_or(0, |s| s.out_of_order),
+    };
+    // The last second's sample may catch buyers already stopping.
+    let until = buyers.deadline.as_secs_f64() - 1.0;
     let report = measure::report(
         &before,
         samples,
-        resumed_at.map(|at| (at - started).as_secs_f64()),
+        resumed_at.map(|at| ((at - started).as_secs_f64(), until)),
         draw,
         crowd.journeys(),
-        after.map_or(0, |s| s.out_of_order),
+        out_of_order,
     );
     let timeline = Timeline {
         started,
