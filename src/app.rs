@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::{
     auth::Auth, broker::Broker, catalog::Catalog, coalesce::Coalescer, config::Config,
-    holds::Store, inventory::Inventory, rate_limit::RateLimit, users::Users,
+    holds::Store, inventory::Inventory, operator::OperatorKey, rate_limit::RateLimit, users::Users,
     waiting_room::InFlight,
 };
 
@@ -22,6 +22,8 @@ pub struct App {
     pub pg: deadpool_postgres::Pool,
     pub broker: Arc<Broker>,
     pub auth: Auth,
+    /// The operator's secret, for the waiting rooms' settings.
+    pub operator: OperatorKey,
     pub catalog: Catalog,
     pub inventory: Arc<Inventory>,
     /// Requests in flight, bounded: the rest are shed with 503.
@@ -52,6 +54,7 @@ impl App {
         Ok(App {
             broker: Arc::new(Broker::new(&config.amqp)),
             auth: Auth::new(&config.auth)?,
+            operator: OperatorKey::new(config.auth.operator_token.as_ref()),
             catalog: Catalog::new(
                 store.clone(),
                 pg.clone(),

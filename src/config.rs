@@ -50,6 +50,7 @@ pub const ENV_LOGIN_CLIENT_RATE: &str = "HERDGATE_LOGIN_CLIENT_RATE";
 pub const ENV_ROOM_USER_RATE: &str = "HERDGATE_ROOM_USER_RATE";
 pub const ENV_ROOM_CLIENT_RATE: &str = "HERDGATE_ROOM_CLIENT_RATE";
 pub const ENV_USERS_INTERVAL: &str = "HERDGATE_USERS_INTERVAL";
+pub const ENV_OPERATOR_TOKEN: &str = "HERDGATE_OPERATOR_TOKEN";
 
 /// Every variable [`Config::from_env`] reads, so deployment files can be checked against
 /// it (tests/it/compose.rs). Logging also honours `RUST_LOG`, and trace export the
@@ -97,6 +98,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_ROOM_USER_RATE,
     ENV_ROOM_CLIENT_RATE,
     ENV_USERS_INTERVAL,
+    ENV_OPERATOR_TOKEN,
 ];
 
 /// 64 MiB of hold event batches: about 200,000 holds waiting for the writer.
@@ -264,6 +266,9 @@ pub struct AuthConfig {
     pub room_user_rate: u32,
     /// Waiting-room visits per minute from one client address before 429.
     pub room_client_rate: u32,
+    /// The operator's bearer secret for the waiting rooms' settings; `None`:
+    /// the operator API is off (see `operator`).
+    pub operator_token: Option<SecretString>,
 }
 
 impl Config {
@@ -343,6 +348,19 @@ impl Config {
                 login_client_rate: parse(env, ENV_LOGIN_CLIENT_RATE, "60", parse_positive)?,
                 room_user_rate: parse(env, ENV_ROOM_USER_RATE, "120", parse_positive)?,
                 room_client_rate: parse(env, ENV_ROOM_CLIENT_RATE, "1200", parse_positive)?,
+                operator_token: env
+                    .get(ENV_OPERATOR_TOKEN)
+                    .filter(|token| !token.is_empty())
+                    .map(|token| match token.len() {
+                        // Guessable secrets would let anyone pause an on-sale.
+                        0..32 => Err(invalid(
+                            ENV_OPERATOR_TOKEN,
+                            "<hidden>",
+                            "must be at least 32 bytes long",
+                        )),
+                        _ => Ok(SecretString::from(token)),
+                    })
+                    .transpose()?,
             },
             holds: HoldConfig {
                 ttl: parse(env, ENV_HOLD_TTL, "600s", parse_duration)?,
@@ -627,6 +645,14 @@ mod tests {
     #[test]
     fn short_secrets_and_braced_prefixes_are_refused() {
         assert!(config(&[(ENV_TOKEN_SECRET, "short")]).is_err());
+        let err = config(&[(ENV_OPERATOR_TOKEN, "hunter2hunter2")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(config(&[]).unwrap().auth.operator_token.is_none());
+        let long = "o".repeat(32);
+        let on = Config::from_env(&HashMap::from([(ENV_OPERATOR_TOKEN, long.as_str())])).unwrap();
+        assert!(on.auth.operator_token.is_some());
         assert!(config(&[(ENV_REDIS_PREFIX, "a{b}")]).is_err());
     }
 }

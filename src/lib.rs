@@ -47,6 +47,8 @@
 //!   (problem documents, RFC 9457: every error answer and every mapping of an error
 //!   to one is there).
 //! - [`auth`]: argon2 password checks at login, and HS256 bearer tokens.
+//! - [`operator`]: the operator's bearer secret (`HERDGATE_OPERATOR_TOKEN`), checked
+//!   in constant time, for changing waiting rooms at run time.
 //! - [`users`]: which user ids PostgreSQL knows, so a hold is acknowledged only for a
 //!   user its booking row can reference.
 //! - [`rate_limit`]: login attempts per client address and per account.
@@ -70,7 +72,10 @@
 //!   their waiting rooms' settings, and nudged syncs; `restore` (live bookings put back into a rebuilt Redis, and the
 //!   catch-ups after it).
 //! - [`waiting_room`]: admission: whether an event lets buyers in, and how loaded this
-//!   gateway is; `queue` (a buyer's place in an event's waiting room, as answered).
+//!   gateway is; `queue` (a buyer's place in an event's waiting room, as answered),
+//!   `settings` (a room's settings in PostgreSQL, and the operator's changes to them,
+//!   applied in Redis at once), `proof` (proof of work at join), `page` (the HTML page
+//!   a browser is served at the room's address).
 //! - [`status`]: the statuses of bookings, seats and events, one enum each.
 //! - [`hold_event`]: the hold event and the batch (schema 2): outbox entry, RabbitMQ
 //!   message, writer input.
@@ -111,6 +116,7 @@ pub mod limits;
 pub mod load;
 pub mod metric;
 pub mod migrate;
+pub mod operator;
 pub mod rate_limit;
 pub mod relay;
 pub mod retry;

@@ -1,5 +1,6 @@
-//! Demo data from seed/events.json: events with realistic venues, the demo user
-//! and N load-test users. Safe to run again: what exists is left alone.
+//! Demo data from seed/events.json: events with realistic venues, a waiting
+//! room in front of one of them, the demo user and N load-test users. Safe to
+//! run again: what exists is left alone.
 //!
 //! Seats and users are generated inside PostgreSQL (`generate_series`), so 50,000
 //! seats or 200,000 users take one statement each. Every load-test user shares
@@ -46,6 +47,24 @@ struct EventSeed {
     seats_per_row: i32,
     /// A number, or "demo" for the size given on the command line.
     seats: serde_json::Value,
+    /// Buyers of this event queue first.
+    #[serde(default)]
+    waiting_room: Option<RoomSeed>,
+}
+
+/// A demo waiting room, its times counted from the seed run: it opens, and
+/// its draw starts, that long after the seed runs.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RoomSeed {
+    opens_after_seconds: f64,
+    starts_after_seconds: f64,
+    admit_per_sec: f64,
+    max_active: i32,
+    idle_seconds: i32,
+    session_cap_seconds: i32,
+    grace_seconds: i32,
+    proof_bits: i16,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +123,9 @@ pub async fn run(
             ),
             None => format!("event {} ({}): already seeded", event.id, event.name),
         });
+        if let Some(room) = &event.waiting_room {
+            report.lines.push(seed_room(client, event.id, room).await?);
+        }
     }
     client
         .batch_execute(
@@ -165,6 +187,52 @@ async fn add_load_users(
         )
         .await?;
     Ok(added)
+}
+
+/// Puts the event behind its demo waiting room, unless it has one; the
+/// report's line. The draw's seed is 128 random bits, made here, so nobody
+/// knows it before its commitment is published.
+async fn seed_room(
+    client: &tokio_postgres::Client,
+    event_id: i64,
+    room: &RoomSeed,
+) -> anyhow::Result<String> {
+    let seed = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let added = client
+        .query_opt(
+            "INSERT INTO waiting_rooms (event_id, opens_at, starts_at, admit_per_sec, max_active,
+                                        idle_ms, session_cap_ms, grace_ms, seed, proof_bits)
+             VALUES ($1, now() + make_interval(secs => $2), now() + make_interval(secs => $3),
+                     $4, $5, $6 * 1000, $7 * 1000, $8 * 1000, $9, $10)
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING starts_at",
+            &[
+                &event_id,
+                &room.opens_after_seconds,
+                &room.starts_after_seconds,
+                &room.admit_per_sec,
+                &room.max_active,
+                &room.idle_seconds,
+                &room.session_cap_seconds,
+                &room.grace_seconds,
+                &seed,
+                &room.proof_bits,
+            ],
+        )
+        .await
+        .with_context(|| format!("failed to seed the waiting room of event {event_id}"))?;
+    Ok(match added {
+        Some(row) => format!(
+            "waiting room of event {event_id}: open, draws its order at {}, admits {} a second",
+            row.get::<_, DateTime<Utc>>(0).format("%H:%M:%S UTC"),
+            room.admit_per_sec
+        ),
+        None => format!("waiting room of event {event_id}: already there"),
+    })
 }
 
 /// Inserts the event and its seats; `None` when the event already has seats.

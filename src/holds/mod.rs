@@ -30,7 +30,7 @@ pub use activity::{Activity, ActivityFeed};
 pub use inventory::{EventEntry, RestoredHold, SeatEntry};
 pub use keys::{EventKeys, Keys};
 pub use outbox::OutboxEntry;
-pub use queue::{RoomSettings, RoomStats, Visit, VisitKind};
+pub use queue::{RoomSettings, RoomStats, RoomWrite, RoomWritten, Visit, VisitKind};
 pub use reads::{EventInfo, HoldState, SeatPage};
 pub use transitions::{HoldOutcome, PlaceHold, Transition};
 
@@ -62,6 +62,7 @@ const CANCEL_HOLD: ScriptDef = script!("cancel_hold", 10);
 const RELEASE_LOCK: ScriptDef = script!("release_lock", 1);
 const RESTORE_CONFIRM: ScriptDef = script!("restore_confirm", 4);
 const WAITING_ROOM: ScriptDef = script!("waiting_room", 8);
+const SET_ROOM: ScriptDef = script!("set_room", 1);
 
 /// How long an ended hold's state stays in Redis for status reads; PostgreSQL answers after.
 pub const HOLD_RETENTION_MS: i64 = 3_600_000;
@@ -98,6 +99,7 @@ pub struct Store {
     release_lock: Script,
     restore_confirm: Script,
     waiting_room: Script,
+    set_room: Script,
 }
 
 impl Store {
@@ -115,6 +117,7 @@ impl Store {
             release_lock: Script::from_lua(RELEASE_LOCK.source),
             restore_confirm: Script::from_lua(RESTORE_CONFIRM.source),
             waiting_room: Script::from_lua(WAITING_ROOM.source),
+            set_room: Script::from_lua(SET_ROOM.source),
         }
     }
 
@@ -279,6 +282,7 @@ mod tests {
             &RELEASE_LOCK,
             &RESTORE_CONFIRM,
             &WAITING_ROOM,
+            &SET_ROOM,
         ] {
             assert!(def.source.starts_with(&format!("--[[ {}:", def.name)));
             assert_eq!(declared_keys(def.source), def.keys, "{}", def.name);

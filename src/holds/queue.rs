@@ -1,12 +1,13 @@
-//! An event's waiting room in Redis: its settings, written by the loader, and
-//! one visit of a buyer (join, or look at one's place), one script call each.
+//! An event's waiting room in Redis: its settings, written by the loader and
+//! the operator API (`set_room.lua`, never going back to older ones), and one
+//! visit of a buyer (join, or look at one's place), one script call each.
 
 use fred::{
     interfaces::{HashesInterface, KeysInterface, ListInterface, SortedSetsInterface},
     types::Value,
 };
 
-use super::{EventKeys, Store, StoreError, WAITING_ROOM, keys::event_field, reply_error};
+use super::{EventKeys, SET_ROOM, Store, StoreError, WAITING_ROOM, keys::event_field, reply_error};
 
 /// Users the bookkeeping of one visit moves at most (admitted, dropped).
 const STEP: u32 = 100;
@@ -32,6 +33,27 @@ pub struct RoomSettings {
     /// Leading zero bits a join's proof of work must have (0: none); checked by
     /// the gateway, not the script.
     pub proof_bits: u8,
+    /// `waiting_rooms.version`: every change of the row gets a higher one.
+    pub version: i64,
+}
+
+/// Who writes a room's settings (see `set_room.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomWrite {
+    /// The loader: the room is made when Redis does not have it.
+    Load,
+    /// The operator API: only a room Redis has (its event loaded) is changed.
+    Change,
+}
+
+/// What a settings write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomWritten {
+    Set,
+    /// Redis has newer settings (written by another process since): kept.
+    Stale,
+    /// A change of a room Redis does not have: the loader writes it at the load.
+    NoRoom,
 }
 
 /// Join the queue, or only look at one's place in it.
@@ -60,13 +82,15 @@ pub enum Visit {
         cap_ms: i64,
     },
     /// `position` (1: next) of `queued`; `rate` admissions per second, measured;
-    /// the place is lost after `grace_ms` without a visit.
+    /// the place is lost after `grace_ms` without a visit; nobody is admitted
+    /// while `paused`.
     Queued {
         position: u64,
         queued: u64,
         rate: f64,
         seed: String,
         grace_ms: i64,
+        paused: bool,
     },
     /// Joined before the start: the order is drawn at `starts_ms`.
     PreQueue {
@@ -75,6 +99,7 @@ pub enum Visit {
         rate: f64,
         seed: String,
         grace_ms: i64,
+        paused: bool,
     },
     /// A look by a buyer who is not in the queue (never joined, or lost the place).
     NotQueued,
@@ -86,9 +111,20 @@ pub enum Visit {
 }
 
 impl Store {
-    /// Writes an event's waiting-room settings (the queue and admissions are kept).
-    pub async fn set_room(&self, event_id: i64, room: &RoomSettings) -> Result<(), StoreError> {
-        let fields = vec![
+    /// Writes an event's waiting-room settings, unless Redis has newer ones
+    /// (the queue, admissions and bucket are kept).
+    pub async fn set_room(
+        &self,
+        event_id: i64,
+        room: &RoomSettings,
+        write: RoomWrite,
+    ) -> Result<RoomWritten, StoreError> {
+        let mode = match write {
+            RoomWrite::Load => "load",
+            RoomWrite::Change => "change",
+        };
+        let mut args = vec![mode.to_string(), room.version.to_string()];
+        for (field, value) in [
             ("opensAt", room.opens_ms.to_string()),
             ("startsAt", room.starts_ms.to_string()),
             ("rate", room.rate.to_string()),
@@ -98,11 +134,28 @@ impl Store {
             ("graceMs", room.grace_ms.to_string()),
             ("seed", room.seed.clone()),
             ("paused", if room.paused { "1" } else { "0" }.to_string()),
-        ];
-        Ok(self
-            .client()
-            .hset::<(), _, _>(self.keys.event(event_id).room(), fields)
-            .await?)
+        ] {
+            args.extend([field.to_string(), value]);
+        }
+        let k = self.keys.event(event_id);
+        let reply = self
+            .eval(&SET_ROOM, &self.set_room, vec![k.room()], args)
+            .await?;
+        match reply.as_str().as_deref() {
+            Some("set") => Ok(RoomWritten::Set),
+            Some("stale") => Ok(RoomWritten::Stale),
+            Some("no_room") => Ok(RoomWritten::NoRoom),
+            _ => Err(reply_error(&SET_ROOM, &reply)),
+        }
+    }
+
+    /// The version of the settings Redis has for the event's room, if it has one.
+    pub async fn room_version(&self, event_id: i64) -> Result<Option<i64>, StoreError> {
+        let version: Option<String> = self
+            .live_client()?
+            .hget(self.keys.event(event_id).room(), "version")
+            .await?;
+        Ok(version.and_then(|v| v.parse().ok()))
     }
 
     /// Makes buyers of a loaded event need admission, with sessions idling out
@@ -175,6 +228,7 @@ fn parse_visit(reply: &Value) -> Option<Visit> {
     let count = |i: usize| items.get(i).and_then(Value::as_u64);
     let rate = || Some(int(3)? as f64 / 1000.0);
     let seed = || items.get(4)?.as_string();
+    let paused = || Some(int(6)? == 1);
     Some(match &*items.first()?.as_str()? {
         "admitted" => Visit::Admitted {
             ends_ms: int(1)?,
@@ -186,6 +240,7 @@ fn parse_visit(reply: &Value) -> Option<Visit> {
             rate: rate()?,
             seed: seed()?,
             grace_ms: int(5)?,
+            paused: paused()?,
         },
         "pre_queue" => Visit::PreQueue {
             starts_ms: int(1)?,
@@ -193,6 +248,7 @@ fn parse_visit(reply: &Value) -> Option<Visit> {
             rate: rate()?,
             seed: seed()?,
             grace_ms: int(5)?,
+            paused: paused()?,
         },
         "not_queued" => Visit::NotQueued,
         "not_open" => Visit::NotOpen { opens_ms: int(1)? },

@@ -107,5 +107,7 @@ where
         Route::QueuePlace(id) => api::waiting_room::visit(app, &req, id, VisitKind::Look).await,
         Route::JoinQueue(id) => api::waiting_room::visit(app, &req, id, VisitKind::Join).await,
         Route::RoomStats(id) => api::waiting_room::stats(app, id).await,
+        Route::RoomSettings(id) => api::room_settings::show(app, &req, id).await,
+        Route::ChangeRoomSettings(id) => api::room_settings::change(app, req, id).await,
     }
 }

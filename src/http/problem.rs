@@ -14,7 +14,9 @@ use crate::{
     bookings::{BookingError, HoldError},
     catalog::CatalogError,
     holds::StoreError,
+    operator::OperatorError,
     users::UsersError,
+    waiting_room::settings::SettingsError,
 };
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -422,6 +424,47 @@ pub fn postgres_away(e: &tokio_postgres::Error) -> bool {
         }
         None => {
             e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    }
+}
+
+impl From<OperatorError> for Problem {
+    fn from(e: OperatorError) -> Self {
+        let detail = e.to_string();
+        match e {
+            OperatorError::Off => Problem::new(
+                StatusCode::FORBIDDEN,
+                "operator-api-off",
+                "Operator API off",
+                detail,
+            ),
+            OperatorError::BadToken => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "bad-operator-token",
+                "Operator authentication required",
+                detail,
+            ),
+        }
+    }
+}
+
+impl From<SettingsError> for Problem {
+    fn from(e: SettingsError) -> Self {
+        match e {
+            SettingsError::NoRoom(_) => Problem::not_found(e.to_string()),
+            SettingsError::Pool(e) => e.into(),
+            SettingsError::Query(e) => e.into(),
+            SettingsError::Store(e) => e.into(),
+            SettingsError::Unapplied(StoreError::Reply { .. }) => Problem::unexpected(&e),
+            SettingsError::Unapplied(cause) => {
+                tracing::warn!(error = %cause, "redis did not take a waiting-room change");
+                Problem::unavailable(
+                    "the change is saved in PostgreSQL, and every gateway applies it at its \
+                     next inventory sync; Redis did not take it now: the same request again \
+                     applies it at once",
+                    1,
+                )
+            }
         }
     }
 }

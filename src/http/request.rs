@@ -1,5 +1,6 @@
 //! What handlers read off a request besides its body: the user of its bearer
-//! token, and the trace context its hold events carry.
+//! token (or the operator, for the operator's calls), and the trace context
+//! its hold events carry.
 
 use http::{Request, header};
 
@@ -8,16 +9,25 @@ use crate::{app::App, auth::AuthError, telemetry};
 
 /// The user id of a valid `Authorization: Bearer` token, or 401.
 pub fn authenticate<B>(app: &App, req: &Request<B>) -> Result<i64, Problem> {
-    let token = req
-        .headers()
+    let token = bearer(req).ok_or(AuthError::BadToken)?;
+    Ok(app.auth.verify(token)?)
+}
+
+/// Whether the request comes from the operator: 403 when the operator API is
+/// off, 401 without the operator's bearer secret.
+pub fn authorize_operator<B>(app: &App, req: &Request<B>) -> Result<(), Problem> {
+    Ok(app.operator.check(bearer(req))?)
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
-        .ok_or(AuthError::BadToken)?;
-    Ok(app.auth.verify(token)?)
 }
 
 /// The trace context stored with the outbox entry: while traces are exported,

@@ -1,5 +1,6 @@
-//! Success answers: a JSON value or finished JSON bytes with their status.
-//! (Error answers are [`super::problem::Problem`]s.)
+//! Success answers: a JSON value or finished JSON bytes with their status, or
+//! a document with its own headers (the waiting room's page). (Error answers
+//! are [`super::problem::Problem`]s.)
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -24,5 +25,15 @@ pub fn json_bytes(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// A 200 with the given body and headers (their content type included).
+pub fn document(
+    body: Bytes,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    response.headers_mut().extend(headers);
     response
 }

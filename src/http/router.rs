@@ -16,10 +16,13 @@
 //! | `POST /waiting-room/:id/join` + Bearer | your place in the event's queue (joined), or your admission |
 //! | `GET /waiting-room/:id` + Bearer | your place in the event's queue, or your admission |
 //! | `GET /waiting-room/:id/stats` | the room: queued, active, rates, waits, order commitment |
+//! | `GET /waiting-room/:id/settings` + operator Bearer | the room's settings, and whether Redis runs them |
+//! | `PATCH /waiting-room/:id/settings` + operator Bearer | pause, resume, admission rate, max active, at once |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /openapi.json` | the API description, `openapi.json` at the repository root |
 //!
-//! `HEAD` is answered on every `GET` path. [`ENDPOINTS`] lists every (method,
+//! `GET /waiting-room/:id` with `Accept: text/html` is the room's page for a
+//! browser. `HEAD` is answered on every `GET` path. [`ENDPOINTS`] lists every (method,
 //! path) served; tests keep it, the router and `openapi.json` in step. A
 //! router crate (matchit) would replace one `match` over eleven paths and
 //! still need the 405 and id handling written here.
@@ -44,6 +47,8 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/waiting-room/{id}"),
     ("POST", "/waiting-room/{id}/join"),
     ("GET", "/waiting-room/{id}/stats"),
+    ("GET", "/waiting-room/{id}/settings"),
+    ("PATCH", "/waiting-room/{id}/settings"),
     ("POST", "/api/users/login"),
     ("POST", "/api/bookings"),
     ("GET", "/api/bookings/{id}"),
@@ -58,6 +63,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("HEAD", "/waiting-room"),
     ("HEAD", "/waiting-room/{id}"),
     ("HEAD", "/waiting-room/{id}/stats"),
+    ("HEAD", "/waiting-room/{id}/settings"),
     ("HEAD", "/api/bookings/{id}"),
 ];
 
@@ -83,6 +89,10 @@ pub enum Route {
     QueuePlace(i64),
     JoinQueue(i64),
     RoomStats(i64),
+    /// The operator's view of the room's settings ...
+    RoomSettings(i64),
+    /// ... and a change of them.
+    ChangeRoomSettings(i64),
 }
 
 impl Route {
@@ -103,6 +113,13 @@ impl Route {
             ["waiting-room", id] => (GET, parse_id("event id", id).map(Route::QueuePlace)),
             ["waiting-room", id, "join"] => (POST, parse_id("event id", id).map(Route::JoinQueue)),
             ["waiting-room", id, "stats"] => (GET, parse_id("event id", id).map(Route::RoomStats)),
+            ["waiting-room", id, "settings"] => (
+                "GET, HEAD, PATCH",
+                parse_id("event id", id).map(|id| match *method == Method::PATCH {
+                    true => Route::ChangeRoomSettings(id),
+                    false => Route::RoomSettings(id),
+                }),
+            ),
             ["api", "events", id] => (GET, parse_id("event id", id).map(Route::Event)),
             ["api", "seats", "available"] => (GET, Ok(Route::AvailableSeats)),
             ["api", "users", "login"] => (POST, Ok(Route::Login)),
@@ -123,11 +140,17 @@ impl Route {
         route
     }
 
-    /// Health checks and metrics must answer even when the gateway is full.
+    /// Health checks and metrics must answer even when the gateway is full,
+    /// and so must the operator: pausing a room is what a full gateway may need.
     pub fn counts_as_load(&self) -> bool {
         !matches!(
             self,
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::OpenApi
+            Route::Healthz
+                | Route::Readyz
+                | Route::Metrics
+                | Route::OpenApi
+                | Route::RoomSettings(_)
+                | Route::ChangeRoomSettings(_)
         )
     }
 
@@ -148,6 +171,7 @@ impl Route {
             Route::QueuePlace(_) => "/waiting-room/:id",
             Route::JoinQueue(_) => "/waiting-room/:id/join",
             Route::RoomStats(_) => "/waiting-room/:id/stats",
+            Route::RoomSettings(_) | Route::ChangeRoomSettings(_) => "/waiting-room/:id/settings",
         }
     }
 }
@@ -234,6 +258,7 @@ mod tests {
             Method::POST,
             Method::DELETE,
             Method::PUT,
+            Method::PATCH,
         ];
         for (_, pattern) in ENDPOINTS {
             for method in &methods {
@@ -265,6 +290,7 @@ mod tests {
             Route::QueuePlace(_) => "/waiting-room/{id}",
             Route::JoinQueue(_) => "/waiting-room/{id}/join",
             Route::RoomStats(_) => "/waiting-room/{id}/stats",
+            Route::RoomSettings(_) | Route::ChangeRoomSettings(_) => "/waiting-room/{id}/settings",
         };
         for (method, path) in ENDPOINTS {
             let method = Method::from_bytes(method.as_bytes()).unwrap();

@@ -26,8 +26,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    holds::{EventEntry, RoomSettings, SeatEntry, Store},
+    holds::{EventEntry, RoomSettings, RoomWrite, RoomWritten, SeatEntry, Store},
     status::{EventStatus, SeatStatus},
+    waiting_room::settings,
 };
 
 mod restore;
@@ -227,12 +228,15 @@ impl Inventory {
     /// changed there (rate, maximum active, pause, times) reach Redis at the next
     /// sync and nobody loses a place; a room added to a loaded event starts
     /// admission, one removed ends it. Redis is written only for rooms that
-    /// changed since the last sync.
+    /// changed since the last sync, and never with settings older than its own
+    /// (the operator API wrote newer ones since this sync read the table).
     async fn sync_rooms(&self, rooms: HashMap<i64, RoomSettings>) -> anyhow::Result<()> {
         let previous = self.seen.lock().expect("inventory lock").rooms.clone();
         for (&event_id, room) in &rooms {
-            if previous.get(&event_id) != Some(room) && self.store.is_loaded(event_id).await? {
-                self.store.set_room(event_id, room).await?;
+            if previous.get(&event_id) != Some(room)
+                && self.store.is_loaded(event_id).await?
+                && self.store.set_room(event_id, room, RoomWrite::Load).await? == RoomWritten::Set
+            {
                 self.store
                     .require_admission(event_id, Some(room.idle_ms))
                     .await?;
@@ -375,7 +379,7 @@ impl Inventory {
         self.restore_holds(event.id).await?;
         // Before the event hash: from then on its buyers need admission.
         if let Some(room) = room {
-            self.store.set_room(event.id, room).await?;
+            self.store.set_room(event.id, room, RoomWrite::Load).await?;
         }
         let entry = EventEntry {
             name: &event.name,
@@ -394,36 +398,9 @@ impl Inventory {
     /// Every waiting room PostgreSQL has, by event.
     async fn waiting_rooms(&self) -> anyhow::Result<HashMap<i64, RoomSettings>> {
         let client = self.pg.get().await?;
-        let rows = client
-            .query(
-                "SELECT event_id,
-                        (extract(epoch FROM opens_at) * 1000)::bigint,
-                        (extract(epoch FROM starts_at) * 1000)::bigint,
-                        admit_per_sec, max_active, idle_ms, session_cap_ms, grace_ms,
-                        seed, paused, proof_bits
-                   FROM waiting_rooms",
-                &[],
-            )
+        settings::all(&client)
             .await
-            .context("failed to read the waiting rooms")?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let room = RoomSettings {
-                    opens_ms: row.get(1),
-                    starts_ms: row.get(2),
-                    rate: row.get(3),
-                    max_active: row.get::<_, i32>(4) as u32,
-                    idle_ms: row.get::<_, i32>(5).into(),
-                    cap_ms: row.get::<_, i32>(6).into(),
-                    grace_ms: row.get::<_, i32>(7).into(),
-                    seed: row.get(8),
-                    paused: row.get(9),
-                    proof_bits: row.get::<_, i16>(10) as u8,
-                };
-                (row.get(0), room)
-            })
-            .collect())
+            .context("failed to read the waiting rooms")
     }
 }
 

@@ -6,8 +6,10 @@
 //! buyers (see `waiting_room.lua`). Every on-sale event is open while the
 //! gateway has room for more requests in flight.
 
+pub mod page;
 pub mod proof;
 mod queue;
+pub mod settings;
 
 pub use queue::{QueueView, StatsView, queue_view, stats_view};
 

@@ -29,8 +29,12 @@ pub struct QueueView {
     /// Buyers waiting, this one included.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queued: Option<u64>,
+    /// None while admission is paused: nobody knows for how long.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_wait_seconds: Option<u64>,
+    /// The operator has paused admission; every place is kept. Only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// Admissions per second, measured over the last ten seconds (the set rate before).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admission_rate: Option<f64>,
@@ -78,6 +82,7 @@ pub fn queue_view(event_id: i64, visit: &Visit, now_ms: i64) -> Option<QueueView
         position: None,
         queued: None,
         estimated_wait_seconds: None,
+        paused: false,
         admission_rate: None,
         poll_after_seconds: MIN_POLL_SECS,
         starts_at: None,
@@ -100,13 +105,18 @@ pub fn queue_view(event_id: i64, visit: &Visit, now_ms: i64) -> Option<QueueView
             rate,
             seed,
             grace_ms,
+            paused,
         } => {
             let wait = (*position as f64 / rate.max(1e-3)).ceil();
             QueueView {
                 position: Some(*position),
                 queued: Some(*queued),
-                estimated_wait_seconds: Some(wait as u64),
+                estimated_wait_seconds: (!paused).then_some(wait as u64),
+                paused: *paused,
                 admission_rate: Some(*rate),
+                // Paused too: those near the head keep visiting every second,
+                // so the queue moves on at once when admission resumes (only
+                // visits move it).
                 poll_after_seconds: poll(wait / 10.0, *grace_ms),
                 order: Some(Order::of(seed, true)),
                 ..empty
@@ -117,10 +127,12 @@ pub fn queue_view(event_id: i64, visit: &Visit, now_ms: i64) -> Option<QueueView
             queued,
             seed,
             grace_ms,
+            paused,
             ..
         } => QueueView {
             status: "pre_queue",
             queued: Some(*queued),
+            paused: *paused,
             poll_after_seconds: poll((starts_ms - now_ms) as f64 / 10_000.0, *grace_ms),
             starts_at: Some(timestamp(*starts_ms)),
             order: Some(Order::of(seed, false)),
@@ -206,6 +218,7 @@ mod tests {
             rate,
             seed: "s".repeat(32),
             grace_ms,
+            paused: false,
         }
     }
 
@@ -222,6 +235,21 @@ mod tests {
         assert_eq!(short_grace.poll_after_seconds, 1.0);
         let slow = queue_view(1, &queued(10_000, 1.0, 600_000), 0).unwrap();
         assert_eq!(slow.poll_after_seconds, 30.0);
+        // Paused: no estimate (nobody knows for how long), the pace of the place.
+        let paused = Visit::Queued {
+            position: 10,
+            queued: 20,
+            rate: 5.0,
+            seed: "s".repeat(32),
+            grace_ms: 60_000,
+            paused: true,
+        };
+        let view = queue_view(1, &paused, 0).unwrap();
+        assert!(view.paused);
+        assert_eq!(view.estimated_wait_seconds, None);
+        assert_eq!(view.poll_after_seconds, 1.0);
+        let json = serde_json::to_value(&near).unwrap();
+        assert!(json.get("paused").is_none(), "only said when true");
     }
 
     #[test]
@@ -233,6 +261,7 @@ mod tests {
             rate: 5.0,
             seed: seed.clone(),
             grace_ms: 60_000,
+            paused: false,
         };
         let view = queue_view(1, &pre, 0).unwrap();
         assert_eq!(view.status, "pre_queue");
@@ -246,6 +275,7 @@ mod tests {
             rate: 5.0,
             seed: seed.clone(),
             grace_ms: 60_000,
+            paused: false,
         };
         let after = queue_view(1, &started, 61_000).unwrap();
         let revealed = after.order.unwrap();

@@ -17,7 +17,7 @@
 //! - An event whose user does not exist, or whose seat is not one of its event's,
 //!   can never apply: it is refused (the caller dead-letters it) and the rest of
 //!   the batch applies. Checked once per batch, set-based, where foreign keys
-//!   cost two trigger queries and two row locks per row (migrations/V4).
+//!   cost two trigger queries and two row locks per row (migrations/V5).
 //!
 //! Seats are locked (`FOR UPDATE`, in id order) first, so concurrent writers
 //! serialise per seat instead of tripping over the unique index.

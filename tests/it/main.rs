@@ -31,4 +31,7 @@ mod schema;
 mod schemathesis;
 mod traces;
 mod waiting_room;
+mod waiting_room_operator;
+mod waiting_room_page;
+mod waiting_room_processes;
 mod writer;

@@ -48,8 +48,14 @@ async fn seeding_twice_leaves_the_same_data() {
     };
     seed::run(&client, options).await.unwrap();
     assert_eq!(counts(&client).await, before);
-    // demo event + 3 smaller ones; the demo user + load-test users
-    assert_eq!(before.0, 4);
+    // demo event + 4 others; the demo user + load-test users
+    assert_eq!(before.0, 5);
+    let rooms: i64 = client
+        .query_one("SELECT count(*) FROM waiting_rooms", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rooms, 1, "event 5's demo room, once");
     assert_eq!(before.2, 1 + USERS as i64);
 }
 

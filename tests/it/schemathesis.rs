@@ -8,10 +8,13 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use herdgate::config;
+use herdgate::{
+    auth::Auth,
+    config::{self, Config},
+};
 use tokio::process::Command;
 
-use crate::helpers::{Isolation, add_waiting_room, json, spawn_app_on};
+use crate::helpers::{Isolation, add_waiting_room, scalar, spawn_app_on};
 
 /// Set (to anything) to skip this test when schemathesis is not installed.
 const SKIP: &str = "HERDGATE_SKIP_SCHEMATHESIS";
@@ -88,8 +91,17 @@ async fn schemathesis_finds_only_documented_answers_and_no_server_errors() {
     let iso = Isolation::new().await;
     // Event 3 behind a waiting room (the spec's example id), so its operations
     // reach their logic, and holds of event 3 meet the admission check.
-    add_waiting_room(&iso.pg().await, 3).await;
+    let pg = iso.pg().await;
+    add_waiting_room(&pg, 3).await;
+    let demo_user = scalar(&pg, "SELECT id FROM users WHERE email = 'test@example.com'").await;
+    let auth = Auth::new(&Config::from_env(&iso.env()).unwrap().auth).unwrap();
+    let token = auth.issue(demo_user).unwrap().token;
+    let operator = token.clone();
     let app = spawn_app_on(iso, |env| {
+        // schemathesis sends one Authorization header to every operation: the
+        // operator's secret is that same token, so the operator's calls reach
+        // their logic too (and change event 3's room as they go).
+        env.insert(config::ENV_OPERATOR_TOKEN.into(), operator);
         // Generated holds must not all end at the per-user limit before reaching the script.
         env.insert(config::ENV_MAX_HOLDS_PER_USER.into(), "1000".into());
         // Nor every login at the per-client limit before its body is read.
@@ -101,8 +113,6 @@ async fn schemathesis_finds_only_documented_answers_and_no_server_errors() {
         env.insert(config::ENV_REDIS_TIMEOUT.into(), "10s".into());
     })
     .await;
-    let login = json(app.post_login("test@example.com", "password").await, 200).await;
-    let token = login["token"].as_str().unwrap();
     let examples = std::env::var(EXAMPLES).unwrap_or_else(|_| MAX_EXAMPLES.to_string());
     let seed = std::env::var(SEED_VAR).unwrap_or_else(|_| SEED.to_string());
     let reports = tempdir();

@@ -78,6 +78,14 @@ impl Target {
             Call::Cancel { booking, .. } => {
                 (Method::DELETE, format!("/api/bookings/{booking}"), None)
             }
+            Call::Join { .. } => (Method::POST, format!("/waiting-room/{event}/join"), None),
+            Call::Look { .. } => (Method::GET, format!("/waiting-room/{event}"), None),
+            Call::RoomStats => (Method::GET, format!("/waiting-room/{event}/stats"), None),
+            Call::ChangeRoom { settings } => (
+                Method::PATCH,
+                format!("/waiting-room/{event}/settings"),
+                Some(settings.clone()),
+            ),
         };
         let mut request = Request::builder()
             .method(method)
@@ -123,12 +131,34 @@ impl Conn {
 
     /// Sends one request and reads the whole answer: its status and body.
     pub async fn send(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<(u16, Bytes)> {
+        let answer = self.exchange(request).await?;
+        Ok((answer.status, answer.body))
+    }
+
+    /// Sends one request and reads the whole answer, `Retry-After` included.
+    pub async fn exchange(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<Answered> {
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
         let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok(Answered {
+            status,
+            retry_after,
+            body,
+        })
     }
+}
+
+/// One answer, as the waiting-room buyers need it.
+pub struct Answered {
+    pub status: u16,
+    /// Seconds, on a 429 or 503.
+    pub retry_after: Option<u64>,
+    pub body: Bytes,
 }
 
 #[cfg(test)]

@@ -7,13 +7,16 @@
 //! signs their tokens (`users`), opens its connections and releases them all at
 //! once (`run`, over `client`), measures every answer (`stats`), then waits for
 //! the writer and checks the invariants (`invariants`), and reports (`report`,
-//! with a latency picture from `svg`). It talks to the `--base` server only, and
+//! with a latency picture from `svg`). The waiting-room scenario has a driver
+//! of its own (`room`): a task per buyer, polling when the server says, and the
+//! room's admissions a second against its set rate. It talks to the `--base` server only, and
 //! every run stops by itself.
 
 pub mod client;
 pub mod invariants;
 pub mod plan;
 pub mod report;
+pub mod room;
 pub mod run;
 pub mod stats;
 pub mod svg;
@@ -51,9 +54,10 @@ pub struct LoadArgs {
     /// Seats of the event to use (its first K available ones); default per scenario.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=5_000_000))]
     pub seats: Option<u32>,
-    /// The event whose seats are booked.
-    #[arg(long, default_value_t = 1)]
-    pub event: i64,
+    /// The event whose seats are booked (or whose waiting room is visited);
+    /// default 1, or 5 (the seed's room) for waiting-room, join and look.
+    #[arg(long)]
+    pub event: Option<i64>,
     /// Open connections, one virtual user at a time on each; default per scenario.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connections: Option<u32>,
@@ -82,6 +86,27 @@ pub struct LoadArgs {
     /// Print one JSON summary object as the last line of standard output.
     #[arg(long)]
     pub json: bool,
+    /// waiting-room: the buyers who walk away, half while in line (their place
+    /// lapses), half once admitted without booking (the admission idles out).
+    #[arg(long, default_value_t = 0.1, value_parser = parse_share)]
+    pub leave: f64,
+    /// waiting-room: buyers arrive evenly over this long from the start.
+    #[arg(long, default_value = "5s", value_parser = herdgate::config::parse_duration)]
+    pub ramp: std::time::Duration,
+    /// waiting-room: set the room's admissions per second first, through the
+    /// operator API (HERDGATE_OPERATOR_TOKEN from the environment).
+    #[arg(long)]
+    pub admission_rate: Option<f64>,
+    /// waiting-room: set the room's most admissions at once first, likewise.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=2_147_483_647))]
+    pub max_active: Option<u32>,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{s:?} is not a share from 0 to 1")),
+    }
 }
 
 /// Latency shards: enough that workers rarely wait on each other.
@@ -99,11 +124,11 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
         .await
         .context("failed to connect to PostgreSQL (DATABASE_URL)")?;
     let user_ids = users::load_users(&db, args.users).await?;
-    let seats = users::free_seats(&db, args.event, sizes.seats).await?;
+    let event = sizes.event;
+    let seats = users::free_seats(&db, event, sizes.seats).await?;
     anyhow::ensure!(
         !seats.is_empty(),
-        "event {} has no available seats in PostgreSQL (seeded? sold out already?)",
-        args.event
+        "event {event} has no available seats in PostgreSQL (seeded? sold out already?)"
     );
     let seat_count = seats.len();
     let tokens = Arc::new(users::Tokens::new(Auth::new(&config.auth)?, user_ids));
@@ -115,19 +140,43 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
         args.base,
         thousands(sizes.users as u64),
         thousands(seat_count as u64),
-        args.event,
+        event,
         thousands(sizes.connections as u64)
     );
-    let driver = Arc::new(run::Driver {
-        target,
-        event: args.event,
-        sizes: sizes.clone(),
-        shared: shared.clone(),
-        tokens,
-        recorder: recorder.clone(),
-        timeout: args.timeout,
-    });
-    let timeline = driver.run().await?;
+    let (timeline, room) = match args.scenario {
+        Scenario::WaitingRoom => {
+            let buyers = room::Buyers {
+                target,
+                event,
+                users: sizes.users,
+                deadline: sizes.stop.deadline,
+                ramp: args.ramp,
+                leave: args.leave,
+                timeout: args.timeout,
+                seats: shared.seats.clone(),
+                tokens,
+                recorder: recorder.clone(),
+            };
+            let change = room::Change {
+                admission_rate: args.admission_rate,
+                max_active: args.max_active,
+            };
+            let (timeline, report) = room::run(buyers, change, config).await?;
+            (timeline, Some(report))
+        }
+        _ => {
+            let driver = Arc::new(run::Driver {
+                target,
+                event,
+                sizes: sizes.clone(),
+                shared: shared.clone(),
+                tokens,
+                recorder: recorder.clone(),
+                timeout: args.timeout,
+            });
+            (driver.run().await?, None)
+        }
+    };
     let snapshot = recorder.snapshot();
     let latency = Percentiles::of(&snapshot.latency);
     let secs = timeline.last_answer.as_secs_f64();
@@ -139,7 +188,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
     let mut summary = Summary {
         scenario: args.scenario,
         base: args.base.clone(),
-        event: args.event,
+        event,
         users: sizes.users,
         seats: seat_count,
         connections: timeline.connections,
@@ -166,11 +215,17 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
             in_postgres_secs: None,
         }),
         writer_lag_secs: None,
+        waiting_room: room,
         invariants: Vec::new(),
         passed: true,
     };
     if let Some(picture) = &picture {
-        draw(&summary, &snapshot.latency, picture)?;
+        match &summary.waiting_room {
+            // What this scenario is about: admissions a second against the set rate.
+            Some(room) => std::fs::write(picture, room.picture(&summary))
+                .with_context(|| format!("failed to write {}", picture.display()))?,
+            None => draw(&summary, &snapshot.latency, picture)?,
+        }
     }
     if args.no_check {
         return Ok(summary);
@@ -193,7 +248,7 @@ pub async fn run(config: &Config, args: &LoadArgs) -> anyhow::Result<Summary> {
     eprintln!("load: drained; checking the invariants");
     let store = Store::connect(&config.redis).await?;
     summary.invariants =
-        invariants::check(&pg, &store, args.event, &created, args.drain_timeout).await?;
+        invariants::check(&pg, &store, event, &created, args.drain_timeout).await?;
     summary.passed = summary.invariants.iter().all(|v| v.pass);
     Ok(summary)
 }

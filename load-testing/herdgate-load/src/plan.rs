@@ -19,6 +19,8 @@ pub const MAX_RUN: Duration = Duration::from_secs(600);
 const HERD_CONNECTIONS: usize = 10_000;
 const DEFAULT_CONNECTIONS: usize = 256;
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+/// Long enough for the admission rate to be measured over many 10 s windows.
+const ROOM_DURATION: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,6 +35,15 @@ pub enum Scenario {
     Sellout,
     /// Browse the event and a page of seats, hold one, then confirm, cancel or walk away.
     Mixed,
+    /// Buyers of an event behind a waiting room: join, look again when the server
+    /// says, book once admitted; some walk away (see `room`).
+    #[value(name = "waiting-room")]
+    #[serde(rename = "waiting-room")]
+    WaitingRoom,
+    /// Every request a join of the event's waiting room, by the next user (one script call).
+    Join,
+    /// Every request a look at one's place, by the next user (joined before: `join` first).
+    Look,
 }
 
 impl Scenario {
@@ -43,6 +54,18 @@ impl Scenario {
             Scenario::Distinct => "distinct",
             Scenario::Sellout => "sellout",
             Scenario::Mixed => "mixed",
+            Scenario::WaitingRoom => "waiting-room",
+            Scenario::Join => "join",
+            Scenario::Look => "look",
+        }
+    }
+
+    /// The event a scenario uses unless `--event` says: the seed's room (event
+    /// 5) for the waiting-room scenarios, event 1 for the others.
+    pub fn default_event(self) -> i64 {
+        match self {
+            Scenario::WaitingRoom | Scenario::Join | Scenario::Look => 5,
+            _ => 1,
         }
     }
 }
@@ -57,6 +80,7 @@ pub struct Stop {
 /// The sizes a run resolves to once the scenario's defaults are applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sizes {
+    pub event: i64,
     pub users: usize,
     /// How many seats to take from the event; `None` for all available ones.
     pub seats: Option<usize>,
@@ -70,17 +94,27 @@ impl Sizes {
     pub fn resolve(args: &LoadArgs) -> Result<Self, String> {
         let users = args.users as usize;
         let seats = args.seats.map(|s| s as usize).or(match args.scenario {
-            Scenario::Herd => Some(1),
+            // Joins and looks hold no seat.
+            Scenario::Herd | Scenario::Join | Scenario::Look => Some(1),
             Scenario::Normal => Some(1_000),
-            Scenario::Distinct | Scenario::Sellout | Scenario::Mixed => None,
+            Scenario::Distinct | Scenario::Sellout | Scenario::Mixed | Scenario::WaitingRoom => {
+                None
+            }
         });
         let connections = args.connections.map_or(
             match args.scenario {
                 Scenario::Herd => users.min(HERD_CONNECTIONS),
+                // A connection per buyer, as per browser.
+                Scenario::WaitingRoom => users,
                 _ => DEFAULT_CONNECTIONS.min(users),
             },
             |c| c as usize,
         );
+        if args.scenario == Scenario::WaitingRoom && connections != users {
+            return Err(
+                "waiting-room opens one connection per user: leave --connections out".into(),
+            );
+        }
         // Count-based scenarios stop when they run out; time-based ones need a clock.
         let runs_out = matches!(
             args.scenario,
@@ -94,6 +128,7 @@ impl Sizes {
             Some(d) if d > MAX_RUN => return Err(format!("--duration is at most {MAX_RUN:?}")),
             Some(d) => d,
             None if runs_out || requests.is_some() => MAX_RUN,
+            None if args.scenario == Scenario::WaitingRoom => ROOM_DURATION,
             None => DEFAULT_DURATION,
         };
         let rate = match args.rate {
@@ -103,6 +138,7 @@ impl Sizes {
             r => r,
         };
         Ok(Sizes {
+            event: args.event.unwrap_or(args.scenario.default_event()),
             users,
             seats,
             connections,
@@ -116,10 +152,35 @@ impl Sizes {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Call {
     Event,
-    Seats { after: i64 },
-    Hold { user: usize, seat: i64 },
-    Confirm { user: usize, booking: String },
-    Cancel { user: usize, booking: String },
+    Seats {
+        after: i64,
+    },
+    Hold {
+        user: usize,
+        seat: i64,
+    },
+    Confirm {
+        user: usize,
+        booking: String,
+    },
+    Cancel {
+        user: usize,
+        booking: String,
+    },
+    /// `POST /waiting-room/:event/join`.
+    Join {
+        user: usize,
+    },
+    /// `GET /waiting-room/:event`.
+    Look {
+        user: usize,
+    },
+    /// `GET /waiting-room/:event/stats`.
+    RoomStats,
+    /// `PATCH /waiting-room/:event/settings` with these settings (JSON), as the operator.
+    ChangeRoom {
+        settings: String,
+    },
 }
 
 /// State every worker shares: the next user or seat to hand out, and, in a
@@ -170,6 +231,14 @@ impl Shared {
             Scenario::Mixed => Some(Journey::Browse {
                 user: rng.usize(..self.users),
             }),
+            // Users take turns, as in a herd; the waiting room's own driver
+            // (`room`) runs its buyers, not journeys.
+            Scenario::Join | Scenario::WaitingRoom => Some(Journey::Visit(Call::Join {
+                user: n % self.users,
+            })),
+            Scenario::Look => Some(Journey::Visit(Call::Look {
+                user: n % self.users,
+            })),
         }
     }
 
@@ -206,6 +275,8 @@ pub enum Journey {
         user: usize,
         seat: i64,
     },
+    /// One waiting-room visit, then done (join, look).
+    Visit(Call),
     /// Tries seat after seat until one is held, the user hits its limit, or none are left.
     Sellout {
         user: usize,
@@ -304,6 +375,7 @@ impl Journey {
         match std::mem::replace(self, Journey::Finished) {
             Journey::Finished => None,
             Journey::Single { user, seat } => Some(Call::Hold { user, seat }),
+            Journey::Visit(call) => Some(call),
             Journey::Sellout { user } => {
                 *self = Journey::Sellout { user };
                 let seat = shared.seats[shared.pick_free_seat(rng)?];

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::{
     invariants::Verdict,
     plan::Scenario,
+    room::RoomReport,
     stats::{Percentiles, Recorder},
 };
 
@@ -83,6 +84,8 @@ pub struct Summary {
     pub sellout: Option<Sellout>,
     /// From the last answer until PostgreSQL held every acknowledged booking.
     pub writer_lag_secs: Option<f64>,
+    /// The waiting-room scenario's own figures.
+    pub waiting_room: Option<RoomReport>,
     pub invariants: Vec<Verdict>,
     pub passed: bool,
 }
@@ -182,6 +185,9 @@ impl Summary {
                 format!("PostgreSQL held every 201 {lag:.2} s after the last answer"),
             );
         }
+        if let Some(room) = &self.waiting_room {
+            out.push_str(&room.render());
+        }
         if !self.invariants.is_empty() {
             out.push_str("invariants\n");
             for v in &self.invariants {
@@ -250,6 +256,7 @@ mod tests {
             histogram: Some("herd.svg".into()),
             sellout: None,
             writer_lag_secs: Some(0.25),
+            waiting_room: None,
             invariants: vec![Verdict {
                 name: "one live booking per seat".into(),
                 pass: true,

@@ -208,12 +208,14 @@ struct Marks {
     created: AtomicU64,
 }
 
-fn user_of(call: &Call) -> Option<usize> {
+pub fn user_of(call: &Call) -> Option<usize> {
     match call {
-        Call::Hold { user, .. } | Call::Confirm { user, .. } | Call::Cancel { user, .. } => {
-            Some(*user)
-        }
-        Call::Event | Call::Seats { .. } => None,
+        Call::Hold { user, .. }
+        | Call::Confirm { user, .. }
+        | Call::Cancel { user, .. }
+        | Call::Join { user }
+        | Call::Look { user } => Some(*user),
+        Call::Event | Call::Seats { .. } | Call::RoomStats | Call::ChangeRoom { .. } => None,
     }
 }
 

@@ -77,6 +77,11 @@ impl Tokens {
         }
     }
 
+    /// The user id of the run's `index`-th user.
+    pub fn user_id(&self, index: usize) -> i64 {
+        self.users[index]
+    }
+
     /// The bearer value of the run's `index`-th user.
     pub fn bearer(&self, index: usize) -> HeaderValue {
         self.signed[index]

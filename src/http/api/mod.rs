@@ -5,6 +5,7 @@
 pub mod bookings;
 pub mod events;
 pub mod ops;
+pub mod room_settings;
 pub mod seats;
 pub mod users;
 pub mod waiting_room;

@@ -1,9 +1,10 @@
 //! `GET /waiting-room[?eventId=]`: the admission state of one event, or of
 //! every event on sale; `POST /waiting-room/:id/join` and `GET
 //! /waiting-room/:id`: a buyer's place in an event's queue (see
-//! [`crate::waiting_room`]).
+//! [`crate::waiting_room`]), or, for a browser asking for HTML, the room's page
+//! ([`crate::waiting_room::page`]).
 
-use http::{Request, StatusCode};
+use http::{HeaderValue, Request, StatusCode, header};
 use serde_json::json;
 
 use crate::{
@@ -15,15 +16,21 @@ use crate::{
         problem::Problem,
         query::Query,
         request::authenticate,
-        response::{Answer, json_response},
+        response::{Answer, document, json_response},
     },
     metric, rate_limit,
-    waiting_room::{self, proof},
+    waiting_room::{self, page, proof},
 };
 
 /// Joins the event's queue (keeping the place of one who joined before), or
 /// looks at one's place: queued, or admitted.
 pub async fn visit<B>(app: &App, req: &Request<B>, event_id: i64, kind: VisitKind) -> Answer {
+    // A browser's visit gets the page, which then visits as an API client:
+    // the same document for everyone, without a backend call.
+    if kind == VisitKind::Look && page::wants_html(req.headers()) {
+        let (body, headers) = page::page();
+        return Ok(document(body, headers));
+    }
     // Before any work, as for logins: one address may not make Redis do everyone's.
     if let Some(peer) = req.extensions().get::<Peer>() {
         app.room_clients
@@ -62,7 +69,12 @@ pub async fn visit<B>(app: &App, req: &Request<B>, event_id: i64, kind: VisitKin
     record(event_id, kind, &visit);
     let now_ms = chrono::Utc::now().timestamp_millis();
     if let Some(view) = waiting_room::queue_view(event_id, &visit, now_ms) {
-        return Ok(json_response(StatusCode::OK, &view));
+        let mut response = json_response(StatusCode::OK, &view);
+        // The page is served at the same address: a cache must tell them apart.
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Accept"));
+        return Ok(response);
     }
     let unloaded = matches!(visit, Visit::NoRoom)
         && app.inventory.was_on_sale(event_id)
