@@ -15,6 +15,9 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
+# jemalloc, the server's allocator, is built from C with make.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the build reads: a change to tests, docs or scripts does not rebuild.
 COPY Cargo.toml Cargo.lock ./

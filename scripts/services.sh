@@ -146,3 +146,12 @@ ensure_services() {
     [[ " $* " == *" management "* ]] && mgmt=management
     ensure_postgres && ensure_redis "$aof" && ensure_rabbitmq "$mgmt"
 }
+
+# What building herdgate needs beside Rust: a C compiler and make, for jemalloc (its
+# allocator). rustup needs a linker, so cc is usually there; make may not be.
+ensure_build_tools() {
+    local missing=()
+    command -v cc >/dev/null || missing+=(gcc libc6-dev)
+    command -v make >/dev/null || missing+=(make)
+    ((${#missing[@]} == 0)) || _svc_apt_install "${missing[@]}"
+}
