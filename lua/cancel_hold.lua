@@ -15,7 +15,7 @@
           {"not_found"}                         no such booking of this user
           {"confirmed"}                         CONFIRMED: not cancellable
           {"gone", status}                      EXPIRED (or due)
-  Events: hold.cancelled (version + 1) on KEYS[6]. ]]
+  Events: hold.cancelled (version + 1) on KEYS[6], its one field `event` (src/hold_event.rs). ]]
 local booking, user = ARGV[1], ARGV[2]
 -- Redis's clock, the one lock TTLs run on: gateways' clocks may disagree with it.
 local clock = redis.call('TIME')
@@ -50,9 +50,9 @@ redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'seq', seq)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('ZREM', KEYS[3], booking)
 redis.call('ZREM', KEYS[4], booking)
-redis.call('XADD', KEYS[6], '*', 'type', 'hold.cancelled', 'bookingId', booking, 'seatId', seat,
-  'userId', user, 'status', 'CANCELLED', 'version', version, 'seq', seq, 'expiresAt', expires,
-  'occurredAt', now, 'traceparent', ARGV[3])
+local traceparent = ARGV[3] ~= '' and ARGV[3] or '-'
+redis.call('XADD', KEYS[6], '*', 'event', 'hold.cancelled ' .. booking .. ' ' .. seat .. ' ' .. user
+  .. ' CANCELLED ' .. version .. ' ' .. seq .. ' ' .. expires .. ' ' .. now .. ' - ' .. traceparent)
 if redis.call('SET', KEYS[8], 1, 'NX') then
   redis.call('PUBLISH', ARGV[5], ARGV[6])
 end

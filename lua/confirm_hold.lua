@@ -12,7 +12,7 @@
   Returns {"ok", status, seat_id, expires_ms, confirmed_ms}   confirmed (now or before)
           {"not_found"}                                       no such booking of this user
           {"gone", status}                                    CANCELLED or EXPIRED (or due)
-  Events: hold.confirmed (version + 1) on KEYS[5]. ]]
+  Events: hold.confirmed (version + 1) on KEYS[5], its one field `event` (src/hold_event.rs). ]]
 local booking, user = ARGV[1], ARGV[2]
 -- Redis's clock, the one lock TTLs run on: gateways' clocks may disagree with it.
 local clock = redis.call('TIME')
@@ -39,9 +39,10 @@ local seq = redis.call('INCR', KEYS[6])
 redis.call('HSET', KEYS[1], 'status', 'CONFIRMED', 'confirmedAt', now, 'seq', seq)
 redis.call('ZREM', KEYS[3], booking)
 redis.call('ZREM', KEYS[4], booking)
-redis.call('XADD', KEYS[5], '*', 'type', 'hold.confirmed', 'bookingId', booking, 'seatId', seat,
-  'userId', user, 'status', 'CONFIRMED', 'version', version, 'seq', seq, 'expiresAt', expires,
-  'confirmedAt', now, 'occurredAt', now, 'traceparent', ARGV[3])
+local traceparent = ARGV[3] ~= '' and ARGV[3] or '-'
+redis.call('XADD', KEYS[5], '*', 'event', 'hold.confirmed ' .. booking .. ' ' .. seat .. ' ' .. user
+  .. ' CONFIRMED ' .. version .. ' ' .. seq .. ' ' .. expires .. ' ' .. now .. ' ' .. now .. ' '
+  .. traceparent)
 if redis.call('SET', KEYS[7], 1, 'NX') then
   redis.call('PUBLISH', ARGV[4], ARGV[5])
 end

@@ -15,7 +15,7 @@
   Times (ms since epoch) are Redis's TIME: a hold is due by the clock its lock runs on.
   Returns {"expired", seat_id}   released now
           {"skip", reason}       "gone" (no such hold), "not_pending", "not_due"
-  Events: hold.expired (version + 1) on KEYS[6]. ]]
+  Events: hold.expired (version + 1) on KEYS[6], its one field `event` (src/hold_event.rs). ]]
 local booking = ARGV[1]
 -- Redis's clock, the one lock TTLs run on: gateways' clocks may disagree with it.
 local clock = redis.call('TIME')
@@ -49,9 +49,8 @@ redis.call('HSET', KEYS[1], 'status', 'EXPIRED', 'seq', seq)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[3], booking)
 redis.call('ZREM', KEYS[4], booking)
-redis.call('XADD', KEYS[6], '*', 'type', 'hold.expired', 'bookingId', booking, 'seatId', seat,
-  'userId', user, 'status', 'EXPIRED', 'version', version, 'seq', seq, 'expiresAt', expires,
-  'occurredAt', now, 'traceparent', '')
+redis.call('XADD', KEYS[6], '*', 'event', 'hold.expired ' .. booking .. ' ' .. seat .. ' ' .. user
+  .. ' EXPIRED ' .. version .. ' ' .. seq .. ' ' .. expires .. ' ' .. now .. ' - -')
 if redis.call('SET', KEYS[8], 1, 'NX') then
   redis.call('PUBLISH', ARGV[3], ARGV[4])
 end

@@ -31,9 +31,10 @@
           {"limit", retry_after_ms}           user holds the maximum already
           {"busy"}                            outbox at its bound (relay or writer behind): back off
           {"collision"}                       a hold with this booking id exists: draw another id
-  Events: hold.placed (version 1) on KEYS[9]. Publishes the event id on ARGV[10]
-  when KEYS[11] was unset (the relay has work) or the hold is now the event's
-  first to fall due (the sweeper has an earlier deadline). ]]
+  Events: hold.placed (version 1) on KEYS[9], its one field `event` (src/hold_event.rs).
+  Publishes the event id on ARGV[10] when KEYS[11] was unset (the relay has work)
+  or the hold is now the event's first to fall due (the sweeper has an earlier
+  deadline). ]]
 local booking, seat, user = ARGV[1], ARGV[2], ARGV[3]
 local ttl = tonumber(ARGV[4])
 -- Redis's clock, the one lock TTLs run on: gateways' clocks may disagree with it.
@@ -117,9 +118,9 @@ redis.call('PEXPIRE', KEYS[7], ARGV[4])
 if idem ~= '' then
   redis.call('SET', KEYS[8], seat .. ':' .. booking .. ':' .. expires, 'PX', ARGV[7])
 end
-redis.call('XADD', KEYS[9], '*', 'type', 'hold.placed', 'bookingId', booking, 'seatId', seat,
-  'userId', user, 'status', 'PENDING', 'version', '1', 'seq', seq, 'expiresAt', expires_s,
-  'occurredAt', now_s, 'traceparent', ARGV[9])
+local traceparent = ARGV[9] ~= '' and ARGV[9] or '-'
+redis.call('XADD', KEYS[9], '*', 'event', 'hold.placed ' .. booking .. ' ' .. seat .. ' ' .. user
+  .. ' PENDING 1 ' .. seq .. ' ' .. expires_s .. ' ' .. now_s .. ' - ' .. traceparent)
 -- SET whatever `earliest` says, so the flag always tells whether this entry was announced.
 if redis.call('SET', KEYS[11], '1', 'NX') or earliest then
   redis.call('PUBLISH', ARGV[10], ARGV[11])

@@ -478,3 +478,44 @@ async fn a_quiet_event_is_relayed_and_swept_at_once_with_no_scan_due_for_an_hour
     }
     app.assert_stores_agree().await;
 }
+
+#[tokio::test]
+async fn an_outbox_entry_written_by_an_older_gateway_a_field_per_value_still_lands() {
+    let app = spawn_app_on(Isolation::new().await, |_| {}).await;
+    let users = user_ids(&app.iso.pg().await).await;
+    let booking = uuid::Uuid::now_v7();
+    let now = chrono::Utc::now().timestamp_millis();
+    let fields = [
+        ("type", "hold.placed".to_string()),
+        ("bookingId", booking.to_string()),
+        ("seatId", "1".into()),
+        ("userId", users[0].to_string()),
+        ("status", "PENDING".into()),
+        ("version", "1".into()),
+        ("seq", "1".into()),
+        ("expiresAt", (now + 600_000).to_string()),
+        ("occurredAt", now.to_string()),
+        ("traceparent", String::new()),
+    ];
+    let outbox = Keys::new(app.iso.prefix.clone()).event(1).outbox();
+    let _: String = app
+        .iso
+        .redis()
+        .await
+        .xadd(outbox, false, None, "*", fields.to_vec())
+        .await
+        .unwrap();
+    // A hold of today's gateway behind it announces the outbox: the relay reads both.
+    json(app.post_hold(&app.token(users[1]), 1, 2, None).await, 201).await;
+    all_landed(&app, 2).await;
+    let pg = app.iso.pg().await;
+    let row = pg
+        .query_one(
+            "SELECT seat_id, status FROM bookings WHERE id = $1",
+            &[&booking],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1);
+    assert_eq!(row.get::<_, String>(1), "PENDING");
+}
