@@ -27,6 +27,7 @@ mod openapi;
 mod otlp;
 mod processes;
 mod read_api;
+mod redis_cluster;
 mod schema;
 mod schemathesis;
 mod traces;
