@@ -201,6 +201,33 @@ impl PrivateCluster {
             .map(|n| n.port)
     }
 
+    /// The ports of the live masters.
+    pub fn masters(&self) -> Vec<u16> {
+        self.topology()
+            .into_iter()
+            .filter(|n| n.master && !n.failed)
+            .map(|n| n.port)
+            .collect()
+    }
+
+    /// Every live node forgets its command statistics.
+    pub fn reset_stats(&self) {
+        for port in self.live_ports() {
+            assert_eq!(cli(port, &["CONFIG", "RESETSTAT"]), "OK");
+        }
+    }
+
+    /// `INFO commandstats` of one node: command -> calls (scripts' commands included).
+    pub fn command_calls(&self, port: u16) -> HashMap<String, u64> {
+        cli(port, &["INFO", "commandstats"])
+            .lines()
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+                Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// SIGKILL to one node's process.
     pub fn kill(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
@@ -442,6 +469,7 @@ async fn on_a_redis_cluster_herd_distinct_and_sellout_give_one_201_per_seat_all_
         app.seats(5).await,
         app.seats(3).await,
     );
+    cluster.reset_stats();
     let started = Instant::now();
 
     // Herd: 60 buyers at once on the first seat of events 1, 2 and 5.
@@ -501,6 +529,26 @@ async fn on_a_redis_cluster_herd_distinct_and_sellout_give_one_201_per_seat_all_
     assert_stores_agree(&app.config).await;
     let summary = app.check_cli().await;
     assert!(summary.contains(" 0 differences"), "{summary}");
+    // What each master did: the events spread the scripts; the one global key
+    // (`outboxes`) and the activity channel cost little.
+    for port in cluster.masters() {
+        let calls = cluster.command_calls(port);
+        let get = |name: &str| calls.get(name).copied().unwrap_or(0);
+        let events: Vec<i64> = EVENTS
+            .into_iter()
+            .filter(|e| cluster.master_of(slot(&format!("e:{e}"))) == Some(port))
+            .collect();
+        eprintln!(
+            "master {port}: events {events:?}, {} commands: evalsha {}, publish {}, \
+             smembers {}, sadd {}, scard {}",
+            calls.values().sum::<u64>(),
+            get("evalsha"),
+            get("publish"),
+            get("smembers"),
+            get("sadd"),
+            get("scard"),
+        );
+    }
     eprintln!(
         "cluster: {} holds through 2 gateways in {run:?} ({statuses:?}); {} acknowledged, \
          all in PostgreSQL {persisted:?} later; herdgate check: {summary}",
