@@ -227,7 +227,47 @@ impl PrivateCluster {
             })
             .collect()
     }
+}
 
+/// Moves `slot` with its keys from master `from` to master `to`, as
+/// `redis-cli --cluster reshard` does: IMPORTING/MIGRATING (clients get ASK,
+/// or TRYAGAIN for a script whose keys are split), MIGRATE in batches of
+/// `batch` keys, then the slot's new owner announced to every master (clients
+/// get MOVED). Returns how many keys moved.
+fn move_slot(slot: u16, from: u16, to: u16, masters: &[u16], batch: usize) -> usize {
+    let id = |port: u16| cli(port, &["CLUSTER", "MYID"]);
+    let (from_id, to_id, slot_text) = (id(from), id(to), slot.to_string());
+    let setslot = |port: u16, args: &[&str]| {
+        let mut full = vec!["CLUSTER", "SETSLOT", &slot_text];
+        full.extend_from_slice(args);
+        assert_eq!(cli(port, &full), "OK", "{port}: {full:?}");
+    };
+    setslot(to, &["IMPORTING", &from_id]);
+    setslot(from, &["MIGRATING", &to_id]);
+    let mut moved = 0;
+    loop {
+        let keys = cli(
+            from,
+            &["CLUSTER", "GETKEYSINSLOT", &slot_text, &batch.to_string()],
+        );
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            break;
+        }
+        let to_port = to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+        args.extend(&keys);
+        let reply = cli(from, &args);
+        assert!(reply == "OK" || reply == "NOKEY", "MIGRATE: {reply}");
+        moved += keys.len();
+    }
+    for &port in masters {
+        setslot(port, &["NODE", &to_id]);
+    }
+    moved
+}
+
+impl PrivateCluster {
     /// SIGKILL to one node's process.
     pub fn kill(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
@@ -661,5 +701,115 @@ async fn when_a_master_dies_its_replica_takes_over_and_no_acknowledged_hold_is_l
     assert!(
         window(Some(1)).0 > 0,
         "the kill must hit the stream on event 1"
+    );
+    // The promoted replica had no script: the gateways loaded them after NOSCRIPT.
+    let promoted = cluster.master_of(slot("e:1")).unwrap();
+    let loads = cluster.command_calls(promoted);
+    assert!(
+        loads.get("script|load").copied().unwrap_or(0) > 0,
+        "{loads:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_slot_moved_between_two_bursts_keeps_one_201_per_seat() {
+    slot_moves(false).await
+}
+
+/// Ignored: it fails, a known limit (docs/redis-cluster.md). With holds in
+/// flight while the slot migrates, scripts get TRYAGAIN (honest 503s), but
+/// fred 10.1 then times out commands for seconds, once failed to parse a reply
+/// as the integer it expected (as if a reply reached another command), and in
+/// two runs of three some holds still got 503 after 60 s or the relay stopped
+/// draining event 2. Run it with
+/// `cargo test --test it slot_moves_under_load -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a known limit: resharding under load stalls fred 10.1 (docs/redis-cluster.md)"]
+async fn an_event_whose_slot_moves_under_load_keeps_one_201_per_seat() {
+    slot_moves(true).await
+}
+
+/// Two buyers for each of 300 seats of event 2, one every 5 ms; event 2's slot
+/// moves to another master, a few keys at a time (ASK while it migrates, MOVED
+/// after), 0.5 s in with `under_load`, otherwise between the first and the
+/// second 150 seats, with no hold in flight.
+async fn slot_moves(under_load: bool) {
+    let cluster = PrivateCluster::start(3, 0);
+    let iso = isolation().await;
+    let users = user_ids(&iso.pg().await).await;
+    let app = Deployment::start(iso, &cluster.url(), 2).await;
+    let seats = app.seats(2).await;
+    let from = cluster.master_of(slot("e:2")).unwrap();
+    let to = *cluster.masters().iter().find(|&&p| p != from).unwrap();
+
+    const SEATS: usize = 300;
+    let started = Instant::now();
+    let (moving_tx, moving_rx) = tokio::sync::watch::channel(false);
+    let stream = join_all((0..SEATS * 2).map(|k| {
+        let (app, users, seat) = (&app, &users, seats[k / 2]);
+        let mut moved = moving_rx.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(5) * k as u32).await;
+            if !under_load && k >= SEATS {
+                moved.wait_for(|&done| done).await.unwrap();
+            }
+            let key = format!("move-{k}");
+            let user = users[k % users.len()];
+            loop {
+                let a = app.hold(k, user, 2, seat, &key).await;
+                if a.status != 503 {
+                    return (seat, a);
+                }
+                assert_eq!(a.retry_after.as_deref(), Some("1"), "{a:?}");
+                assert!(started.elapsed() < Duration::from_secs(60), "{a:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }));
+    let moving = async {
+        match under_load {
+            true => tokio::time::sleep(Duration::from_millis(500)).await,
+            // The first half answered, nothing in flight.
+            false => {
+                tokio::time::sleep(Duration::from_millis(5) * SEATS as u32 + Duration::from_secs(2))
+                    .await
+            }
+        }
+        let began = Instant::now();
+        let (from, masters) = (from, cluster.masters());
+        let moved =
+            tokio::task::spawn_blocking(move || move_slot(slot("e:2"), from, to, &masters, 20))
+                .await
+                .unwrap();
+        moving_tx.send(true).unwrap();
+        (moved, began.elapsed())
+    };
+    let (answers, (moved, took)) = tokio::join!(stream, moving);
+    assert_eq!(cluster.master_of(slot("e:2")), Some(to));
+
+    let mut placed: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for (seat, a) in &answers {
+        *statuses.entry(a.status).or_default() += 1;
+        match a.status {
+            201 => placed
+                .entry(*seat)
+                .or_default()
+                .push(a.booking.clone().unwrap()),
+            409 => {}
+            _ => panic!("seat {seat}: {a:?}"),
+        }
+    }
+    assert!(placed.values().all(|b| b.len() == 1), "two 201s for a seat");
+    assert_eq!(placed.len(), SEATS, "{statuses:?}");
+    let acknowledged: HashSet<String> = placed.into_values().flatten().collect();
+    let persisted = app.assert_in_postgres(&acknowledged).await;
+    assert_stores_agree(&app.config).await;
+    eprintln!(
+        "slot move (under load: {under_load}): event 2's {moved} keys moved from {from} to {to} in {took:?} under \
+         {} holds ({statuses:?}); {} acknowledged, all in PostgreSQL {persisted:?} later, \
+         check clean",
+        answers.len(),
+        acknowledged.len()
     );
 }
