@@ -77,6 +77,7 @@ round() { # name redis_url
     export DATABASE_URL="$PG/$db" REDIS_URL=$2 HERDGATE_REDIS_PREFIX=$prefix
     export HERDGATE_AMQP_PREFIX=$amqp HERDGATE_ADDR=127.0.0.1:$port
     export HERDGATE_TOKEN_SECRET=bench-cluster-secret-bench-cluster-secret
+    export HERDGATE_MAX_HOLDS_PER_USER=1000 # 2,000 users hold every seat
     "$BIN/herdgate" migrate >/dev/null
     "$BIN/herdgate" seed --seats "$SEATS" >/dev/null
     "$BIN/herdgate" serve >"$DIR/serve.log" 2>&1 &
@@ -84,7 +85,7 @@ round() { # name redis_url
     wait_for_herdgate "http://127.0.0.1:$port"
     out=$("$BIN/herdgate-load" distinct --event 1 --users 2000 --seats "$SEATS" \
         --connections "$CONNECTIONS" --duration "${DURATION}s" \
-        --base "http://127.0.0.1:$port" --json)
+        --base "http://127.0.0.1:$port" --json | tail -n 1)
     kill -TERM "$pid"
     wait "$pid" || true
     python3 -c '
