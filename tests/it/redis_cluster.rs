@@ -1,6 +1,6 @@
 //! Redis Cluster (issue 15): the same binary on a private 3-master cluster with
 //! a replica per master, selected by `REDIS_URL=redis-cluster://...` alone. Two
-//! gateways and a writer serve events whose slots sit on different masters;
+//! gateways and two writers serve events whose slots sit on different masters;
 //! then a master is killed (SIGKILL) mid-run and its replica takes over.
 //!
 //! Each test starts its own six redis-server processes on free ports, in a
@@ -290,7 +290,7 @@ impl Drop for PrivateCluster {
     }
 }
 
-/// Gateways and a writer on one isolation, stopped (aborted) on drop.
+/// Gateways and two writers on one isolation, stopped (aborted) on drop.
 struct Deployment {
     gateways: Vec<String>,
     redis_url: String,
@@ -321,10 +321,12 @@ impl Deployment {
                 std::future::pending(),
             )));
         }
-        tasks.push(tokio::spawn(serve::run_writer(
-            config.clone(),
-            std::future::pending(),
-        )));
+        for _ in 0..2 {
+            tasks.push(tokio::spawn(serve::run_writer(
+                config.clone(),
+                std::future::pending(),
+            )));
+        }
         for base in &bases {
             eventually(Duration::from_secs(20), || async {
                 let ready = http.get(format!("{base}/readyz")).send().await;
