@@ -455,7 +455,14 @@ impl RedisConfig {
                     ..Default::default()
                 };
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            // On a cluster, a master's death stops the whole client until its
+            // replica takes over (docs/redis-cluster.md): try again sooner.
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                50,
+                if self.is_cluster() { 500 } else { 2_000 },
+                2,
+            ))
             .build_pool(self.pool_size)?;
         Ok(pool)
     }
