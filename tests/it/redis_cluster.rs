@@ -735,7 +735,7 @@ async fn an_event_whose_slot_moved_between_two_bursts_keeps_one_201_per_seat() {
 /// flight while the slot migrates, scripts get TRYAGAIN (honest 503s), but
 /// fred 10.1 then times out commands for seconds, once failed to parse a reply
 /// as the integer it expected (as if a reply reached another command), and in
-/// two runs of three some holds still got 503 after 60 s or the relay stopped
+/// eight runs of nine some holds still got 503 after 60 s or the relay stopped
 /// draining event 2. Run it with
 /// `cargo test --test it slot_moves_under_load -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
