@@ -26,6 +26,7 @@ mod login;
 mod openapi;
 mod otlp;
 mod processes;
+mod rabbit_cluster;
 mod read_api;
 mod schema;
 mod schemathesis;
