@@ -6,6 +6,7 @@ mod bad_input;
 mod broker;
 mod checkout;
 mod compose;
+mod deployment;
 mod durable;
 mod expiry;
 mod faults;
