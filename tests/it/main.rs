@@ -3,6 +3,7 @@
 //! of them.
 
 mod bad_input;
+mod balancer;
 mod broker;
 mod checkout;
 mod compose;
