@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use herdgate::broker::Topology;
+
 use crate::{
     faults::{
         Answer, assert_no_seat_booked_twice, assert_own_holds_are_theirs, await_stored, hold_load,
@@ -53,9 +55,9 @@ impl RabbitCluster {
         RabbitCluster { nodes }
     }
 
-    /// `AMQP_URL` naming every node, the first first.
-    pub fn url(&self) -> String {
-        let urls: Vec<String> = self.nodes.iter().map(|n| n.url()).collect();
+    /// `AMQP_URL` naming the nodes in the order of `order` (indexes).
+    pub fn url(&self, order: &[usize]) -> String {
+        let urls: Vec<String> = order.iter().map(|&i| self.nodes[i].url()).collect();
         urls.join(",")
     }
 }
@@ -81,16 +83,73 @@ fn node_usage(node: &PrivateRabbit) -> (u64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_node_killed_under_load_loses_nothing_and_the_writer_catches_up() {
+    node_killed_under_load(Victim::Connected).await
+}
+
+/// The relay's and writer's connections stay up: only the queue's leader
+/// goes, and publishes in flight wait for a new one to be elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quorum_queue_leader_killed_under_load_loses_nothing() {
+    node_killed_under_load(Victim::LeaderOnly).await
+}
+
+/// The connected node frozen (SIGSTOP), as a hung VM or a network cut: its
+/// sockets stay open and nothing answers, so a publisher confirm never comes.
+/// The relay gives up on it after HERDGATE_AMQP_CONNECT_TIMEOUT, the writer
+/// after the AMQP heartbeat (`?heartbeat=5` in its URLs), and both move on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_node_frozen_under_load_loses_nothing() {
+    node_killed_under_load(Victim::Frozen).await
+}
+
+/// Which node dies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Victim {
+    /// The first in `AMQP_URL`: the relay's, the writer's and the queue
+    /// leader's node.
+    Connected,
+    /// The queue leader's node (the topology declared there first), listed
+    /// last in `AMQP_URL`, so no herdgate connection is on it.
+    LeaderOnly,
+    /// The first in `AMQP_URL`, as with `Connected`, frozen rather than killed.
+    Frozen,
+}
+
+async fn node_killed_under_load(victim: Victim) {
     const SEATS: i64 = 3_000;
     let cluster = tokio::task::spawn_blocking(RabbitCluster::start)
         .await
         .unwrap();
-    let url = cluster.url();
+    let order: &[usize] = match victim {
+        Victim::Connected | Victim::Frozen => &[0, 1, 2],
+        Victim::LeaderOnly => &[1, 2, 0],
+    };
+    let mut url = cluster.url(order);
+    if victim == Victim::Frozen {
+        url = url.replace("%2f", "%2f?heartbeat=5");
+        // Until the others decide the frozen node is gone (Erlang's net_ticktime,
+        // 60 s by default), declarations on them wait for it: 10 s here.
+        for node in &cluster.nodes {
+            let changed = node.ctl(&["eval", "net_kernel:set_net_ticktime(10, 0)."]);
+            let now = node.ctl(&["eval", "net_kernel:get_net_ticktime()."]);
+            println!("net_ticktime: {} then {}", changed.trim(), now.trim());
+        }
+    }
     let iso = Isolation::with_seed(herdgate::seed::SeedOptions {
         demo_seats: SEATS as u32,
         users: 8_000,
     })
     .await;
+    if victim == Victim::LeaderOnly {
+        // Declared on node 1 first: the quorum queue's leader is there.
+        let prefix = iso.amqp_prefix.clone();
+        let connection = lapin::Connection::connect(&cluster.nodes[0].url(), Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        Topology::new(&prefix).declare(&channel).await.unwrap();
+        let _ = connection.close(200, "declared".into()).await;
+    }
     let app = spawn_app_on(iso, move |env| {
         env.insert("AMQP_URL".into(), url);
         // Also the bound on a publisher confirm a dying node leaves unanswered.
@@ -111,8 +170,14 @@ async fn a_rabbitmq_node_killed_under_load_loses_nothing_and_the_writer_catches_
         .lines()
         .find(|l| l.starts_with(&queue))
         .unwrap_or("");
-    println!("writer queue before: {line}");
+    println!("{victim:?}: writer queue before: {line}");
     assert!(line.contains("quorum"), "{members}");
+    let leader = line.split_whitespace().nth(2).unwrap_or("");
+    assert_eq!(
+        leader,
+        cluster.nodes[0].name(),
+        "the leader is on node 1: {line}"
+    );
     for node in &cluster.nodes {
         assert!(line.contains(node.name()), "a member on every node: {line}");
     }
@@ -124,7 +189,10 @@ async fn a_rabbitmq_node_killed_under_load_loses_nothing_and_the_writer_catches_
     let first = cluster.nodes[0].clone();
     let crash = async move {
         tokio::time::sleep_until(kill_at.into()).await;
-        first.kill();
+        match victim {
+            Victim::Frozen => first.freeze(),
+            _ => first.kill(),
+        }
         Instant::now()
     };
     let max = 7 * users.len();
@@ -139,7 +207,7 @@ async fn a_rabbitmq_node_killed_under_load_loses_nothing_and_the_writer_catches_
         *by_status.entry((a.status, a.problem.clone())).or_default() += 1;
     }
     println!(
-        "answers: {by_status:?}; node 1 killed {:?} in",
+        "answers: {by_status:?}; node 1 {victim:?} {:?} in",
         killed - start
     );
     // The outbox absorbs the failover: buyers never see it.
