@@ -34,6 +34,8 @@ const DRAIN_DELAY: &str = "3s";
 pub struct Haproxy {
     child: Child,
     pub base: String,
+    /// Its Prometheus exporter (`frontend metrics`).
+    pub metrics: String,
     dir: PathBuf,
 }
 
@@ -45,8 +47,8 @@ impl Haproxy {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg"),
         )
         .unwrap();
-        let port = free_port();
-        let config = rendered(&shipped, port, gateways);
+        let (port, metrics_port) = (free_port(), free_port());
+        let config = rendered(&shipped, [port, metrics_port], gateways);
         let dir = std::env::temp_dir().join(format!("herdgate-haproxy-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("haproxy.cfg");
@@ -76,8 +78,26 @@ impl Haproxy {
         Haproxy {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
             dir,
         }
+    }
+
+    /// Whether HAProxy has server `server` (gateway-1, ...) UP, as its exporter says.
+    pub async fn server_up(&self, http: &reqwest::Client, server: &str) -> Option<bool> {
+        let text = http
+            .get(&self.metrics)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let line = format!(
+            "haproxy_server_status{{proxy=\"gateways\",server=\"{server}\",state=\"UP\"}} "
+        );
+        let value = text.lines().find_map(|l| l.strip_prefix(line.as_str()))?;
+        Some(value.trim() == "1")
     }
 }
 
@@ -89,14 +109,16 @@ impl Drop for Haproxy {
     }
 }
 
-/// The shipped config with its frontend on 127.0.0.1:`port` and one server
-/// line per gateway; every other line as shipped.
-fn rendered(shipped: &str, port: u16, gateways: &[String]) -> String {
+/// The shipped config with its two frontends (the API, then the metrics)
+/// on 127.0.0.1:`ports` and one server line per gateway; every other line as
+/// shipped.
+fn rendered(shipped: &str, ports: [u16; 2], gateways: &[String]) -> String {
     let mut out = String::new();
     let (mut binds, mut servers) = (0, 0);
     for line in shipped.lines() {
         let trimmed = line.trim_start();
         if trimmed.starts_with("bind ") {
+            let port = ports[binds.min(1)];
             binds += 1;
             out.push_str(&format!("    bind 127.0.0.1:{port}\n"));
         } else if trimmed.starts_with("server ") {
@@ -111,7 +133,10 @@ fn rendered(shipped: &str, port: u16, gateways: &[String]) -> String {
             out.push('\n');
         }
     }
-    assert_eq!(binds, 1, "one frontend bind in the shipped config");
+    assert_eq!(
+        binds, 2,
+        "the API's and the metrics' binds in the shipped config"
+    );
     assert!(servers >= 2, "the shipped config lists the gateways");
     assert!(
         shipped.contains("uri /readyz"),
@@ -182,15 +207,32 @@ async fn ready(http: &reqwest::Client, base: &str) -> bool {
         .is_ok_and(|r| r.status() == 200)
 }
 
-/// SIGTERMs `gateway`, waits for it to exit, starts it again on the same
-/// port and waits until it is ready, plus HAProxy's `rise` checks. The
-/// figures: (time to exit, readiness answered 503 within (None: it refused
-/// connections first), time until ready again).
+/// What one gateway's restart took, from its SIGTERM.
+#[derive(Debug)]
+#[allow(dead_code)] // Printed.
+struct Restart {
+    /// `/readyz` answered 503 (None: it refused connections first).
+    unready: Option<Duration>,
+    /// HAProxy had it DOWN.
+    taken_out: Duration,
+    /// The process exited.
+    exited: Duration,
+    /// The new process was ready.
+    ready: Duration,
+    /// HAProxy had it UP again.
+    back: Duration,
+}
+
+/// SIGTERMs gateway `n` (HAProxy's `gateway-<n>`), waits for it to exit,
+/// starts it again on the same port and waits until HAProxy has it back.
 async fn restart(
     gateway: Herdgate,
+    n: usize,
+    haproxy: &Haproxy,
     env: &HashMap<String, String>,
     port: u16,
-) -> (Herdgate, Duration, Option<Duration>, Duration) {
+) -> (Herdgate, Restart) {
+    let server = format!("gateway-{n}");
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let base = gateway.base.clone();
     let started = Instant::now();
@@ -205,15 +247,30 @@ async fn restart(
         assert!(started.elapsed() < Duration::from_secs(2), "still ready");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    eventually(Duration::from_secs(10), || async {
+        haproxy.server_up(&http, &server).await == Some(false)
+    })
+    .await;
+    let taken_out = started.elapsed();
     let status = gateway.exited().await;
     assert!(status.success(), "a gateway drains and exits 0: {status:?}");
     let exited = started.elapsed();
     let again = Herdgate::start_on(env, "gateway", port);
     eventually(Duration::from_secs(30), || ready(&http, &base)).await;
+    let ready = started.elapsed();
+    eventually(Duration::from_secs(10), || async {
+        haproxy.server_up(&http, &server).await == Some(true)
+    })
+    .await;
     let back = started.elapsed();
-    // rise 2 at inter 1s: HAProxy sends to it again after two good checks.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    (again, exited, unready, back)
+    let restart = Restart {
+        unready,
+        taken_out,
+        exited,
+        ready,
+        back,
+    };
+    (again, restart)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,9 +306,11 @@ async fn a_rolling_restart_behind_haproxy_under_load_loses_no_hold_and_answers_n
     }
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let haproxy = Haproxy::start(&addrs);
-    eventually(Duration::from_secs(10), || ready(&http, &haproxy.base)).await;
-    // Both servers up (rise 2 at inter 1s).
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    eventually(Duration::from_secs(10), || async {
+        haproxy.server_up(&http, "gateway-1").await == Some(true)
+            && haproxy.server_up(&http, "gateway-2").await == Some(true)
+    })
+    .await;
 
     let done = Arc::new(AtomicBool::new(false));
     let run_started = Instant::now();
@@ -260,9 +319,9 @@ async fn a_rolling_restart_behind_haproxy_under_load_loses_no_hold_and_answers_n
         let mut figures = Vec::new();
         for (i, &port) in ports.iter().enumerate() {
             let gateway = gateways[i].take().unwrap();
-            let (again, exited, unready, back) = restart(gateway, &env, port).await;
+            let (again, figure) = restart(gateway, i + 1, &haproxy, &env, port).await;
             gateways[i] = Some(again);
-            figures.push((i + 1, unready, exited, back));
+            figures.push(figure);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         done.store(true, Ordering::Relaxed);
@@ -275,14 +334,17 @@ async fn a_rolling_restart_behind_haproxy_under_load_loses_no_hold_and_answers_n
     for a in &answers {
         *by_status.entry(a.status).or_default() += 1;
     }
-    for (gateway, unready, exited, back) in &figures {
+    for (i, figure) in figures.iter().enumerate() {
+        println!("gateway {}, from its SIGTERM: {figure:?}", i + 1);
         assert!(
-            unready.is_some(),
-            "gateway {gateway} drained without a 503 from /readyz"
+            figure.unready.is_some(),
+            "gateway {} drained without a 503 from /readyz",
+            i + 1
         );
-        println!(
-            "gateway {gateway}: /readyz 503 within {unready:?} of SIGTERM, exited after \
-             {exited:?}, ready again {back:?} after SIGTERM"
+        assert!(
+            figure.taken_out < figure.exited,
+            "HAProxy took gateway {} out before it stopped: {figure:?}",
+            i + 1
         );
     }
     println!(
@@ -324,12 +386,11 @@ fn the_shipped_config_is_rendered_with_every_gateway_and_its_checks_kept() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg"),
     )
     .unwrap();
-    let out = rendered(
-        &shipped,
-        9999,
-        &["127.0.0.1:1".into(), "127.0.0.1:2".into()],
-    );
+    let gateways = ["127.0.0.1:1".into(), "127.0.0.1:2".into()];
+    let out = rendered(&shipped, [9999, 9998], &gateways);
     assert!(out.contains("bind 127.0.0.1:9999"));
+    assert!(out.contains("bind 127.0.0.1:9998"));
+    assert!(out.contains("prometheus-exporter"));
     assert!(out.contains("server gateway-2 127.0.0.1:2"));
     assert!(out.contains("http-check expect status 200"));
 }
