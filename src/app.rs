@@ -41,6 +41,9 @@ pub struct App {
     pub coalescer: Coalescer,
     /// Renders `GET /metrics`.
     pub metrics: &'static metrics_exporter_prometheus::PrometheusHandle,
+    /// Set once the stop signal came: `/readyz` answers 503 while the gateway
+    /// still serves, for `HERDGATE_DRAIN_DELAY`, before it drains.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -70,6 +73,7 @@ impl App {
             in_flight: InFlight::new(config.http.max_in_flight),
             coalescer: Coalescer::default(),
             metrics: crate::metric::install(),
+            draining: Default::default(),
             store,
             pg,
             config,

@@ -20,7 +20,10 @@
 //! redeclared with it (RabbitMQ refuses to change a queue's arguments):
 //! [`Topology::declare_on`] then keeps it as it is and says so in the log.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use lapin::{
     Channel, Connection, ConnectionProperties, ExchangeKind,
@@ -230,49 +233,76 @@ fn quorum(dead_letter_exchange: Option<&str>) -> FieldTable {
 }
 
 /// Opens connections to RabbitMQ; readiness keeps one open and reopens it when it drops.
+///
+/// `AMQP_URL` may list several nodes of a cluster, separated by commas: every
+/// connection goes to the first that answers, starting with the node the last
+/// one reached, so when a node dies the relay and the writer move to another
+/// on their next session. The cluster keeps the exchange and the quorum queue
+/// on the nodes that remain (a majority of them).
 pub struct Broker {
-    url: SecretString,
+    /// One URL per node, in the order `AMQP_URL` lists them.
+    urls: Vec<SecretString>,
+    /// The node the last connection reached: tried first next time.
+    preferred: AtomicUsize,
     pub topology: Topology,
     connection: Mutex<Option<Connection>>,
-    /// The most [`Broker::open_channel`] waits (`HERDGATE_AMQP_CONNECT_TIMEOUT`).
+    /// The most [`Broker::open_channel`] waits for one node (`HERDGATE_AMQP_CONNECT_TIMEOUT`).
     connect_timeout: Duration,
 }
 
 impl Broker {
     pub fn new(config: &AmqpConfig) -> Self {
         Broker {
-            url: config.url.clone(),
+            urls: config
+                .url
+                .expose_secret()
+                .split(',')
+                .map(|url| SecretString::from(url.trim().to_string()))
+                .collect(),
+            preferred: AtomicUsize::new(0),
             topology: Topology::of(config),
             connection: Mutex::new(None),
             connect_timeout: config.connect_timeout,
         }
     }
 
-    /// A new connection, for a component that owns it (relay, writer).
-    pub async fn connect(&self) -> lapin::Result<Connection> {
-        Connection::connect(self.url.expose_secret(), ConnectionProperties::default()).await
+    /// `HERDGATE_AMQP_CONNECT_TIMEOUT`: also the bound on a publish and its
+    /// confirm (see `relay`), which a node dying mid-way can leave unanswered.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// A new connection to the first node that accepts one, for a component
+    /// that owns it (relay, writer).
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        self.first_live(|url| async move {
+            Ok(Connection::connect(&url, ConnectionProperties::default()).await?)
+        })
+        .await
     }
 
     /// A connection of its own and a channel on it, with the topology declared,
-    /// within the connect timeout. Without one, a relay or writer reconnecting
-    /// to a broker cut off (the network, or a frozen node whose kernel still
-    /// accepts connections) waits in the handshake for as long as the cut lasts,
-    /// and never tries again: the heartbeat only starts once connected.
+    /// within the connect timeout for each node. Without one, a relay or writer
+    /// reconnecting to a broker cut off (the network, or a frozen node whose
+    /// kernel still accepts connections) waits in the handshake for as long as
+    /// the cut lasts, and never tries again: the heartbeat only starts once connected.
     pub async fn open_channel(&self) -> anyhow::Result<(Connection, Channel)> {
-        tokio::time::timeout(self.connect_timeout, self.open_channel_now())
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "no answer from RabbitMQ within {:?} (HERDGATE_AMQP_CONNECT_TIMEOUT)",
-                    self.connect_timeout
-                )
-            })?
+        let timeout = self.connect_timeout;
+        self.first_live(|url| async move {
+            tokio::time::timeout(timeout, self.open_channel_on(&url))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no answer from RabbitMQ within {timeout:?} (HERDGATE_AMQP_CONNECT_TIMEOUT)"
+                    )
+                })?
+        })
+        .await
     }
 
-    async fn open_channel_now(&self) -> anyhow::Result<(Connection, Channel)> {
+    async fn open_channel_on(&self, url: &str) -> anyhow::Result<(Connection, Channel)> {
         use anyhow::Context;
-        let connection = self
-            .connect()
+        let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .context("failed to connect to RabbitMQ")?;
         let channel = self
@@ -281,6 +311,31 @@ impl Broker {
             .await
             .context("failed to declare topology")?;
         Ok((connection, channel))
+    }
+
+    /// `attempt` on each node in turn, from the preferred one, until one succeeds.
+    async fn first_live<T, F, Fut>(&self, attempt: F) -> anyhow::Result<T>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let first = self.preferred.load(Ordering::Relaxed) % self.urls.len();
+        let mut failures = Vec::new();
+        for i in (first..self.urls.len()).chain(0..first) {
+            let url = self.urls[i].expose_secret();
+            match attempt(url.to_string()).await {
+                Ok(done) => {
+                    if i != first || !failures.is_empty() {
+                        tracing::info!(node = node_name(url), "connected to RabbitMQ node");
+                    }
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(done);
+                }
+                Err(e) if self.urls.len() == 1 => return Err(e),
+                Err(e) => failures.push(format!("{}: {e:#}", node_name(url))),
+            }
+        }
+        anyhow::bail!("no RabbitMQ node answered: {}", failures.join("; "))
     }
 
     /// Ok when a connection to RabbitMQ is open, connecting first if needed.
@@ -294,8 +349,75 @@ impl Broker {
                 *connection = Some(c);
                 Ok(())
             }
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(format!("{e:#}")),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
+    }
+}
+
+/// `host:port` of an AMQP URL, for logs: never its credentials.
+fn node_name(url: &str) -> String {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => "?".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_leave_credentials_out() {
+        assert_eq!(
+            node_name("amqp://guest:hunter2@rabbit-2:5673/%2f"),
+            "rabbit-2:5673"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_node_is_passed_over_for_the_next_and_remembered() {
+        // Nothing listens on either port; the attempt below fails on the first.
+        let closed = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let (a, b) = (closed(), closed());
+        let config = crate::config::Config::from_env(&std::collections::HashMap::from([(
+            crate::config::ENV_AMQP_URL,
+            format!("amqp://127.0.0.1:{a}/%2f,amqp://127.0.0.1:{b}/%2f").as_str(),
+        )]))
+        .unwrap();
+        let broker = Broker::new(&config.amqp);
+        assert_eq!(broker.urls.len(), 2);
+        let tried = std::sync::Mutex::new(Vec::new());
+        let result = broker
+            .first_live(|url| {
+                tried.lock().unwrap().push(url.clone());
+                async move {
+                    if url.ends_with(&format!("{b}/%2f")) {
+                        Ok(())
+                    } else {
+                        anyhow::bail!("refused")
+                    }
+                }
+            })
+            .await;
+        assert!(result.is_ok());
+        assert_eq!(broker.preferred.load(Ordering::Relaxed), 1);
+        // The node that answered is tried first next time.
+        tried.lock().unwrap().clear();
+        broker
+            .first_live(|url| {
+                tried.lock().unwrap().push(url);
+                async { Ok(()) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(tried.lock().unwrap().len(), 1);
+        assert!(tried.lock().unwrap()[0].ends_with(&format!("{b}/%2f")));
+        let err = broker.connect().await.unwrap_err().to_string();
+        assert!(err.contains("no RabbitMQ node answered"), "{err}");
+        assert!(err.contains(&format!("127.0.0.1:{a}")), "{err}");
     }
 }

@@ -51,6 +51,8 @@ pub const ENV_ROOM_USER_RATE: &str = "HERDGATE_ROOM_USER_RATE";
 pub const ENV_ROOM_CLIENT_RATE: &str = "HERDGATE_ROOM_CLIENT_RATE";
 pub const ENV_USERS_INTERVAL: &str = "HERDGATE_USERS_INTERVAL";
 pub const ENV_OPERATOR_TOKEN: &str = "HERDGATE_OPERATOR_TOKEN";
+pub const ENV_DRAIN_DELAY: &str = "HERDGATE_DRAIN_DELAY";
+pub const ENV_METRICS_ADDR: &str = "HERDGATE_METRICS_ADDR";
 
 /// Every variable [`Config::from_env`] reads, so deployment files can be checked against
 /// it (tests/it/compose.rs). Logging also honours `RUST_LOG`, and trace export the
@@ -99,6 +101,8 @@ pub const ENV_VARS: &[&str] = &[
     ENV_ROOM_CLIENT_RATE,
     ENV_USERS_INTERVAL,
     ENV_OPERATOR_TOKEN,
+    ENV_DRAIN_DELAY,
+    ENV_METRICS_ADDR,
 ];
 
 /// 64 MiB of hold event batches: about 200,000 holds waiting for the writer.
@@ -182,6 +186,9 @@ pub struct HttpConfig {
     pub header_timeout: Duration,
     /// Open connections at most; past it a new one gets a 503 and is closed at once.
     pub max_connections: usize,
+    /// After SIGTERM, `/readyz` answers 503 for this long while everything is
+    /// still served, so a load balancer takes the gateway out first; then it drains.
+    pub drain_delay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +209,7 @@ pub struct RedisConfig {
 
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
+    /// One URL, or a comma-separated list of a cluster's nodes (see `broker`).
     pub url: SecretString,
     /// Names the exchange and queues (`<prefix>.holds`, `<prefix>.writer`, ...).
     pub prefix: String,
@@ -249,6 +257,8 @@ pub struct WriterConfig {
     pub linger: Duration,
     /// Messages RabbitMQ delivers ahead of the writer's acks.
     pub prefetch: usize,
+    /// Where a writer-only process serves `/metrics` (the others serve it on their API).
+    pub metrics_addr: SocketAddr,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +303,7 @@ impl Config {
                 idle_timeout: parse(env, ENV_IDLE_TIMEOUT, "5s", parse_duration)?,
                 header_timeout: parse(env, ENV_HEADER_TIMEOUT, "10s", parse_duration)?,
                 max_connections: parse(env, ENV_MAX_CONNECTIONS, "16384", parse_positive)?,
+                drain_delay: parse(env, ENV_DRAIN_DELAY, "0s", parse_delay)?,
             },
             pg: PgConfig {
                 url: parse(
@@ -328,7 +339,7 @@ impl Config {
                     env,
                     ENV_AMQP_URL,
                     "amqp://guest:guest@127.0.0.1:5672/%2f",
-                    parse_url(&["amqp", "amqps"], |s| {
+                    parse_url_list(&["amqp", "amqps"], |s| {
                         s.parse::<lapin::uri::AMQPUri>().map(drop)
                     }),
                 )?,
@@ -379,6 +390,7 @@ impl Config {
                 batch: parse(env, ENV_WRITER_BATCH, "500", parse_positive)?,
                 linger: parse(env, ENV_WRITER_LINGER, "20ms", parse_duration)?,
                 prefetch: parse(env, ENV_WRITER_PREFETCH, "64", parse_positive)?,
+                metrics_addr: parse(env, ENV_METRICS_ADDR, "0.0.0.0:8081", parse_addr)?,
             },
             seats_cache_ttl: parse(env, ENV_SEATS_CACHE_TTL, "250ms", parse_duration)?,
             read_cache_bytes: parse(env, ENV_READ_CACHE_BYTES, "67108864", parse_positive)?,
@@ -534,6 +546,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration as [`parse_duration`] reads it, or zero (`0`, `0s`): none.
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Ok(d),
+        _ if s == "0" => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
+}
+
 /// A URL with one of `schemes`, which the client library itself must accept.
 /// `REDIS_URL` schemes: one Redis, or with `-cluster` a Redis Cluster (fred's forms).
 const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cluster"];
@@ -554,6 +575,21 @@ fn parse_url(
                 schemes.join("://, ")
             )),
         }
+    }
+}
+
+/// One URL, or several separated by commas (the nodes of a cluster), each
+/// with one of `schemes` and accepted by the client library.
+fn parse_url_list(
+    schemes: &'static [&'static str],
+    check: impl Fn(&str) -> Result<(), String>,
+) -> impl Fn(&str) -> Result<SecretString, String> {
+    let one = parse_url(schemes, check);
+    move |s| {
+        for url in s.split(',') {
+            one(url.trim())?;
+        }
+        Ok(SecretString::from(s.to_string()))
     }
 }
 
@@ -608,6 +644,29 @@ mod tests {
         assert!(err.contains("too large"), "{err}");
         let ok = config(&[(ENV_MAX_HOLDS_PER_USER, "4294967295")]).unwrap();
         assert_eq!(ok.holds.max_per_user, u32::MAX);
+    }
+
+    #[test]
+    fn the_drain_delay_may_be_zero_and_is_by_default() {
+        assert_eq!(config(&[]).unwrap().http.drain_delay, Duration::ZERO);
+        let c = config(&[(ENV_DRAIN_DELAY, "0")]).unwrap();
+        assert_eq!(c.http.drain_delay, Duration::ZERO);
+        let c = config(&[(ENV_DRAIN_DELAY, "3s")]).unwrap();
+        assert_eq!(c.http.drain_delay, Duration::from_secs(3));
+        assert!(config(&[(ENV_DRAIN_DELAY, "-1s")]).is_err());
+    }
+
+    #[test]
+    fn the_amqp_url_may_list_a_cluster_of_nodes() {
+        let three = "amqp://u:p@a:5672/%2f, amqp://u:p@b:5673/%2f,amqp://u:p@c:5674/%2f";
+        let c = config(&[(ENV_AMQP_URL, three)]).unwrap();
+        assert_eq!(c.amqp.url.expose_secret(), three);
+        let err = config(&[(ENV_AMQP_URL, "amqp://u:hunter2@a/%2f,http://b")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(ENV_AMQP_URL), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(config(&[(ENV_AMQP_URL, "amqp://a/%2f,")]).is_err());
     }
 
     #[test]

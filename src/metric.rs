@@ -1,8 +1,10 @@
 //! Metrics: the name of every metric herdgate records, so dashboards and code
 //! agree on one list, and the recorder. `GET /metrics` renders them in
-//! Prometheus's text format.
+//! Prometheus's text format, followed by the process's own CPU time and
+//! memory ([`render`]), on every kind of process: the gateway on its API, a
+//! writer-only process on its metrics listener (`http::metrics_only`).
 
-use std::sync::OnceLock;
+use std::{fmt::Write, sync::OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -57,6 +59,15 @@ pub const WRITER_LAG: &str = "herdgate_writer_lag_seconds";
 /// Messages or hold events the writer can never apply, sent to the dead-letter queue.
 pub const DEAD_LETTERED: &str = "herdgate_writer_dead_lettered_total";
 
+/// CPU time the process has used, user and system (seconds), read at each scrape.
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+/// The process's resident memory (bytes), read at each scrape.
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+
+/// The kernel's clock ticks per second in /proc/<pid>/stat (`USER_HZ`): 100 on
+/// every Linux architecture herdgate builds for.
+const USER_HZ: f64 = 100.0;
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
@@ -84,4 +95,67 @@ pub fn install() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// Every recorded metric, then the process metrics (the same names and
+/// meaning as the Prometheus client libraries' `process_*`, so dashboards
+/// built for those work unchanged).
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    if let Some(cpu) = cpu_seconds() {
+        let _ = write!(
+            text,
+            "# HELP {PROCESS_CPU} Total user and system CPU time spent in seconds.\n\
+             # TYPE {PROCESS_CPU} counter\n{PROCESS_CPU} {cpu}\n"
+        );
+    }
+    if let Some(rss) = resident_bytes() {
+        let _ = write!(
+            text,
+            "# HELP {PROCESS_RSS} Resident memory size in bytes.\n\
+             # TYPE {PROCESS_RSS} gauge\n{PROCESS_RSS} {rss}\n"
+        );
+    }
+    text
+}
+
+/// utime + stime of /proc/self/stat (fields 14 and 15), in seconds.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // Field 3 (the state) is fields[0].
+    Some((ticks(11)? + ticks(12)?) as f64 / USER_HZ)
+}
+
+/// VmRSS of /proc/self/status, in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_metrics_follow_the_recorded_ones() {
+        let text = render(install());
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("{name} missing from {text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(
+            value(PROCESS_RSS) > 1_000_000.0,
+            "a test binary uses over 1 MB"
+        );
+        assert!(value(PROCESS_CPU) >= 0.0);
+        assert!(text.contains(&format!("# TYPE {PROCESS_CPU} counter")));
+    }
 }

@@ -235,7 +235,11 @@ impl Relay {
     /// True when the writer queue exists and holds no message ready for the writer.
     async fn writer_queue_empty(&self, connection: &Connection) -> anyhow::Result<bool> {
         let topology = &self.broker.topology;
-        Ok(match topology.writer_queue_ready(connection).await? {
+        let bound = self.broker.connect_timeout();
+        let ready = tokio::time::timeout(bound, topology.writer_queue_ready(connection))
+            .await
+            .map_err(|_| anyhow::anyhow!("RabbitMQ did not answer within {bound:?}"))??;
+        Ok(match ready {
             Some(ready) => ready == 0,
             None => {
                 tracing::warn!(
@@ -345,27 +349,22 @@ impl Relay {
                     _ = tokio::time::sleep(REFUSED_PAUSE) => {}
                 }
             }
-            let mut confirms = Vec::with_capacity(outgoing.len());
-            for message in outgoing {
-                let confirm = channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        message.kind.as_str().into(),
-                        BasicPublishOptions {
-                            // Unroutable (no queue bound) comes back instead of being confirmed.
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &message.payload,
-                        message.properties.clone(),
+            // A node of a cluster that dies may never answer for what it was
+            // given: past the bound, the session ends and the entries, still
+            // pending, are published again on a live node (a repeat is harmless).
+            let bound = self.broker.connect_timeout();
+            let confirms = tokio::time::timeout(bound, publish_round(channel, exchange, outgoing))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no publisher confirm from RabbitMQ within {bound:?} \
+                         (HERDGATE_AMQP_CONNECT_TIMEOUT)"
                     )
-                    .await?;
-                confirms.push((message, confirm));
-            }
+                })??;
             let (mut refused, mut confirmed) = (Vec::new(), 0);
             // A publish span ends with its confirm.
-            for (mut message, confirm) in confirms {
-                let refusal = match confirm.await? {
+            for (mut message, confirmation) in confirms {
+                let refusal = match confirmation {
                     Confirmation::Ack(None) => None,
                     Confirmation::Ack(Some(_)) => Some("unroutable: no queue is bound for it"),
                     Confirmation::Nack(_) => Some("refused by RabbitMQ (a queue at its limit?)"),
@@ -415,6 +414,36 @@ impl Relay {
             .settle_outbox(event_id, std::mem::take(done), dropped)
             .await?)
     }
+}
+
+/// Publishes every batch of `outgoing` (`mandatory`), then waits for each confirm.
+async fn publish_round(
+    channel: &Channel,
+    exchange: &str,
+    outgoing: Vec<Outgoing>,
+) -> lapin::Result<Vec<(Outgoing, Confirmation)>> {
+    let mut confirms = Vec::with_capacity(outgoing.len());
+    for message in outgoing {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                message.kind.as_str().into(),
+                BasicPublishOptions {
+                    // Unroutable (no queue bound) comes back instead of being confirmed.
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &message.payload,
+                message.properties.clone(),
+            )
+            .await?;
+        confirms.push((message, confirm));
+    }
+    let mut confirmed = Vec::with_capacity(confirms.len());
+    for (message, confirm) in confirms {
+        confirmed.push((message, confirm.await?));
+    }
+    Ok(confirmed)
 }
 
 /// A batch on its way to RabbitMQ, kept until it is confirmed.

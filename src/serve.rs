@@ -2,7 +2,7 @@
 //! inventory, relay and sweeper) and `writer` (RabbitMQ to PostgreSQL) as separate
 //! processes, so each half scales on its own.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -28,7 +28,11 @@ pub enum Role {
 pub async fn run_until_signal(config: Config, role: Role) -> anyhow::Result<()> {
     let stop = shutdown::signal();
     if role == Role::Writer {
-        return run_writer(config, stop).await;
+        let addr = config.writer.metrics_addr;
+        let metrics = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("failed to listen on {addr} (HERDGATE_METRICS_ADDR)"))?;
+        return run_writer_with_metrics(config, metrics, stop).await;
     }
     if config.uses_dev_secret() {
         tracing::warn!(
@@ -112,12 +116,50 @@ pub async fn run(
         );
     }
     tracing::info!(addr = %listener.local_addr()?, ?role, "herdgate listening");
+    let drain_delay = config.http.drain_delay;
+    let app_draining = app.clone();
+    let stop = async move {
+        stop.await;
+        if !drain_delay.is_zero() {
+            // A load balancer polling /readyz sees 503 and stops sending new requests.
+            app_draining.draining.store(true, Ordering::Relaxed);
+            tracing::info!(?drain_delay, "not ready any more; draining after the delay");
+            tokio::time::sleep(drain_delay).await;
+        }
+    };
     http::serve(listener, app.clone(), stop).await;
     token.cancel();
     tasks.close();
     tasks.wait().await;
     tracing::info!("herdgate stopped");
     Ok(())
+}
+
+/// `herdgate writer` as started from the command line: the writer, and its
+/// `/metrics` on `metrics` (it has no API to serve them on).
+pub async fn run_writer_with_metrics(
+    config: Config,
+    metrics: TcpListener,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let handle = crate::metric::install();
+    let token = CancellationToken::new();
+    let _stop_tasks = token.clone().drop_guard();
+    tracing::info!(addr = %metrics.local_addr()?, "herdgate writer serving /metrics");
+    let server = tokio::spawn(http::metrics_only::serve(metrics, handle, token.clone()));
+    let upkeep = token.clone();
+    tokio::spawn(async move {
+        while !upkeep.is_cancelled() {
+            tokio::select! {
+                _ = upkeep.cancelled() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => handle.run_upkeep(),
+            }
+        }
+    });
+    let result = run_writer(config, stop).await;
+    token.cancel();
+    let _ = server.await;
+    result
 }
 
 /// `herdgate writer`: only the RabbitMQ-to-PostgreSQL half.

@@ -17,6 +17,7 @@ pub mod api;
 pub mod body;
 pub mod dispatch;
 pub mod idle;
+pub mod metrics_only;
 pub mod problem;
 pub mod query;
 pub mod request;

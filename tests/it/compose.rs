@@ -30,6 +30,7 @@ struct Service {
     command: Option<Value>,
     environment: Option<Value>,
     ports: Vec<String>,
+    volumes: Vec<String>,
     depends_on: Option<Value>,
     healthcheck: Option<Healthcheck>,
 }
@@ -563,4 +564,45 @@ fn the_rust_image_is_at_least_the_crates_rust_version() {
         image >= required,
         "rust:{tag} is older than rust-version {required:?}"
     );
+}
+
+#[test]
+fn prometheus_scrapes_every_gateway_and_writer_where_they_serve_metrics() {
+    let compose = compose();
+    let scrape: Value = serde_norway::from_str(&read("deploy/prometheus/prometheus.yml"))
+        .expect("prometheus.yml parses");
+    let mut jobs = BTreeMap::new();
+    for job in scrape["scrape_configs"].as_sequence().unwrap() {
+        for sd in job["dns_sd_configs"].as_sequence().unwrap() {
+            for name in sd["names"].as_sequence().unwrap() {
+                jobs.insert(scalar(name), sd["port"].as_u64().unwrap() as u16);
+            }
+        }
+    }
+    for name in ["gateway", "writer"] {
+        let env: HashMap<String, String> = compose.services[name].env().into_iter().collect();
+        let config = Config::from_env(&env).unwrap();
+        let port = match name {
+            "gateway" => config.http.addr.port(),
+            _ => config.writer.metrics_addr.port(),
+        };
+        assert_eq!(jobs.get(name), Some(&port), "{name} is scraped on {port}");
+    }
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+}
+
+#[test]
+fn every_file_mounted_into_a_service_is_in_the_repository() {
+    let mut mounts = 0;
+    for (name, service) in compose().services {
+        for volume in &service.volumes {
+            let source = volume.split(':').next().unwrap();
+            if source.starts_with("./") {
+                mounts += 1;
+                assert!(root().join(source).exists(), "{name} mounts {source}");
+            }
+        }
+    }
+    // Prometheus's config, Grafana's provisioning and its dashboards.
+    assert!(mounts >= 3);
 }

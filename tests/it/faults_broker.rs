@@ -75,6 +75,17 @@ impl PrivateRabbit {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// Its Erlang node name, e.g. `herdgate-test-1a2b3c4d@localhost`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Kills the node's VM (SIGKILL): its connections are reset, its peers
+    /// see it vanish, nothing is flushed.
+    pub fn kill(&self) {
+        assert!(self.signal("KILL"), "kill -KILL {}", self.pid);
+    }
+
     /// `rabbitmqctl -n <this node> <args>`; its output.
     pub fn ctl(&self, args: &[&str]) -> String {
         let out = Command::new("rabbitmqctl")

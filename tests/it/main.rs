@@ -3,9 +3,11 @@
 //! of them.
 
 mod bad_input;
+mod balancer;
 mod broker;
 mod checkout;
 mod compose;
+mod deployment;
 mod durable;
 mod expiry;
 mod faults;
@@ -26,6 +28,7 @@ mod login;
 mod openapi;
 mod otlp;
 mod processes;
+mod rabbit_cluster;
 mod read_api;
 mod redis_cluster;
 mod schema;

@@ -21,15 +21,27 @@ use crate::helpers::{Isolation, assert_stores_agree, eventually, scalar, user_id
 pub struct Herdgate {
     child: Child,
     pub base: String,
+    /// Where a writer serves `/metrics` (HERDGATE_METRICS_ADDR).
+    pub metrics_base: String,
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Herdgate {
     pub fn start(env: &HashMap<String, String>, role: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_on(env, role, free_port())
+    }
+
+    /// Starts `role` with its HTTP API (if any) on 127.0.0.1:`port`.
+    pub fn start_on(env: &HashMap<String, String>, role: &str, port: u16) -> Self {
+        let metrics_port = free_port();
         let log = std::env::var("TEST_LOG").is_ok();
         let mut command = Command::new(env!("CARGO_BIN_EXE_herdgate"));
         // Traces go where the test says, never to a collector of the developer's.
@@ -40,6 +52,7 @@ impl Herdgate {
             .arg(role)
             .envs(env)
             .env("HERDGATE_ADDR", format!("127.0.0.1:{port}"))
+            .env("HERDGATE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .stdout(Stdio::null())
             .stderr(if log { Stdio::inherit() } else { Stdio::null() })
             .spawn()
@@ -47,6 +60,7 @@ impl Herdgate {
         Herdgate {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            metrics_base: format!("http://127.0.0.1:{metrics_port}"),
         }
     }
 
@@ -65,7 +79,13 @@ impl Herdgate {
     }
 
     /// Sends SIGTERM and waits for the process to drain and exit (20 s at most).
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
+    pub async fn terminate(self) -> std::process::ExitStatus {
+        self.sigterm().await;
+        self.exited().await
+    }
+
+    /// Sends SIGTERM, and returns at once.
+    pub async fn sigterm(&self) {
         let pid = self.child.id().to_string();
         let sent = tokio::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -73,6 +93,10 @@ impl Herdgate {
             .await
             .unwrap();
         assert!(sent.success(), "kill -TERM {pid}");
+    }
+
+    /// Waits for the process to exit (20 s at most).
+    pub async fn exited(mut self) -> std::process::ExitStatus {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -21,8 +21,16 @@ pub fn healthz() -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &json!({"status": "up"}))
 }
 
-/// `GET /readyz`: every backend answers.
+/// `GET /readyz`: every backend answers, and the gateway is not about to stop
+/// (after SIGTERM it answers 503 for `HERDGATE_DRAIN_DELAY`, still serving, so
+/// a load balancer sends nothing new before the drain).
 pub async fn readyz(app: &App) -> Answer {
+    if app.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(
+            Problem::unavailable("the gateway is stopping: send requests elsewhere", 1)
+                .with("draining", json!(true)),
+        );
+    }
     ready_answer(app.readiness().await)
 }
 
@@ -48,7 +56,7 @@ fn ready_answer(readiness: Readiness) -> Answer {
 /// `GET /metrics`: the Prometheus text format.
 pub async fn metrics(app: &App) -> Response<Full<Bytes>> {
     metrics::gauge!(metric::READ_CACHE_BYTES).set(app.catalog.cache_bytes().await as f64);
-    let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
+    let mut response = Response::new(Full::new(Bytes::from(metric::render(app.metrics))));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

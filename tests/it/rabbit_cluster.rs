@@ -1,0 +1,287 @@
+//! A RabbitMQ cluster of three nodes of the test's own (never the shared
+//! broker): `AMQP_URL` lists all three, the relay and the writer connect to
+//! the first, and that node is killed mid-run. The exchange and the quorum
+//! queue live on in the other two, the relay and the writer reconnect to a
+//! live node, and every acknowledged hold reaches PostgreSQL once.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use herdgate::broker::Topology;
+
+use crate::{
+    faults::{
+        Answer, assert_no_seat_booked_twice, assert_own_holds_are_theirs, await_stored, hold_load,
+    },
+    faults_broker::{PrivateRabbit, watch_outbox},
+    helpers::{Isolation, eventually, spawn_app_on, user_ids},
+};
+
+/// Three private RabbitMQ nodes joined in one cluster; each stops when dropped.
+pub struct RabbitCluster {
+    pub nodes: Vec<Arc<PrivateRabbit>>,
+}
+
+impl RabbitCluster {
+    /// Starts three nodes at once, then joins the second and third to the
+    /// first (they share the Erlang cookie of the user RabbitMQ runs as).
+    pub fn start() -> Self {
+        let started = Instant::now();
+        let nodes: Vec<Arc<PrivateRabbit>> = (0..3)
+            .map(|_| std::thread::spawn(PrivateRabbit::start))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| Arc::new(t.join().expect("a node starts")))
+            .collect();
+        let booted = started.elapsed();
+        for node in &nodes[1..] {
+            node.ctl(&["stop_app"]);
+            node.ctl(&["join_cluster", nodes[0].name()]);
+            node.ctl(&["start_app"]);
+        }
+        let status = nodes[0].ctl(&["cluster_status", "--formatter", "json"]);
+        let running: serde_json::Value = serde_json::from_str(&status).expect("json status");
+        assert_eq!(
+            running["running_nodes"].as_array().map(Vec::len),
+            Some(3),
+            "three nodes running: {status}"
+        );
+        println!(
+            "3 nodes booted in {booted:?} (at once), clustered {:?} after the start",
+            started.elapsed()
+        );
+        RabbitCluster { nodes }
+    }
+
+    /// `AMQP_URL` naming the nodes in the order of `order` (indexes).
+    pub fn url(&self, order: &[usize]) -> String {
+        let urls: Vec<String> = order.iter().map(|&i| self.nodes[i].url()).collect();
+        urls.join(",")
+    }
+}
+
+/// Resident memory (kB) and CPU seconds of a node's Erlang VM, from /proc.
+fn node_usage(node: &PrivateRabbit) -> (u64, f64) {
+    let pid = node.ctl(&["eval", "os:getpid()."]);
+    let pid = pid.trim().trim_matches('"');
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> f64 { fields.get(i).and_then(|f| f.parse().ok()).unwrap_or(0.0) };
+    (rss, (ticks(11) + ticks(12)) / 100.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_node_killed_under_load_loses_nothing_and_the_writer_catches_up() {
+    node_killed_under_load(Victim::Connected).await
+}
+
+/// The relay's and writer's connections stay up: only the queue's leader
+/// goes, and publishes in flight wait for a new one to be elected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quorum_queue_leader_killed_under_load_loses_nothing() {
+    node_killed_under_load(Victim::LeaderOnly).await
+}
+
+/// The connected node frozen (SIGSTOP), as a hung VM or a network cut: its
+/// sockets stay open and nothing answers, so a publisher confirm never comes.
+/// The relay gives up on it after HERDGATE_AMQP_CONNECT_TIMEOUT, the writer
+/// after the AMQP heartbeat (`?heartbeat=5` in its URLs), and both move on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_node_frozen_under_load_loses_nothing() {
+    node_killed_under_load(Victim::Frozen).await
+}
+
+/// Which node dies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Victim {
+    /// The first in `AMQP_URL`: the relay's, the writer's and the queue
+    /// leader's node.
+    Connected,
+    /// The queue leader's node (the topology declared there first), listed
+    /// last in `AMQP_URL`, so no herdgate connection is on it.
+    LeaderOnly,
+    /// The first in `AMQP_URL`, as with `Connected`, frozen rather than killed.
+    Frozen,
+}
+
+async fn node_killed_under_load(victim: Victim) {
+    const SEATS: i64 = 3_000;
+    let cluster = tokio::task::spawn_blocking(RabbitCluster::start)
+        .await
+        .unwrap();
+    let order: &[usize] = match victim {
+        Victim::Connected | Victim::Frozen => &[0, 1, 2],
+        Victim::LeaderOnly => &[1, 2, 0],
+    };
+    let mut url = cluster.url(order);
+    if victim == Victim::Frozen {
+        url = url.replace("%2f", "%2f?heartbeat=5");
+        // Until the others decide the frozen node is gone (Erlang's net_ticktime,
+        // 60 s by default), declarations on them wait for it: 10 s here.
+        for node in &cluster.nodes {
+            let changed = node.ctl(&["eval", "net_kernel:set_net_ticktime(10, 0)."]);
+            let now = node.ctl(&["eval", "net_kernel:get_net_ticktime()."]);
+            println!("net_ticktime: {} then {}", changed.trim(), now.trim());
+        }
+    }
+    let iso = Isolation::with_seed(herdgate::seed::SeedOptions {
+        demo_seats: SEATS as u32,
+        users: 8_000,
+    })
+    .await;
+    if victim == Victim::LeaderOnly {
+        // Declared on node 1 first: the quorum queue's leader is there.
+        let prefix = iso.amqp_prefix.clone();
+        let connection = lapin::Connection::connect(&cluster.nodes[0].url(), Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        Topology::new(&prefix).declare(&channel).await.unwrap();
+        let _ = connection.close(200, "declared".into()).await;
+    }
+    let app = spawn_app_on(iso, move |env| {
+        env.insert("AMQP_URL".into(), url);
+        // Also the bound on a publisher confirm a dying node leaves unanswered.
+        env.insert("HERDGATE_AMQP_CONNECT_TIMEOUT".into(), "3s".into());
+    })
+    .await;
+    let pg = app.iso.pg().await;
+    let users = user_ids(&pg).await;
+    let prefix = app.iso.amqp_prefix.clone();
+    // The relay and the writer have declared the topology on the first node.
+    eventually(Duration::from_secs(20), || async {
+        !cluster.nodes[1].queues(&prefix).is_empty()
+    })
+    .await;
+    let queue = format!("{prefix}.writer");
+    let members = cluster.nodes[1].ctl(&["list_queues", "name", "type", "leader", "members"]);
+    let line = members
+        .lines()
+        .find(|l| l.starts_with(&queue))
+        .unwrap_or("");
+    println!("{victim:?}: writer queue before: {line}");
+    assert!(line.contains("quorum"), "{members}");
+    let leader = line.split_whitespace().nth(2).unwrap_or("");
+    assert_eq!(
+        leader,
+        cluster.nodes[0].name(),
+        "the leader is on node 1: {line}"
+    );
+    for node in &cluster.nodes {
+        assert!(line.contains(node.name()), "a member on every node: {line}");
+    }
+    let usage: Vec<(u64, f64)> = cluster.nodes.iter().map(|n| node_usage(n)).collect();
+
+    let start = Instant::now();
+    let kill_at = start + Duration::from_secs(3);
+    let until = start + Duration::from_secs(12);
+    let first = cluster.nodes[0].clone();
+    let crash = async move {
+        tokio::time::sleep_until(kill_at.into()).await;
+        match victim {
+            Victim::Frozen => first.freeze(),
+            _ => first.kill(),
+        }
+        Instant::now()
+    };
+    let max = 7 * users.len();
+    let (answers, killed, depths) = tokio::join!(
+        hold_load(&app, &users, SEATS, 8, until, max),
+        crash,
+        watch_outbox(&app, until + Duration::from_secs(5)),
+    );
+
+    let mut by_status = std::collections::BTreeMap::<(u16, String), usize>::new();
+    for a in &answers {
+        *by_status.entry((a.status, a.problem.clone())).or_default() += 1;
+    }
+    println!(
+        "answers: {by_status:?}; node 1 {victim:?} {:?} in",
+        killed - start
+    );
+    // The outbox absorbs the failover: buyers never see it.
+    assert!(
+        answers.iter().all(|a| matches!(a.status, 200 | 201 | 409)),
+        "{by_status:?}"
+    );
+    let held_after = answers
+        .iter()
+        .filter(|a: &&Answer| a.started > killed && a.status == 201)
+        .count();
+    assert!(held_after > 0, "holds go on after the kill");
+    let before = depths
+        .iter()
+        .filter(|(at, _)| *at < killed)
+        .map(|(_, d)| *d)
+        .max()
+        .unwrap_or(0);
+    let (peak_at, peak) = depths
+        .iter()
+        .filter(|(at, _)| *at >= killed)
+        .max_by_key(|(_, d)| *d)
+        .copied()
+        .unwrap();
+    let recovered = depths
+        .iter()
+        .find(|(at, d)| *at > peak_at && *d <= before.max(50))
+        .map(|(at, _)| *at - killed);
+    println!(
+        "outbox depth: at most {before} before the kill, {peak} at its peak {:?} after it, \
+         back to {} {recovered:?} after the kill",
+        peak_at - killed,
+        before.max(50)
+    );
+
+    let placed: Vec<uuid::Uuid> = answers
+        .iter()
+        .filter(|a| a.status == 201)
+        .map(|a| a.booking.unwrap())
+        .collect();
+    let caught_up = Instant::now();
+    await_stored(&pg, &placed, Duration::from_secs(60)).await;
+    println!(
+        "{} holds acknowledged ({held_after} after the kill), all in PostgreSQL {:?} after \
+         the load ended, {:?} after the kill",
+        placed.len(),
+        caught_up.elapsed(),
+        Instant::now() - killed
+    );
+    assert_no_seat_booked_twice(&pg).await;
+    assert_own_holds_are_theirs(&answers);
+    app.assert_stores_agree().await;
+    let survivor = cluster.nodes[1].clone();
+    let settled = survivor
+        .await_queues_empty(&prefix, Duration::from_secs(30))
+        .await;
+    println!("queues on the two survivors empty {settled:?} after that");
+    let members = survivor.ctl(&["list_queues", "name", "leader", "online"]);
+    println!(
+        "writer queue after: {}",
+        members
+            .lines()
+            .find(|l| l.starts_with(&queue))
+            .unwrap_or("")
+    );
+    // Readiness reconnects to a live node too.
+    eventually(Duration::from_secs(10), || async {
+        app.get("/readyz").await.status() == 200
+    })
+    .await;
+    let after: Vec<(u64, f64)> = cluster.nodes[1..].iter().map(|n| node_usage(n)).collect();
+    println!(
+        "node VMs before the run: {usage:?} (kB RSS, CPU s); survivors after: {after:?}; \
+         {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+}
