@@ -323,7 +323,8 @@ impl Config {
                     env,
                     ENV_REDIS_URL,
                     "redis://127.0.0.1:6379/0",
-                    parse_url(&["redis", "rediss"], |s| {
+                    // A `*-cluster` URL (`?node=h:p&node=...` lists more seeds) selects Redis Cluster.
+                    parse_url(&REDIS_SCHEMES, |s| {
                         fred::types::config::Config::from_url(s)
                             .map(drop)
                             .map_err(|e| e.to_string())
@@ -432,6 +433,12 @@ impl PgConfig {
 }
 
 impl RedisConfig {
+    /// Whether `REDIS_URL` names a Redis Cluster (`redis-cluster://`, `rediss-cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        self.url.expose_secret().starts_with("redis-cluster://")
+            || self.url.expose_secret().starts_with("rediss-cluster://")
+    }
+
     /// Connects a pool; commands from many tasks are pipelined on its connections.
     pub async fn connect(&self) -> anyhow::Result<fred::prelude::Pool> {
         let pool = self.pool()?;
@@ -460,7 +467,14 @@ impl RedisConfig {
                     ..Default::default()
                 };
             })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            // On a cluster, a master's death stops the whole client until its
+            // replica takes over (docs/redis-cluster.md): try again sooner.
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                50,
+                if self.is_cluster() { 500 } else { 2_000 },
+                2,
+            ))
             .build_pool(self.pool_size)?;
         Ok(pool)
     }
@@ -542,6 +556,9 @@ fn parse_delay(s: &str) -> Result<Duration, String> {
 }
 
 /// A URL with one of `schemes`, which the client library itself must accept.
+/// `REDIS_URL` schemes: one Redis, or with `-cluster` a Redis Cluster (fred's forms).
+const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cluster"];
+
 fn parse_url(
     schemes: &'static [&'static str],
     check: impl Fn(&str) -> Result<(), String>,
@@ -713,5 +730,16 @@ mod tests {
         let on = Config::from_env(&HashMap::from([(ENV_OPERATOR_TOKEN, long.as_str())])).unwrap();
         assert!(on.auth.operator_token.is_some());
         assert!(config(&[(ENV_REDIS_PREFIX, "a{b}")]).is_err());
+    }
+
+    #[test]
+    fn a_cluster_url_selects_redis_cluster() {
+        let url = "redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002&node=127.0.0.1:7003";
+        let c = config(&[(ENV_REDIS_URL, url)]).unwrap();
+        let fred = fred::types::config::Config::from_url(c.redis.url.expose_secret()).unwrap();
+        assert!(fred.server.is_clustered());
+        assert!(!config(&[]).unwrap().redis.is_cluster());
+        assert!(c.redis.is_cluster());
+        assert!(config(&[(ENV_REDIS_URL, "redis-sentinel://127.0.0.1:26379")]).is_err());
     }
 }

@@ -2,16 +2,15 @@
 //! holds the sweeper expires, and what is read of every one of them at once.
 
 use fred::{
-    clients::{Client, Pipeline},
+    clients::Client,
     interfaces::{HashesInterface, SetsInterface, SortedSetsInterface, StreamsInterface},
-    types::FromValue,
 };
 
 use super::{EventKeys, Store, StoreError, keys::event_field, status_field};
 use crate::status::EventStatus;
 
-/// Commands sent in one pipeline when visiting every event.
-const PIPELINE: usize = 1_000;
+/// Commands in flight at once when visiting every event.
+const AT_ONCE: usize = 1_000;
 
 impl Store {
     /// The events whose outbox the relay drains and whose holds the sweeper
@@ -113,25 +112,31 @@ impl Store {
             .collect()
     }
 
-    /// One command per event, sent `PIPELINE` at a time; the replies in order.
+    /// One command per event, `AT_ONCE` at a time; the replies in order.
+    ///
+    /// Sent as concurrent commands rather than as a fred `Pipeline`: fred
+    /// pipelines concurrent commands on its connections anyway, and each one
+    /// is routed to its slot's master and follows MOVED and ASK on its own. A
+    /// `Pipeline` spanning several events' slots timed out on every call after
+    /// one of those slots moved to another master (tests/it/redis_cluster.rs).
     pub(super) async fn pipelined<T, F, Fut>(
         &self,
         events: &[i64],
-        queue: F,
+        send: F,
     ) -> Result<Vec<T>, StoreError>
     where
-        T: FromValue,
-        F: Fn(Pipeline<Client>, EventKeys) -> Fut,
-        Fut: Future<Output = Result<(), fred::error::Error>>,
+        F: Fn(Client, EventKeys) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
     {
         let mut replies = Vec::with_capacity(events.len());
-        for chunk in events.chunks(PIPELINE) {
-            let pipeline = self.client().pipeline();
-            for &event_id in chunk {
-                queue(pipeline.clone(), self.keys.event(event_id)).await?;
+        for chunk in events.chunks(AT_ONCE) {
+            let client = self.client();
+            let sent = chunk
+                .iter()
+                .map(|&event_id| send(client.clone(), self.keys.event(event_id)));
+            for reply in futures::future::join_all(sent).await {
+                replies.push(reply?);
             }
-            let chunk: Vec<T> = pipeline.all().await?;
-            replies.extend(chunk);
         }
         Ok(replies)
     }

@@ -30,6 +30,7 @@ mod otlp;
 mod processes;
 mod rabbit_cluster;
 mod read_api;
+mod redis_cluster;
 mod schema;
 mod schemathesis;
 mod traces;
