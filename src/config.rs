@@ -555,10 +555,10 @@ fn parse_delay(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// A URL with one of `schemes`, which the client library itself must accept.
 /// `REDIS_URL` schemes: one Redis, or with `-cluster` a Redis Cluster (fred's forms).
 const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cluster"];
 
+/// A URL with one of `schemes`, which the client library itself must accept.
 fn parse_url(
     schemes: &'static [&'static str],
     check: impl Fn(&str) -> Result<(), String>,
