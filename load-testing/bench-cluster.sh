@@ -24,8 +24,11 @@ cargo build --release --bins -q
 BIN=target/release
 DIR=$(mktemp -d)
 PIDS=()
+CURRENT=() # the running round's database, Redis prefix and AMQP prefix
 cleanup() {
     for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    # A round that failed or was interrupted leaves nothing in the shared services either.
+    ((${#CURRENT[@]} == 0)) || remove_bench_resources_on "$PG" "${CURRENT[@]}"
     rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -74,6 +77,7 @@ round() { # name redis_url
     prefix="bench:$id:"
     amqp="bench.$id"
     port=$(free_port)
+    CURRENT=("$db" "$prefix" "$amqp")
     export DATABASE_URL="$PG/$db" REDIS_URL=$2 HERDGATE_REDIS_PREFIX=$prefix
     export HERDGATE_AMQP_PREFIX=$amqp HERDGATE_ADDR=127.0.0.1:$port
     export HERDGATE_TOKEN_SECRET=bench-cluster-secret-bench-cluster-secret
@@ -82,6 +86,7 @@ round() { # name redis_url
     "$BIN/herdgate" seed --seats "$SEATS" >/dev/null
     "$BIN/herdgate" serve >"$DIR/serve.log" 2>&1 &
     pid=$!
+    PIDS+=("$pid")
     wait_for_herdgate "http://127.0.0.1:$port"
     out=$("$BIN/herdgate-load" distinct --event 1 --users 2000 --seats "$SEATS" \
         --connections "$CONNECTIONS" --duration "${DURATION}s" \
@@ -97,6 +102,7 @@ print("%-8s %8.0f holds/s  p50 %6.2f ms  p99 %6.2f ms  passed %s"
 ' "$1" "$out"
     # The cluster's keys go with its processes; the single Redis is private too.
     remove_bench_resources_on "$PG" "$db" "$prefix" "$amqp"
+    CURRENT=()
 }
 
 for _ in $(seq 1 "$ROUNDS"); do
