@@ -27,9 +27,12 @@ DIR=$(mktemp -d /tmp/herdgate-bench-rabbit.XXXXXX)
 ID=$$
 NODES=()
 
+CURRENT=() # the running round's database, Redis prefix and AMQP prefix
 cleanup() {
     for node in "${NODES[@]}"; do stop_private_rabbitmq "$node"; done
     [[ -n ${SERVE:-} ]] && kill "$SERVE" 2>/dev/null && wait "$SERVE" 2>/dev/null
+    # A round that failed or was interrupted leaves nothing in the shared services either.
+    ((${#CURRENT[@]} == 0)) || remove_bench_resources "${CURRENT[@]}"
     rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -66,6 +69,7 @@ cpu() {
 run() {
     local label=$1 url=$2 db="herdgate_bench_rabbit_${1}_$ID" base="http://127.0.0.1:18$((RANDOM % 900 + 100))"
     shift 2
+    CURRENT=("$db" "bench-rabbit:$label:$ID:" "bench-rabbit.$label.$ID")
     local env=(DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/$db" AMQP_URL="$url"
         HERDGATE_REDIS_PREFIX="bench-rabbit:$label:$ID:" HERDGATE_AMQP_PREFIX="bench-rabbit.$label.$ID"
         HERDGATE_ADDR="${base#http://}" HERDGATE_OUTBOX_MAX=1000000 HERDGATE_MAX_HOLDS_PER_USER=1000)
@@ -87,6 +91,7 @@ run() {
     kill "$SERVE" && wait "$SERVE" || true
     SERVE=
     remove_bench_resources "$db" "bench-rabbit:$label:$ID:" "bench-rabbit.$label.$ID"
+    CURRENT=()
 }
 
 start "hg-rs1-$ID" single
