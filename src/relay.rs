@@ -350,17 +350,11 @@ impl Relay {
                 }
             }
             // A node of a cluster that dies may never answer for what it was
-            // given: past the bound, the session ends and the entries, still
-            // pending, are published again on a live node (a repeat is harmless).
+            // given: when RabbitMQ stays silent for the bound, the session ends
+            // and the entries, still pending, are published again on a live
+            // node (a repeat is harmless).
             let bound = self.broker.connect_timeout();
-            let confirms = tokio::time::timeout(bound, publish_round(channel, exchange, outgoing))
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "no publisher confirm from RabbitMQ within {bound:?} \
-                         (HERDGATE_AMQP_CONNECT_TIMEOUT)"
-                    )
-                })??;
+            let confirms = publish_round(channel, exchange, outgoing, bound).await?;
             let (mut refused, mut confirmed) = (Vec::new(), 0);
             // A publish span ends with its confirm.
             for (mut message, confirmation) in confirms {
@@ -417,31 +411,49 @@ impl Relay {
 }
 
 /// Publishes every batch of `outgoing` (`mandatory`), then waits for each confirm.
+///
+/// `silence` bounds each step, not the round: a round grows with the backlog,
+/// and a slow broker (a quorum queue catching up after a failover, on busy
+/// cores) can take longer than any fixed bound to confirm it all. A bound on
+/// the whole round would then fail every retry of an ever larger round; a
+/// bound on each step fails only a broker that stopped answering.
 async fn publish_round(
     channel: &Channel,
     exchange: &str,
     outgoing: Vec<Outgoing>,
-) -> lapin::Result<Vec<(Outgoing, Confirmation)>> {
+    silence: Duration,
+) -> anyhow::Result<Vec<(Outgoing, Confirmation)>> {
+    let silent = || {
+        anyhow::anyhow!(
+            "RabbitMQ did not answer a publish or its confirm within {silence:?} \
+             (HERDGATE_AMQP_CONNECT_TIMEOUT)"
+        )
+    };
     let mut confirms = Vec::with_capacity(outgoing.len());
     for message in outgoing {
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                message.kind.as_str().into(),
-                BasicPublishOptions {
-                    // Unroutable (no queue bound) comes back instead of being confirmed.
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &message.payload,
-                message.properties.clone(),
-            )
-            .await?;
+        let publish = channel.basic_publish(
+            exchange.into(),
+            message.kind.as_str().into(),
+            BasicPublishOptions {
+                // Unroutable (no queue bound) comes back instead of being confirmed.
+                mandatory: true,
+                ..Default::default()
+            },
+            &message.payload,
+            message.properties.clone(),
+        );
+        let confirm = tokio::time::timeout(silence, publish)
+            .await
+            .map_err(|_| silent())??;
         confirms.push((message, confirm));
     }
+    // Confirms come in publish order: each wait starts when the one before ended.
     let mut confirmed = Vec::with_capacity(confirms.len());
     for (message, confirm) in confirms {
-        confirmed.push((message, confirm.await?));
+        let confirmation = tokio::time::timeout(silence, confirm)
+            .await
+            .map_err(|_| silent())??;
+        confirmed.push((message, confirmation));
     }
     Ok(confirmed)
 }
