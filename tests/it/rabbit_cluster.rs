@@ -115,7 +115,15 @@ enum Victim {
     Frozen,
 }
 
+/// One private cluster at a time. Three at once, beside the rest of the suite,
+/// are nine Erlang VMs on two cores. In one of two full runs, and in two of four
+/// runs of these three tests side by side, the killed node's quorum queue never
+/// finished failing over on the starved survivors: a minute after the kill,
+/// publishes still went unconfirmed. That measures the machine, not herdgate.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn node_killed_under_load(victim: Victim) {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     const SEATS: i64 = 3_000;
     let cluster = tokio::task::spawn_blocking(RabbitCluster::start)
         .await
