@@ -474,6 +474,31 @@ struct Answer {
     booking: Option<String>,
 }
 
+/// Asserts that every answer is a 201 or a 409, and that each of `seats`
+/// seats got exactly one 201. Returns the acknowledged booking ids, and the
+/// count of each status.
+fn one_201_per_seat<'a>(
+    answers: impl IntoIterator<Item = &'a (i64, Answer)>,
+    seats: usize,
+) -> (HashSet<String>, HashMap<u16, usize>) {
+    let mut placed: HashMap<i64, Vec<String>> = HashMap::new();
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for (seat, a) in answers {
+        *statuses.entry(a.status).or_default() += 1;
+        match a.status {
+            201 => placed
+                .entry(*seat)
+                .or_default()
+                .push(a.booking.clone().unwrap()),
+            409 => {}
+            _ => panic!("seat {seat}: {a:?}"),
+        }
+    }
+    assert!(placed.values().all(|b| b.len() == 1), "two 201s for a seat");
+    assert_eq!(placed.len(), seats, "{statuses:?}");
+    (placed.into_values().flatten().collect(), statuses)
+}
+
 /// An isolation with enough users, and event 5 without its waiting room (a
 /// hold there needs no admission).
 async fn isolation() -> Isolation {
@@ -547,22 +572,8 @@ async fn on_a_redis_cluster_herd_distinct_and_sellout_give_one_201_per_seat_all_
     let (herd, distinct, sellout) = tokio::join!(herd, distinct, sellout);
     let run = started.elapsed();
 
-    let mut placed: HashMap<i64, Vec<String>> = HashMap::new();
-    let mut statuses: HashMap<u16, usize> = HashMap::new();
-    for (seat, a) in herd.iter().chain(&distinct).chain(&sellout) {
-        *statuses.entry(a.status).or_default() += 1;
-        match a.status {
-            201 => placed
-                .entry(*seat)
-                .or_default()
-                .push(a.booking.clone().unwrap()),
-            409 => {}
-            _ => panic!("seat {seat}: {a:?}"),
-        }
-    }
-    assert!(placed.values().all(|b| b.len() == 1), "two 201s for a seat");
-    assert_eq!(placed.len(), 3 + 150 + 120, "{statuses:?}");
-    let acknowledged: HashSet<String> = placed.into_values().flatten().collect();
+    let (acknowledged, statuses) =
+        one_201_per_seat(herd.iter().chain(&distinct).chain(&sellout), 3 + 150 + 120);
     let persisted = app.assert_in_postgres(&acknowledged).await;
     assert_stores_agree(&app.config).await;
     let (clean, printed) = app.check_cli("30s").await;
@@ -802,22 +813,7 @@ async fn slot_moves(under_load: bool) {
     let (answers, (moved, took)) = tokio::join!(stream, moving);
     assert_eq!(cluster.master_of(slot("e:2")), Some(to));
 
-    let mut placed: HashMap<i64, Vec<String>> = HashMap::new();
-    let mut statuses: HashMap<u16, usize> = HashMap::new();
-    for (seat, a) in &answers {
-        *statuses.entry(a.status).or_default() += 1;
-        match a.status {
-            201 => placed
-                .entry(*seat)
-                .or_default()
-                .push(a.booking.clone().unwrap()),
-            409 => {}
-            _ => panic!("seat {seat}: {a:?}"),
-        }
-    }
-    assert!(placed.values().all(|b| b.len() == 1), "two 201s for a seat");
-    assert_eq!(placed.len(), SEATS, "{statuses:?}");
-    let acknowledged: HashSet<String> = placed.into_values().flatten().collect();
+    let (acknowledged, statuses) = one_201_per_seat(&answers, SEATS);
     let persisted = app.assert_in_postgres(&acknowledged).await;
     assert_stores_agree(&app.config).await;
     eprintln!(
