@@ -434,6 +434,15 @@ pub fn assert_own_holds_are_theirs(answers: &[Answer]) {
     }
 }
 
+/// The booking of every 201 among `answers`: the holds that were acknowledged.
+pub fn acknowledged(answers: &[Answer]) -> Vec<uuid::Uuid> {
+    answers
+        .iter()
+        .filter(|a| a.status == 201)
+        .map(|a| a.booking.expect("a 201 names its booking"))
+        .collect()
+}
+
 /// Waits until PostgreSQL holds every booking of `ids`; fails after `within`.
 pub async fn await_stored(pg: &tokio_postgres::Client, ids: &[uuid::Uuid], within: Duration) {
     eventually(within, || async {

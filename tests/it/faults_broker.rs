@@ -13,7 +13,8 @@ use std::{
 
 use crate::{
     faults::{
-        Answer, assert_no_seat_booked_twice, assert_own_holds_are_theirs, await_stored, hold_load,
+        Answer, acknowledged, assert_no_seat_booked_twice, assert_own_holds_are_theirs,
+        await_stored, hold_load,
     },
     helpers::{Isolation, TestApp, scalar, spawn_app_on, user_ids},
 };
@@ -277,11 +278,7 @@ async fn rabbitmq_stopped_under_load_holds_go_on_then_503_and_everything_lands_a
     );
 
     // Every 201 reaches PostgreSQL once the relay and the writer catch up.
-    let placed: Vec<uuid::Uuid> = answers
-        .iter()
-        .filter(|a| a.status == 201)
-        .map(|a| a.booking.unwrap())
-        .collect();
+    let placed = acknowledged(&answers);
     let caught_up = Instant::now();
     await_stored(&pg, &placed, Duration::from_secs(60)).await;
     println!(
@@ -440,11 +437,7 @@ pub async fn settle(app: &TestApp, rabbit: &PrivateRabbit, answers: &[Answer]) -
         "the only 503 is a full outbox, with Retry-After: {by_status:?}"
     );
     assert_own_holds_are_theirs(answers);
-    let placed: Vec<uuid::Uuid> = answers
-        .iter()
-        .filter(|a| a.status == 201)
-        .map(|a| a.booking.unwrap())
-        .collect();
+    let placed = acknowledged(answers);
     let pg = app.iso.pg().await;
     let load_ended = Instant::now();
     await_stored(&pg, &placed, Duration::from_secs(90)).await;

@@ -13,7 +13,8 @@ use herdgate::broker::Topology;
 
 use crate::{
     faults::{
-        Answer, assert_no_seat_booked_twice, assert_own_holds_are_theirs, await_stored, hold_load,
+        Answer, acknowledged, assert_no_seat_booked_twice, assert_own_holds_are_theirs,
+        await_stored, hold_load,
     },
     faults_broker::{PrivateRabbit, watch_outbox},
     helpers::{Isolation, eventually, spawn_app_on, user_ids},
@@ -255,11 +256,7 @@ async fn node_killed_under_load(victim: Victim) {
         before.max(50)
     );
 
-    let placed: Vec<uuid::Uuid> = answers
-        .iter()
-        .filter(|a| a.status == 201)
-        .map(|a| a.booking.unwrap())
-        .collect();
+    let placed = acknowledged(&answers);
     let caught_up = Instant::now();
     await_stored(&pg, &placed, Duration::from_secs(60)).await;
     println!(
