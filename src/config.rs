@@ -8,6 +8,8 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::http::forwarded::TrustedProxies;
+
 pub const ENV_DATABASE_URL: &str = "DATABASE_URL";
 pub const ENV_REDIS_URL: &str = "REDIS_URL";
 pub const ENV_AMQP_URL: &str = "AMQP_URL";
@@ -52,6 +54,7 @@ pub const ENV_ROOM_CLIENT_RATE: &str = "HERDGATE_ROOM_CLIENT_RATE";
 pub const ENV_USERS_INTERVAL: &str = "HERDGATE_USERS_INTERVAL";
 pub const ENV_OPERATOR_TOKEN: &str = "HERDGATE_OPERATOR_TOKEN";
 pub const ENV_DRAIN_DELAY: &str = "HERDGATE_DRAIN_DELAY";
+pub const ENV_TRUSTED_PROXIES: &str = "HERDGATE_TRUSTED_PROXIES";
 pub const ENV_METRICS_ADDR: &str = "HERDGATE_METRICS_ADDR";
 
 /// Every variable [`Config::from_env`] reads, so deployment files can be checked against
@@ -102,6 +105,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_USERS_INTERVAL,
     ENV_OPERATOR_TOKEN,
     ENV_DRAIN_DELAY,
+    ENV_TRUSTED_PROXIES,
     ENV_METRICS_ADDR,
 ];
 
@@ -189,6 +193,9 @@ pub struct HttpConfig {
     /// After SIGTERM, `/readyz` answers 503 for this long while everything is
     /// still served, so a load balancer takes the gateway out first; then it drains.
     pub drain_delay: Duration,
+    /// Balancers and proxies whose `X-Forwarded-For` names the client (see
+    /// `http::forwarded`); none by default, so the TCP peer is the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +311,7 @@ impl Config {
                 header_timeout: parse(env, ENV_HEADER_TIMEOUT, "10s", parse_duration)?,
                 max_connections: parse(env, ENV_MAX_CONNECTIONS, "16384", parse_positive)?,
                 drain_delay: parse(env, ENV_DRAIN_DELAY, "0s", parse_delay)?,
+                trusted_proxies: parse(env, ENV_TRUSTED_PROXIES, "", TrustedProxies::parse)?,
             },
             pg: PgConfig {
                 url: parse(
@@ -644,6 +652,18 @@ mod tests {
         assert!(err.contains("too large"), "{err}");
         let ok = config(&[(ENV_MAX_HOLDS_PER_USER, "4294967295")]).unwrap();
         assert_eq!(ok.holds.max_per_user, u32::MAX);
+    }
+
+    #[test]
+    fn no_proxy_is_trusted_by_default_and_a_bad_one_is_named() {
+        assert!(config(&[]).unwrap().http.trusted_proxies.is_empty());
+        let c = config(&[(ENV_TRUSTED_PROXIES, "10.0.0.5,10.1.0.0/16")]).unwrap();
+        assert!(!c.http.trusted_proxies.is_empty());
+        let err = config(&[(ENV_TRUSTED_PROXIES, "10.0.0.5,haproxy")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(ENV_TRUSTED_PROXIES), "{err}");
+        assert!(err.contains("`haproxy`"), "{err}");
     }
 
     #[test]

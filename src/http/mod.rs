@@ -16,6 +16,7 @@
 pub mod api;
 pub mod body;
 pub mod dispatch;
+pub mod forwarded;
 pub mod idle;
 pub mod metrics_only;
 pub mod problem;
@@ -50,9 +51,18 @@ use crate::app::App;
 /// default lets a header grow to ~400 KB, which times many connections is a lot of memory.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// The client's address, put in every request's extensions (per-client rate limits).
+/// The connection's TCP peer, put in every request's extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
+
+/// The address the per-client limits count `req` against: the TCP peer, or
+/// behind a trusted proxy the client it names (see [`forwarded`]). Read only
+/// where a limit needs it, so other requests never parse the header.
+pub fn client_address<B>(app: &App, req: &http::Request<B>) -> Option<std::net::IpAddr> {
+    let peer = req.extensions().get::<Peer>()?;
+    let trusted = &app.config.http.trusted_proxies;
+    Some(trusted.client(peer.0.ip(), req.headers()))
+}
 
 /// Serves `listener` until `shutdown` resolves, then drains.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {

@@ -17,7 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use herdgate::{auth::Auth, config::Config, seed::SeedOptions};
+use herdgate::{
+    auth::Auth,
+    config::{Config, ENV_LOGIN_CLIENT_RATE, ENV_TRUSTED_PROXIES},
+    seed::SeedOptions,
+};
 
 use crate::{
     faults::{assert_no_seat_booked_twice, await_stored},
@@ -378,6 +382,53 @@ async fn a_rolling_restart_behind_haproxy_under_load_loses_no_hold_and_answers_n
     assert_eq!(once, placed.len() as i64, "every 201 once, nothing else");
     assert_no_seat_booked_twice(&pg).await;
     assert_stores_agree(&config).await;
+}
+
+/// Behind the shipped HAProxy (it appends X-Forwarded-For) and with
+/// HERDGATE_TRUSTED_PROXIES naming it, the per-client login limit counts
+/// each client, not the balancer: a bot flooding logins from 127.0.0.2 is
+/// turned away while a buyer on 127.0.0.3 still logs in. Without the
+/// setting every client would be the balancer, and the bot would lock
+/// everyone out.
+#[tokio::test]
+async fn behind_haproxy_a_bot_flooding_logins_locks_out_only_itself() {
+    let iso = Isolation::new().await;
+    let mut env = iso.env();
+    env.insert(ENV_LOGIN_CLIENT_RATE.into(), "3".into());
+    env.insert(ENV_TRUSTED_PROXIES.into(), "127.0.0.1".into());
+    let port = free_port();
+    let _gateway = Herdgate::start_on(&env, "gateway", port).ready().await;
+    let haproxy = Haproxy::start(&[format!("127.0.0.1:{port}")]);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    eventually(Duration::from_secs(10), || async {
+        haproxy.server_up(&http, "gateway-1").await == Some(true)
+    })
+    .await;
+    let from = |last: u8| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+            .build()
+            .unwrap()
+    };
+    let login = |client: &reqwest::Client, password: &str| {
+        client
+            .post(format!("{}/api/users/login", haproxy.base))
+            .json(&serde_json::json!({"email": "test@example.com", "password": password}))
+            .send()
+    };
+    let (bot, buyer) = (from(2), from(3));
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(login(&bot, "guess").await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429], "the bot is limited");
+    let answer = login(&buyer, "password").await.unwrap();
+    assert_eq!(
+        answer.status(),
+        200,
+        "the buyer behind the same balancer logs in"
+    );
 }
 
 #[test]

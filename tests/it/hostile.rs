@@ -231,16 +231,28 @@ async fn a_signed_token_for_an_unknown_user_gets_no_hold() {
 }
 
 async fn login_from(app: &TestApp, from: IpAddr, email: &str, password: &str) -> reqwest::Response {
-    reqwest::Client::builder()
+    login_forwarded(app, from, None, email, password).await
+}
+
+/// A login from `from`, saying `X-Forwarded-For: forwarded` when given.
+async fn login_forwarded(
+    app: &TestApp,
+    from: IpAddr,
+    forwarded: Option<&str>,
+    email: &str,
+    password: &str,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::builder()
         .no_proxy()
         .local_address(from)
         .build()
         .unwrap()
         .post(format!("{}/api/users/login", app.base))
-        .json(&serde_json::json!({"email": email, "password": password}))
-        .send()
-        .await
-        .unwrap()
+        .json(&serde_json::json!({"email": email, "password": password}));
+    if let Some(forwarded) = forwarded {
+        request = request.header("X-Forwarded-For", forwarded);
+    }
+    request.send().await.unwrap()
 }
 
 #[tokio::test]
@@ -277,6 +289,96 @@ async fn one_client_flooding_logins_cannot_starve_another() {
         200,
     )
     .await;
+}
+
+/// Without HERDGATE_TRUSTED_PROXIES, a bot naming a new address in every
+/// request's X-Forwarded-For is still one client: its own.
+#[tokio::test]
+async fn a_forged_x_forwarded_for_does_not_escape_the_client_limit() {
+    let app = spawn_app_with(with(&[(config::ENV_LOGIN_CLIENT_RATE, "5")])).await;
+    let bot = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+    for n in 0..5 {
+        let forged = format!("198.51.100.{n}");
+        let response = login_forwarded(&app, bot, Some(&forged), "nobody@example.com", "x").await;
+        assert_problem(response, 401).await;
+    }
+    let limited = login_forwarded(
+        &app,
+        bot,
+        Some("198.51.100.99"),
+        "test@example.com",
+        "password",
+    )
+    .await;
+    let p = assert_problem(limited, 429).await;
+    assert_eq!(p["scope"], "client");
+}
+
+/// Behind a trusted balancer (127.0.0.1 here) each client it names has its
+/// own limit, and what a client wrote itself to the left of the balancer's
+/// entry does not count; a peer that is not trusted is counted as itself.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() {
+    let app = spawn_app_with(with(&[
+        (config::ENV_LOGIN_CLIENT_RATE, "5"),
+        (config::ENV_TRUSTED_PROXIES, "127.0.0.1"),
+    ]))
+    .await;
+    let balancer = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+    for n in 0..5 {
+        // The bot forges a new left entry each time; the balancer appends its real address.
+        let chain = format!("10.9.9.{n}, 198.51.100.7");
+        let response =
+            login_forwarded(&app, balancer, Some(&chain), "nobody@example.com", "x").await;
+        assert_problem(response, 401).await;
+    }
+    let p = assert_problem(
+        login_forwarded(
+            &app,
+            balancer,
+            Some("198.51.100.7"),
+            "test@example.com",
+            "password",
+        )
+        .await,
+        429,
+    )
+    .await;
+    assert_eq!(p["scope"], "client");
+    // Another buyer behind the same balancer logs in.
+    json(
+        login_forwarded(
+            &app,
+            balancer,
+            Some("198.51.100.8"),
+            "test@example.com",
+            "password",
+        )
+        .await,
+        200,
+    )
+    .await;
+    // An untrusted peer naming the bot's address is not the bot.
+    let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    json(
+        login_forwarded(
+            &app,
+            elsewhere,
+            Some("198.51.100.7"),
+            "test@example.com",
+            "password",
+        )
+        .await,
+        200,
+    )
+    .await;
+    // The balancer itself, naming nobody, is one more client of its own.
+    json(
+        login_forwarded(&app, balancer, None, "test@example.com", "password").await,
+        200,
+    )
+    .await;
+    app.assert_healthy().await;
 }
 
 #[tokio::test]

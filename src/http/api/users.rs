@@ -12,8 +12,8 @@ use crate::{
     app::App,
     auth::{AuthError, LoginRequest},
     http::{
-        Peer,
         body::read_json,
+        client_address,
         problem::Problem,
         response::{Answer, json_response},
     },
@@ -34,9 +34,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // Before any work: one client address may not make the gateway check passwords for everyone.
-    if let Some(peer) = req.extensions().get::<Peer>() {
+    if let Some(client) = client_address(app, &req) {
         app.login_clients
-            .hit(peer.0.ip())
+            .hit(client)
             .await
             .map_err(|wait| limited("client", wait))?;
     }

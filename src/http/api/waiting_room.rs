@@ -12,7 +12,7 @@ use crate::{
     auth::AuthError,
     holds::{Visit, VisitKind},
     http::{
-        Peer,
+        client_address,
         problem::Problem,
         query::Query,
         request::authenticate,
@@ -32,9 +32,9 @@ pub async fn visit<B>(app: &App, req: &Request<B>, event_id: i64, kind: VisitKin
         return Ok(document(body, headers));
     }
     // Before any work, as for logins: one address may not make Redis do everyone's.
-    if let Some(peer) = req.extensions().get::<Peer>() {
+    if let Some(client) = client_address(app, req) {
         app.room_clients
-            .hit(peer.0.ip())
+            .hit(client)
             .await
             .map_err(|wait| limited("client", wait))?;
     }
