@@ -442,6 +442,34 @@ async fn a_user_or_an_address_visiting_too_often_gets_429_with_retry_after() {
     app.assert_healthy().await;
 }
 
+/// Behind a trusted balancer (HERDGATE_TRUSTED_PROXIES), each client it names
+/// in X-Forwarded-For has its own allowance of visits.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_visits() {
+    let env = [
+        (config::ENV_ROOM_CLIENT_RATE.to_string(), "4".to_string()),
+        (
+            config::ENV_TRUSTED_PROXIES.to_string(),
+            "127.0.0.1".to_string(),
+        ),
+    ];
+    let (app, users) = app_with_room_and(Room::default(), 0, env).await;
+    let join = |user: i64, client: &'static str| {
+        app.http
+            .post(format!("{}/waiting-room/{EVENT}/join", app.base))
+            .bearer_auth(app.token(user))
+            .header("X-Forwarded-For", client)
+            .send()
+    };
+    for &user in &users[..4] {
+        assert_eq!(join(user, "198.51.100.1").await.unwrap().status(), 200);
+    }
+    let problem = assert_problem(join(users[4], "198.51.100.1").await.unwrap(), 429).await;
+    assert_eq!(problem["scope"], "client");
+    assert_eq!(join(users[4], "198.51.100.2").await.unwrap().status(), 200);
+    app.assert_healthy().await;
+}
+
 #[tokio::test]
 async fn the_stats_count_the_room_publicly_with_waits_and_no_admission_out_of_order() {
     let (app, users) = app_with_room(Room::default(), 0).await;
