@@ -124,6 +124,17 @@ impl PrivateRabbit {
             .is_ok_and(|s| s.success())
     }
 
+    /// The last `lines` lines of the node's own log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let file = self
+            .dir
+            .join("rabbitmq/log")
+            .join(format!("{}.log", self.name));
+        let log = std::fs::read_to_string(&file).unwrap_or_else(|e| format!("{file:?}: {e}"));
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Messages (ready and unacked) of each of `prefix`'s queues, as
     /// `rabbitmqctl list_queues` names them.
     pub fn queues(&self, prefix: &str) -> Vec<(String, u64, u64)> {

@@ -378,6 +378,11 @@ async fn describe_stuck(
     .await
     .unwrap_or_default();
     println!("{rabbit}");
+    println!(
+        "$ tail of {}'s log\n{}",
+        survivor.name(),
+        survivor.log_tail(60)
+    );
     let depth: u64 = redis.xlen(outbox).await.unwrap_or(0);
     let groups: fred::types::Value = redis
         .xinfo_groups(outbox)
