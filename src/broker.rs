@@ -313,6 +313,31 @@ impl Broker {
         Ok((connection, channel))
     }
 
+    /// The node connected last accepted a connection but then left a publish
+    /// or its confirm unanswered for the bound: the next connection tries the
+    /// node after it first. A node cut off from the majority of its cluster
+    /// (or with a stale view of a quorum queue's leader) accepts connections
+    /// and channels and never confirms; going back to it first would repeat
+    /// the silence on every session.
+    pub fn pass_over_preferred(&self) {
+        if self.urls.len() < 2 {
+            return;
+        }
+        let silent = self.preferred.load(Ordering::Relaxed) % self.urls.len();
+        let next = (silent + 1) % self.urls.len();
+        if self
+            .preferred
+            .compare_exchange(silent, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(
+                silent = node_name(self.urls[silent].expose_secret()),
+                next = node_name(self.urls[next].expose_secret()),
+                "RabbitMQ node left a publish unanswered: trying another node first"
+            );
+        }
+    }
+
     /// `attempt` on each node in turn, from the preferred one, until one succeeds.
     async fn first_live<T, F, Fut>(&self, attempt: F) -> anyhow::Result<T>
     where
@@ -416,6 +441,11 @@ mod tests {
             .unwrap();
         assert_eq!(tried.lock().unwrap().len(), 1);
         assert!(tried.lock().unwrap()[0].ends_with(&format!("{b}/%2f")));
+        // A silent node is passed over: the next connection starts at the one after it.
+        broker.pass_over_preferred();
+        assert_eq!(broker.preferred.load(Ordering::Relaxed), 0);
+        broker.pass_over_preferred();
+        assert_eq!(broker.preferred.load(Ordering::Relaxed), 1);
         let err = broker.connect().await.unwrap_err().to_string();
         assert!(err.contains("no RabbitMQ node answered"), "{err}");
         assert!(err.contains(&format!("127.0.0.1:{a}")), "{err}");

@@ -354,7 +354,13 @@ impl Relay {
             // and the entries, still pending, are published again on a live
             // node (a repeat is harmless).
             let bound = self.broker.connect_timeout();
-            let confirms = publish_round(channel, exchange, outgoing, bound).await?;
+            let confirms = publish_round(channel, exchange, outgoing, bound)
+                .await
+                .inspect_err(|e| {
+                    if e.is::<Silent>() {
+                        self.broker.pass_over_preferred();
+                    }
+                })?;
             let (mut refused, mut confirmed) = (Vec::new(), 0);
             // A publish span ends with its confirm.
             for (mut message, confirmation) in confirms {
@@ -423,12 +429,7 @@ async fn publish_round(
     outgoing: Vec<Outgoing>,
     silence: Duration,
 ) -> anyhow::Result<Vec<(Outgoing, Confirmation)>> {
-    let silent = || {
-        anyhow::anyhow!(
-            "RabbitMQ did not answer a publish or its confirm within {silence:?} \
-             (HERDGATE_AMQP_CONNECT_TIMEOUT)"
-        )
-    };
+    let silent = || anyhow::Error::new(Silent(silence));
     let mut confirms = Vec::with_capacity(outgoing.len());
     for message in outgoing {
         let publish = channel.basic_publish(
@@ -457,6 +458,13 @@ async fn publish_round(
     }
     Ok(confirmed)
 }
+
+/// RabbitMQ left a publish or its confirm unanswered for the bound.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "RabbitMQ did not answer a publish or its confirm within {0:?} (HERDGATE_AMQP_CONNECT_TIMEOUT)"
+)]
+struct Silent(Duration);
 
 /// A batch on its way to RabbitMQ, kept until it is confirmed.
 struct Outgoing {
