@@ -289,8 +289,10 @@ async fn with_the_replica_frozen_changes_get_503_not_replicated_and_the_retry_af
     // Thawed: each buyer's retry (same key, or none) gets the very hold the
     // master placed, and the replica has it when the answer comes.
     pair.replica.thaw();
+    let mut retries = Vec::new();
     for seat in 2..=7 {
         let a = answer(hold(&app, users[seat as usize], seat, key(seat).as_deref())).await;
+        retries.push(a.took);
         let expected = if key(seat).is_some() { 201 } else { 200 };
         assert_eq!(a.status, expected, "seat {seat}: {}", a.body);
         let (on_master, _) = seat_on(&master, &keys, seat).await;
@@ -305,6 +307,15 @@ async fn with_the_replica_frozen_changes_get_503_not_replicated_and_the_retry_af
     let a = answer(confirm(&app, users[0], &first)).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body["status"], "CONFIRMED");
+    let frozen: Vec<Duration> = holds.iter().map(|(_, a)| a.took).collect();
+    eprintln!(
+        "replica frozen: 6 holds and a confirm answered 503 not-replicated in {:?} to {:?} \
+         (timeout {REPLICA_TIMEOUT:?}); after the thaw the retries answered in {:?} to {:?}",
+        frozen.iter().chain([&confirmed.took]).min().unwrap(),
+        frozen.iter().chain([&confirmed.took]).max().unwrap(),
+        retries.iter().min().unwrap(),
+        retries.iter().max().unwrap(),
+    );
     assert_eq!(
         booking_status(&replica, &keys, &first).await.as_deref(),
         Some("CONFIRMED")
