@@ -157,12 +157,14 @@ impl Store {
                 .connect_barriers()
                 .await
                 .context("failed to connect the replication barriers to Redis (REDIS_URL)")?;
-            self.replication = Some(Replication::new(
+            let replication = Replication::new(
                 client,
                 self.keys.clone(),
                 config.min_replicas,
                 config.replica_timeout,
-            ));
+            );
+            replication.check_replicas().await;
+            self.replication = Some(replication);
         }
         Ok(self)
     }

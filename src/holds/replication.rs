@@ -102,6 +102,52 @@ impl Replication {
         })
     }
 
+    /// Warns about each master with fewer replicas connected than required
+    /// now: its every change would be answered 503 until they connect.
+    pub async fn check_replicas(&self) {
+        let masters = match self.cluster {
+            true => self
+                .client
+                .cached_cluster_state()
+                .map(|routing| {
+                    routing
+                        .unique_primary_nodes()
+                        .into_iter()
+                        .map(Some)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            false => vec![None],
+        };
+        for master in masters {
+            let info = CustomCommand::new_static("INFO", ClusterHash::Random, false);
+            let reply: Result<String, _> = match &master {
+                Some(node) => {
+                    let pinned = self.client.with_cluster_node(node);
+                    pinned.custom(info, vec!["replication"]).await
+                }
+                None => self.client.custom(info, vec!["replication"]).await,
+            };
+            let connected = reply.ok().and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix("connected_slaves:"))
+                    .and_then(|n| n.trim().parse::<u32>().ok())
+            });
+            let master = master.map(|m| m.to_string()).unwrap_or_default();
+            match connected {
+                Some(n) if n >= self.min_replicas => {}
+                Some(n) => tracing::warn!(
+                    master,
+                    connected = n,
+                    required = self.min_replicas,
+                    "fewer Redis replicas than HERDGATE_REDIS_MIN_REPLICAS: holds, confirms \
+                     and cancels will be answered 503 not-replicated until they connect"
+                ),
+                None => tracing::warn!(master, "could not count the Redis replicas"),
+            }
+        }
+    }
+
     /// Returns once a barrier that started after this call covered a change of
     /// `event_id` already answered by its master; or says it could not.
     pub async fn replicated(self: &Arc<Self>, event_id: i64) -> Result<(), StoreError> {
