@@ -49,7 +49,10 @@ pub struct App {
 impl App {
     /// Connects Redis (must answer now) and prepares lazy PostgreSQL and RabbitMQ clients.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
-        let store = Store::connect(&config.redis).await?;
+        let store = Store::connect(&config.redis)
+            .await?
+            .with_replication(&config.redis)
+            .await?;
         let pg = config
             .pg
             .pool()

@@ -141,6 +141,7 @@ pub async fn place(
         Err(HoldError::IdempotencyMismatch) => "mismatch",
         Err(HoldError::NotAdmitted(_)) => "not_admitted",
         Err(HoldError::InvalidIds) => "invalid",
+        Err(HoldError::Store(StoreError::Unreplicated { .. })) => "unreplicated",
         Err(HoldError::Store(_)) => "unavailable",
     };
     metrics::counter!(metric::HOLDS, "outcome" => outcome).increment(1);

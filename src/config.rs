@@ -19,6 +19,8 @@ pub const ENV_TOKEN_TTL: &str = "HERDGATE_TOKEN_TTL";
 pub const ENV_REDIS_PREFIX: &str = "HERDGATE_REDIS_PREFIX";
 pub const ENV_REDIS_POOL: &str = "HERDGATE_REDIS_POOL";
 pub const ENV_REDIS_TIMEOUT: &str = "HERDGATE_REDIS_TIMEOUT";
+pub const ENV_REDIS_MIN_REPLICAS: &str = "HERDGATE_REDIS_MIN_REPLICAS";
+pub const ENV_REDIS_REPLICA_TIMEOUT: &str = "HERDGATE_REDIS_REPLICA_TIMEOUT";
 pub const ENV_DB_POOL: &str = "HERDGATE_DB_POOL";
 pub const ENV_HOLD_TTL: &str = "HERDGATE_HOLD_TTL";
 pub const ENV_MAX_BODY: &str = "HERDGATE_MAX_BODY";
@@ -70,6 +72,8 @@ pub const ENV_VARS: &[&str] = &[
     ENV_REDIS_PREFIX,
     ENV_REDIS_POOL,
     ENV_REDIS_TIMEOUT,
+    ENV_REDIS_MIN_REPLICAS,
+    ENV_REDIS_REPLICA_TIMEOUT,
     ENV_DB_POOL,
     ENV_HOLD_TTL,
     ENV_MAX_BODY,
@@ -212,6 +216,12 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// A Redis call that takes longer fails, and the request gets 503.
     pub timeout: Duration,
+    /// Replicas that must have a hold (or a confirm or cancel) before the
+    /// buyer is told: 0 answers as soon as the master has it (see
+    /// `holds::replication`).
+    pub min_replicas: u32,
+    /// How long a change waits for `min_replicas` before its answer is 503.
+    pub replica_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +351,13 @@ impl Config {
                 prefix: parse(env, ENV_REDIS_PREFIX, "hg:", parse_prefix)?,
                 pool_size: parse(env, ENV_REDIS_POOL, "4", parse_positive)?,
                 timeout: parse(env, ENV_REDIS_TIMEOUT, "2s", parse_duration)?,
+                min_replicas: parse(env, ENV_REDIS_MIN_REPLICAS, "0", parse_replicas)?,
+                replica_timeout: parse(
+                    env,
+                    ENV_REDIS_REPLICA_TIMEOUT,
+                    "250ms",
+                    parse_replica_timeout,
+                )?,
             },
             amqp: AmqpConfig {
                 url: parse(
@@ -463,11 +480,25 @@ impl RedisConfig {
     }
 
     fn pool(&self) -> anyhow::Result<fred::prelude::Pool> {
+        Ok(self.builder(self.timeout)?.build_pool(self.pool_size)?)
+    }
+
+    /// A client of its own for the replication barriers (`holds::replication`),
+    /// connected now: its `WAIT`s block its connections, never the pool's.
+    /// Its commands may take the replica timeout on top of the Redis timeout.
+    pub async fn connect_barriers(&self) -> anyhow::Result<fred::prelude::Client> {
+        let client = self.builder(self.timeout + self.replica_timeout)?.build()?;
+        fred::interfaces::ClientLike::init(&client).await?;
+        Ok(client)
+    }
+
+    fn builder(&self, command_timeout: Duration) -> anyhow::Result<fred::prelude::Builder> {
         use fred::prelude::*;
         let config = fred::types::config::Config::from_url(self.url.expose_secret())?;
         let timeout = self.timeout;
-        let pool = Builder::from_config(config)
-            .with_performance_config(|perf| perf.default_command_timeout = timeout)
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_performance_config(|perf| perf.default_command_timeout = command_timeout)
             .with_connection_config(|conn| {
                 conn.connection_timeout = timeout;
                 conn.tcp = fred::types::config::TcpConfig {
@@ -482,9 +513,8 @@ impl RedisConfig {
                 50,
                 if self.is_cluster() { 500 } else { 2_000 },
                 2,
-            ))
-            .build_pool(self.pool_size)?;
-        Ok(pool)
+            ));
+        Ok(builder)
     }
 }
 
@@ -539,6 +569,34 @@ where
         Ok(n) => Ok(n),
         Err(e) => Err(format!("{e}; expected a positive integer")),
     }
+}
+
+/// A number of replicas, zero included (off); more than any deployment has
+/// is a typo: every change would wait its timeout and fail.
+fn parse_replicas(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n <= MAX_REPLICAS => Ok(n),
+        Ok(_) => Err(format!("at most {MAX_REPLICAS} replicas")),
+        Err(e) => Err(format!(
+            "{e}; expected a number of replicas, 0 (off) to {MAX_REPLICAS}"
+        )),
+    }
+}
+
+/// The most replicas `HERDGATE_REDIS_MIN_REPLICAS` may ask for.
+const MAX_REPLICAS: u32 = 16;
+
+/// A duration of whole milliseconds, at least one and at most a minute:
+/// `WAIT` counts in milliseconds, and `WAIT n 0` would wait forever.
+fn parse_replica_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err("must be at least 1ms (WAIT counts in milliseconds)".into());
+    }
+    if d > Duration::from_secs(60) {
+        return Err("must be at most 60s: buyers wait this long for an answer".into());
+    }
+    Ok(d)
 }
 
 /// Durations read as `600s`, `250ms`, `10m`, or a bare number of seconds.
@@ -750,6 +808,52 @@ mod tests {
         let on = Config::from_env(&HashMap::from([(ENV_OPERATOR_TOKEN, long.as_str())])).unwrap();
         assert!(on.auth.operator_token.is_some());
         assert!(config(&[(ENV_REDIS_PREFIX, "a{b}")]).is_err());
+    }
+
+    #[test]
+    fn replication_is_off_by_default_and_its_bounds_are_checked() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.redis.min_replicas, 0);
+        assert_eq!(c.redis.replica_timeout, Duration::from_millis(250));
+        let c = config(&[
+            (ENV_REDIS_MIN_REPLICAS, "2"),
+            (ENV_REDIS_REPLICA_TIMEOUT, "1s"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis.min_replicas, 2);
+        assert_eq!(c.redis.replica_timeout, Duration::from_secs(1));
+        for (value, says) in [
+            ("-1", "expected a number of replicas"),
+            ("one", "expected a number of replicas"),
+            ("1.5", "expected a number of replicas"),
+            ("17", "at most 16"),
+            ("4294967296", "expected a number of replicas"),
+        ] {
+            let err = config(&[(ENV_REDIS_MIN_REPLICAS, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("{ENV_REDIS_MIN_REPLICAS}={value:?} is invalid")),
+                "{err}"
+            );
+            assert!(err.contains(says), "{value}: {err}");
+        }
+        for (value, says) in [
+            ("0", "longer than zero"),
+            ("0ms", "longer than zero"),
+            ("500us", "at least 1ms"),
+            ("2m", "at most 60s"),
+            ("soon", "expected a duration"),
+        ] {
+            let err = config(&[(ENV_REDIS_REPLICA_TIMEOUT, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("{ENV_REDIS_REPLICA_TIMEOUT}={value:?} is invalid")),
+                "{err}"
+            );
+            assert!(err.contains(says), "{value}: {err}");
+        }
     }
 
     #[test]

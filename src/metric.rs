@@ -28,13 +28,20 @@ pub const ROOM_VISITS: &str = "herdgate_waiting_room_visits_total";
 /// Buyers waiting in an event's room, by `event`, as the last visit here saw it.
 pub const ROOM_QUEUED: &str = "herdgate_waiting_room_queued";
 /// Hold requests by `outcome`: placed, replayed, own, taken, limited, busy,
-/// not_found, mismatch, not_admitted, unavailable; and lifecycle changes: confirmed,
+/// not_found, mismatch, not_admitted, unavailable, unreplicated; and lifecycle changes: confirmed,
 /// cancelled, expired.
 pub const HOLDS: &str = "herdgate_holds_total";
 /// Hold requests answered from another request's script call for the same seat.
 pub const HOLDS_COALESCED: &str = "herdgate_holds_coalesced_total";
 /// Redis script round-trips, by `script` (seconds).
 pub const SCRIPT_DURATION: &str = "herdgate_redis_script_duration_seconds";
+/// Replication barriers (`WAIT` after a write, see `holds::replication`), by
+/// `outcome`: replicated, short (too few replicas in time), failed.
+pub const REPLICATION_BARRIERS: &str = "herdgate_redis_replication_barriers_total";
+/// Time a replication barrier took, its write and its `WAIT` (seconds).
+pub const REPLICATION_WAIT: &str = "herdgate_redis_replication_wait_seconds";
+/// Changes (holds, confirms, cancels) one replication barrier covered.
+pub const REPLICATION_COVERED: &str = "herdgate_redis_replication_covered";
 /// Hold events in an event's outbox, by `event`: not yet relayed, or relayed
 /// and not yet in PostgreSQL.
 pub const OUTBOX_DEPTH: &str = "herdgate_outbox_depth";
@@ -83,6 +90,12 @@ pub fn install() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.into()), LATENCY_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(SCRIPT_DURATION.into()), LATENCY_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(REPLICATION_WAIT.into()), LATENCY_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(REPLICATION_COVERED.into()), BATCH_BUCKETS)
             })
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(WRITER_LAG.into()), LAG_BUCKETS))
             .and_then(|b| {

@@ -113,6 +113,13 @@ impl EventKeys {
         format!("{}seq", self.base)
     }
 
+    /// String written (short-lived) by a replication barrier on this event's
+    /// master, so the `WAIT` after it covers every earlier write there (see
+    /// `holds::replication`).
+    pub fn barrier(&self) -> String {
+        format!("{}barrier", self.base)
+    }
+
     /// Hash: the event's waiting room, its settings and its admission bucket
     /// (see `waiting_room.lua`); absent when buyers need no admission.
     pub fn room(&self) -> String {
@@ -202,6 +209,7 @@ mod tests {
             keys.outbox(),
             keys.outbox_announced(),
             keys.seq(),
+            keys.barrier(),
             keys.room(),
             keys.room_queue(),
             keys.room_arrivals(),

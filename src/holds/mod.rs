@@ -14,7 +14,10 @@ mod loaded;
 mod outbox;
 mod queue;
 mod reads;
+mod replication;
 mod transitions;
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use fred::{
@@ -32,6 +35,7 @@ pub use keys::{EventKeys, Keys};
 pub use outbox::OutboxEntry;
 pub use queue::{RoomSettings, RoomStats, RoomWrite, RoomWritten, Visit, VisitKind};
 pub use reads::{EventInfo, HoldState, SeatPage};
+use replication::Replication;
 pub use transitions::{HoldOutcome, PlaceHold, Transition};
 
 /// `lua/<name>.lua`, with the number of KEYS its header declares.
@@ -82,6 +86,14 @@ pub enum StoreError {
     /// bug, not load.
     #[error("unexpected reply from {call}: {reply}")]
     Reply { call: &'static str, reply: String },
+    /// The change is made on the master, but `confirmed` (none: the barrier
+    /// could not run) of the `wanted` replicas acknowledged it within
+    /// `HERDGATE_REDIS_REPLICA_TIMEOUT`: it might not survive a failover.
+    /// The same request again finds it, and answers once it is replicated.
+    #[error(
+        "written on the master, not known to be on {wanted} replica(s): {confirmed:?} acknowledged"
+    )]
+    Unreplicated { wanted: u32, confirmed: Option<i64> },
 }
 
 /// The Redis side of herdgate: a connection pool, the key layout and the scripts.
@@ -89,6 +101,9 @@ pub enum StoreError {
 pub struct Store {
     pool: Pool,
     keys: Keys,
+    /// Barriers a change the buyer is told about waits for (see
+    /// [`replication`]); `None` with `HERDGATE_REDIS_MIN_REPLICAS` 0.
+    replication: Option<Arc<Replication>>,
     list_available: Script,
     read_event: Script,
     place_hold: Script,
@@ -107,6 +122,7 @@ impl Store {
         Store {
             pool,
             keys,
+            replication: None,
             list_available: Script::from_lua(LIST_AVAILABLE.source),
             read_event: Script::from_lua(READ_EVENT.source),
             place_hold: Script::from_lua(PLACE_HOLD.source),
@@ -128,6 +144,38 @@ impl Store {
             .await
             .context("failed to connect to Redis (REDIS_URL)")?;
         Ok(Store::new(pool, Keys::new(config.prefix.clone())))
+    }
+
+    /// Adds the replication barriers `config` asks for (none when its
+    /// `min_replicas` is 0), on a client of their own connected now.
+    pub async fn with_replication(
+        mut self,
+        config: &crate::config::RedisConfig,
+    ) -> anyhow::Result<Self> {
+        if config.min_replicas > 0 {
+            let client = config
+                .connect_barriers()
+                .await
+                .context("failed to connect the replication barriers to Redis (REDIS_URL)")?;
+            let replication = Replication::new(
+                client,
+                self.keys.clone(),
+                config.min_replicas,
+                config.replica_timeout,
+            );
+            replication.check_replicas().await;
+            self.replication = Some(replication);
+        }
+        Ok(self)
+    }
+
+    /// Once the changes of `event_id` Redis answered so far are on enough
+    /// replicas; at once when replication is not asked for.
+    async fn replicated(&self, event_id: i64) -> Result<(), StoreError> {
+        match &self.replication {
+            Some(replication) => replication.replicated(event_id).await,
+            None => Ok(()),
+        }
     }
 
     /// Like [`Store::connect`], without waiting for Redis to answer.

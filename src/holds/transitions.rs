@@ -82,7 +82,15 @@ impl Store {
     pub async fn place_hold(&self, req: &PlaceHold<'_>) -> Result<HoldOutcome, StoreError> {
         let (keys, args) = place_hold_call(&self.keys, req);
         let reply = self.eval(&PLACE_HOLD, &self.place_hold, keys, args).await?;
-        parse_hold_outcome(&reply).ok_or_else(|| reply_error(&PLACE_HOLD, &reply))
+        let outcome = parse_hold_outcome(&reply).ok_or_else(|| reply_error(&PLACE_HOLD, &reply))?;
+        // A replay or the user's own hold is answered as theirs too: it may
+        // be the retry of a hold whose barrier fell short.
+        if let HoldOutcome::Placed { .. } | HoldOutcome::Replayed { .. } | HoldOutcome::Own { .. } =
+            outcome
+        {
+            self.replicated(req.event_id).await?;
+        }
+        Ok(outcome)
     }
 
     /// Up to `limit` booking ids of the event whose hold is due at `now_ms`.
@@ -186,7 +194,9 @@ impl Store {
         let reply = self
             .eval(&CONFIRM_HOLD, &self.confirm_hold, keys, args)
             .await?;
-        parse_transition(&reply).ok_or_else(|| reply_error(&CONFIRM_HOLD, &reply))
+        let transition =
+            parse_transition(&reply).ok_or_else(|| reply_error(&CONFIRM_HOLD, &reply))?;
+        self.replicated_if_done(event_id, transition).await
     }
 
     /// Cancels a user's PENDING hold (see `cancel_hold.lua`).
@@ -222,7 +232,21 @@ impl Store {
         let reply = self
             .eval(&CANCEL_HOLD, &self.cancel_hold, keys, args)
             .await?;
-        parse_transition(&reply).ok_or_else(|| reply_error(&CANCEL_HOLD, &reply))
+        let transition =
+            parse_transition(&reply).ok_or_else(|| reply_error(&CANCEL_HOLD, &reply))?;
+        self.replicated_if_done(event_id, transition).await
+    }
+
+    /// A confirm or cancel done (now or before: a retry) is answered once replicated.
+    async fn replicated_if_done(
+        &self,
+        event_id: i64,
+        transition: Transition,
+    ) -> Result<Transition, StoreError> {
+        if let Transition::Done { .. } = transition {
+            self.replicated(event_id).await?;
+        }
+        Ok(transition)
     }
 
     /// Sets a loaded event's status; true when it changed.

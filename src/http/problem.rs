@@ -170,6 +170,20 @@ impl Problem {
         .with("opensAt", Value::String(opens))
     }
 
+    /// 503 `not-replicated`: the change is made on the Redis master, but too
+    /// few replicas acknowledged it within `HERDGATE_REDIS_REPLICA_TIMEOUT`,
+    /// so a failover might lose it; `detail` says what a retry does.
+    pub fn not_replicated(detail: impl Into<String>) -> Self {
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-replicated",
+            "Not yet replicated",
+            detail,
+        );
+        p.retry_after = Some(1);
+        p
+    }
+
     pub fn too_many_connections() -> Self {
         let mut p = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -282,6 +296,11 @@ impl From<StoreError> for Problem {
                 Problem::unavailable("the seat store did not answer in time", 1)
             }
             StoreError::Disconnected => Problem::unavailable(UNREACHABLE, 1),
+            StoreError::Unreplicated { .. } => Problem::not_replicated(
+                "the change is made on the seat store's primary, but no replica confirmed \
+                 it in time, so it might not survive a failover; retry the same request: it \
+                 answers the booking as it stands once a replica has it",
+            ),
             e @ StoreError::Reply { .. } => Problem::unexpected(&e),
         }
     }
@@ -362,6 +381,11 @@ impl From<HoldError> for Problem {
                     1,
                 )
             }
+            HoldError::Store(StoreError::Unreplicated { .. }) => Problem::not_replicated(
+                "your hold is placed on the seat store's primary, but no replica confirmed it \
+                 in time, so it might not survive a failover; retry the same request (the \
+                 same Idempotency-Key, or none): it answers your hold once a replica has it",
+            ),
             HoldError::Store(e) => e.into(),
         }
     }

@@ -93,6 +93,23 @@ impl PrivateRedis {
         self.child.wait().unwrap();
     }
 
+    /// SIGSTOP: the process freezes, its connections stay open (a replica
+    /// that stops acknowledging, a master that stops answering).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`PrivateRedis::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// SIGTERM, as a service manager stops it: Redis shuts down as on
     /// `SHUTDOWN` (an AOF is flushed and fsynced first). Waits for the exit.
     pub fn terminate(&mut self) {

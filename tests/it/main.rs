@@ -31,6 +31,7 @@ mod processes;
 mod rabbit_cluster;
 mod read_api;
 mod redis_cluster;
+mod replication;
 mod schema;
 mod schemathesis;
 mod traces;

@@ -268,6 +268,18 @@ fn move_slot(slot: u16, from: u16, to: u16, masters: &[u16], batch: usize) -> us
 }
 
 impl PrivateCluster {
+    /// The port of a replica of the master on `port` (its `INFO replication`).
+    pub fn replica_of(&self, port: u16) -> u16 {
+        cli(port, &["INFO", "replication"])
+            .lines()
+            .find_map(|line| {
+                let rest = line.strip_prefix("slave0:")?;
+                let port = rest.split(',').find_map(|f| f.strip_prefix("port="))?;
+                port.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("master {port} has no replica"))
+    }
+
     /// SIGKILL to one node's process.
     pub fn kill(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
@@ -303,9 +315,22 @@ struct Deployment {
 
 impl Deployment {
     async fn start(iso: Isolation, redis_url: &str, gateways: usize) -> Self {
+        Self::start_with(iso, redis_url, gateways, &[]).await
+    }
+
+    /// With `extra` variables set on top of the tests' own.
+    async fn start_with(
+        iso: Isolation,
+        redis_url: &str,
+        gateways: usize,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let mut env = iso.env();
         env.insert("REDIS_URL".into(), redis_url.to_string());
         env.insert("HERDGATE_REDIS_TIMEOUT".into(), "1s".into());
+        for (name, value) in extra {
+            env.insert(name.to_string(), value.to_string());
+        }
         let config = Config::from_env(&env).expect("test config is valid");
         assert!(config.redis.is_cluster());
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -735,6 +760,109 @@ async fn when_a_master_dies_its_replica_takes_over_and_no_acknowledged_hold_is_l
         loads.get("script|load").copied().unwrap_or(0) > 0,
         "{loads:?}"
     );
+}
+
+/// GET `key` on a replica of the cluster (READONLY first, on the same connection).
+async fn get_on_replica(port: u16, key: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("READONLY\nGET {key}\n").as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines().nth(1).unwrap_or("").trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_replica_required_each_hold_is_on_its_masters_replica_when_answered() {
+    let cluster = PrivateCluster::start(3, 1);
+    let iso = isolation().await;
+    let prefix = iso.prefix.clone();
+    let users = user_ids(&iso.pg().await).await;
+    let required = [
+        (herdgate::config::ENV_REDIS_MIN_REPLICAS, "1"),
+        (herdgate::config::ENV_REDIS_REPLICA_TIMEOUT, "1s"),
+    ];
+    let app = Deployment::start_with(iso, &cluster.url(), 1, &required).await;
+    // The replica of the master of each event's slot.
+    let replicas: HashMap<i64, u16> = EVENTS
+        .iter()
+        .map(|&e| {
+            let master = cluster.master_of(slot(&format!("e:{e}"))).unwrap();
+            (e, cluster.replica_of(master))
+        })
+        .collect();
+    let seats: HashMap<i64, Vec<i64>> = join_all(EVENTS.map(|e| {
+        let app = &app;
+        async move { (e, app.seats(e).await) }
+    }))
+    .await
+    .into_iter()
+    .collect();
+    cluster.reset_stats();
+
+    // 40 holds on each event at once, over the three masters: each is on its
+    // master's replica when its 201 arrives.
+    let keys = herdgate::holds::Keys::new(prefix);
+    let answers = join_all(
+        EVENTS
+            .iter()
+            .flat_map(|&event| (0..40).map(move |k| (event, k)))
+            .map(|(event, k)| {
+                let (app, users, seats, keys, replicas) = (&app, &users, &seats, &keys, &replicas);
+                async move {
+                    let seat = seats[&event][k];
+                    let user = users[(event as usize * 40 + k) % users.len()];
+                    let a = app
+                        .hold(k, user, event, seat, &format!("replicated-{event}-{k}"))
+                        .await;
+                    let lock = keys.event(event).lock(seat);
+                    let on_replica = get_on_replica(replicas[&event], &lock).await;
+                    (event, seat, a, on_replica)
+                }
+            }),
+    )
+    .await;
+    for (event, seat, a, on_replica) in &answers {
+        assert_eq!(a.status, 201, "event {event} seat {seat}: {a:?}");
+        assert_eq!(
+            a.booking.as_deref(),
+            Some(on_replica.as_str()),
+            "event {event} seat {seat}: not on the replica when answered"
+        );
+    }
+    // Each master ran barriers of its own (the WAIT went to the master of
+    // the holds it covers), fewer than its holds.
+    let mut waits = Vec::new();
+    for port in cluster.masters() {
+        let calls = cluster.command_calls(port);
+        let scripts = calls.get("evalsha").copied().unwrap_or(0);
+        let wait = calls.get("wait").copied().unwrap_or(0);
+        assert!(
+            scripts == 0 || (1..=scripts).contains(&wait),
+            "{port}: {calls:?}"
+        );
+        waits.push((port, scripts, wait));
+    }
+    assert!(
+        waits.iter().filter(|(_, _, w)| *w > 0).count() >= 3,
+        "{waits:?}"
+    );
+    eprintln!("replicated holds: (master, EVALSHA, WAIT) {waits:?}");
+    let acknowledged = answers
+        .iter()
+        .map(|(_, _, a, _)| a.booking.clone().unwrap())
+        .collect();
+    app.assert_in_postgres(&acknowledged).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
