@@ -42,6 +42,8 @@ use crate::{
 
 /// Pause before a batch RabbitMQ refused or could not route is published again.
 const REFUSED_PAUSE: Duration = Duration::from_millis(200);
+/// While a batch keeps being refused, how often that is logged.
+const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
 /// How often the outbox depth of the events being relayed is measured.
 const GAUGES: Duration = Duration::from_secs(1);
 
@@ -83,10 +85,7 @@ impl Relay {
     }
 
     async fn session(&self, stop: &CancellationToken) -> anyhow::Result<()> {
-        let (connection, channel) = self.broker.open_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let mut publisher = Publisher::open(&self.broker).await?;
         let mut activity = self.store.watch_activity().await?;
         let mut groups = HashSet::new();
         // Events with entries to read: drained ones leave, notices bring them back.
@@ -105,7 +104,10 @@ impl Relay {
         let mut next_gauges = Instant::now();
         loop {
             if stop.is_cancelled() {
-                let _ = connection.close(200, "relay stopping".into()).await;
+                let _ = publisher
+                    .connection
+                    .close(200, "relay stopping".into())
+                    .await;
                 return Ok(());
             }
             while let Some(notice) = activity.try_next() {
@@ -126,7 +128,7 @@ impl Relay {
                         waiting.push(event_id);
                     }
                 }
-                self.resend_overdue(&connection, &channel, &waiting, &mut resent, stop)
+                self.resend_overdue(&mut publisher, &waiting, &mut resent, stop)
                     .await?;
                 next_gauges = Instant::now() + GAUGES;
             }
@@ -153,7 +155,8 @@ impl Relay {
                 if !entries.is_empty() {
                     rearmed.remove(&event_id);
                 }
-                self.publish(&channel, event_id, &entries, stop).await?;
+                self.publish(&mut publisher, event_id, &entries, stop)
+                    .await?;
                 if pending && !entries.is_empty() {
                     retry.insert(event_id);
                 }
@@ -184,8 +187,7 @@ impl Relay {
     /// a repeat is harmless to the writer.
     async fn resend_overdue(
         &self,
-        connection: &Connection,
-        channel: &Channel,
+        publisher: &mut Publisher,
         events: &[i64],
         resent: &mut HashMap<i64, Instant>,
         stop: &CancellationToken,
@@ -208,7 +210,7 @@ impl Relay {
                     break;
                 };
                 if queue_empty.is_none() {
-                    queue_empty = Some(self.writer_queue_empty(connection).await?);
+                    queue_empty = Some(self.writer_queue_empty(&publisher.connection).await?);
                 }
                 if queue_empty == Some(false) {
                     return Ok(());
@@ -222,7 +224,7 @@ impl Relay {
                      (was the writer queue deleted or purged?): publishing them again"
                 );
                 metrics::counter!(metric::RELAY_RESENT).increment(entries.len() as u64);
-                self.publish(channel, event_id, &entries, stop).await?;
+                self.publish(publisher, event_id, &entries, stop).await?;
                 if stop.is_cancelled() || entries.len() < self.batch {
                     break;
                 }
@@ -282,10 +284,14 @@ impl Relay {
     /// commit). A refused or unroutable batch is published again, from memory,
     /// every [`REFUSED_PAUSE`] until it is confirmed: a queue of another service
     /// that refused it must still get it, while the writer may have committed
-    /// it and deleted its entries already. Stopping leaves it pending.
+    /// it and deleted its entries already. Each time on a new channel: a
+    /// channel whose first publish to a quorum queue came while the queue was
+    /// electing a leader can go on refusing every publish after the queue has
+    /// one (seen on RabbitMQ 3.10 when a cluster node died), while a new
+    /// channel is confirmed at once. Stopping leaves it pending.
     async fn publish(
         &self,
-        channel: &Channel,
+        publisher: &mut Publisher,
         event_id: i64,
         entries: &[Entry],
         stop: &CancellationToken,
@@ -341,6 +347,8 @@ impl Relay {
         }
         self.settle(event_id, &mut done, dropped).await?;
         let mut first = true;
+        let mut refusals = 0u64;
+        let mut warned: Option<Instant> = None;
         while !outgoing.is_empty() {
             if !first {
                 // The broker is full or unrouted: give it a moment instead of a busy loop.
@@ -348,13 +356,14 @@ impl Relay {
                     _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(REFUSED_PAUSE) => {}
                 }
+                publisher.renew(&self.broker).await?;
             }
             // A node of a cluster that dies may never answer for what it was
             // given: when RabbitMQ stays silent for the bound, the session ends
             // and the entries, still pending, are published again on a live
             // node (a repeat is harmless).
             let bound = self.broker.connect_timeout();
-            let confirms = publish_round(channel, exchange, outgoing, bound)
+            let confirms = publish_round(&publisher.channel, exchange, outgoing, bound)
                 .await
                 .inspect_err(|e| {
                     if e.is::<Silent>() {
@@ -378,10 +387,15 @@ impl Relay {
                     Some(reason) => {
                         metrics::counter!(metric::RELAY_REFUSED)
                             .increment(message.ids.len() as u64);
-                        if first {
+                        refusals += 1;
+                        // Once, then every few seconds while it lasts: a relay
+                        // stuck here relays nothing else.
+                        if warned.is_none_or(|at| at.elapsed() >= REFUSED_WARN_EVERY) {
+                            warned = Some(Instant::now());
                             tracing::warn!(
                                 event_id,
                                 events = message.ids.len(),
+                                refusals,
                                 reason,
                                 "hold events kept to be published again"
                             );
@@ -429,7 +443,7 @@ async fn publish_round(
     outgoing: Vec<Outgoing>,
     silence: Duration,
 ) -> anyhow::Result<Vec<(Outgoing, Confirmation)>> {
-    let silent = || anyhow::Error::new(Silent(silence));
+    let silent = || anyhow::Error::new(Silent("a publish or its confirm", silence));
     let mut confirms = Vec::with_capacity(outgoing.len());
     for message in outgoing {
         let publish = channel.basic_publish(
@@ -459,12 +473,52 @@ async fn publish_round(
     Ok(confirmed)
 }
 
+/// A connection to RabbitMQ and a channel on it in confirm mode.
+struct Publisher {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl Publisher {
+    async fn open(broker: &Broker) -> anyhow::Result<Self> {
+        let (connection, channel) = broker.open_channel().await?;
+        confirming(broker, &channel).await?;
+        Ok(Publisher {
+            connection,
+            channel,
+        })
+    }
+
+    /// Replaces the channel by a new one on the same connection.
+    async fn renew(&mut self, broker: &Broker) -> anyhow::Result<()> {
+        let bound = broker.connect_timeout();
+        let channel = tokio::time::timeout(bound, self.connection.create_channel())
+            .await
+            .map_err(|_| anyhow::Error::new(Silent("a new channel", bound)))??;
+        confirming(broker, &channel).await?;
+        let old = std::mem::replace(&mut self.channel, channel);
+        // Its refusals are answered already: nothing of ours is left on it.
+        tokio::spawn(async move { old.close(200, "renewed".into()).await });
+        Ok(())
+    }
+}
+
+/// Puts `channel` in confirm mode, within the bound.
+async fn confirming(broker: &Broker, channel: &Channel) -> anyhow::Result<()> {
+    let bound = broker.connect_timeout();
+    tokio::time::timeout(
+        bound,
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .map_err(|_| anyhow::Error::new(Silent("confirm.select", bound)))??;
+    Ok(())
+}
+
 /// RabbitMQ left a publish or its confirm unanswered for the bound.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "RabbitMQ did not answer a publish or its confirm within {0:?} (HERDGATE_AMQP_CONNECT_TIMEOUT)"
-)]
-struct Silent(Duration);
+#[error("RabbitMQ did not answer {0} within {1:?} (HERDGATE_AMQP_CONNECT_TIMEOUT)")]
+struct Silent(&'static str, Duration);
 
 /// A batch on its way to RabbitMQ, kept until it is confirmed.
 struct Outgoing {
