@@ -454,9 +454,32 @@ impl RedisConfig {
         Ok(pool)
     }
 
+    /// A pool of plain (not cluster) connections to one node of the cluster
+    /// `REDIS_URL` names, with its credentials and settings; it connects in
+    /// the background. See `holds::masters`.
+    pub fn node_pool(
+        &self,
+        node: &fred::types::config::Server,
+    ) -> anyhow::Result<fred::prelude::Pool> {
+        let mut config = fred::types::config::Config::from_url(self.url.expose_secret())?;
+        config.server = fred::types::config::ServerConfig::Centralized {
+            server: node.clone(),
+        };
+        let pool = self.build_pool(config)?;
+        pool.connect_pool();
+        Ok(pool)
+    }
+
     fn pool(&self) -> anyhow::Result<fred::prelude::Pool> {
-        use fred::prelude::*;
         let config = fred::types::config::Config::from_url(self.url.expose_secret())?;
+        self.build_pool(config)
+    }
+
+    fn build_pool(
+        &self,
+        config: fred::types::config::Config,
+    ) -> anyhow::Result<fred::prelude::Pool> {
+        use fred::prelude::*;
         let timeout = self.timeout;
         let pool = Builder::from_config(config)
             .with_performance_config(|perf| perf.default_command_timeout = timeout)

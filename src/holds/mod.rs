@@ -11,10 +11,13 @@ mod activity;
 mod inventory;
 pub mod keys;
 mod loaded;
+mod masters;
 mod outbox;
 mod queue;
 mod reads;
 mod transitions;
+
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use fred::{
@@ -88,6 +91,9 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// On a cluster, a pool per master for each event's own commands (see
+    /// [`masters`]); `None` on a single Redis.
+    masters: Option<Arc<masters::Masters>>,
     keys: Keys,
     list_available: Script,
     read_event: Script,
@@ -106,6 +112,7 @@ impl Store {
     pub fn new(pool: Pool, keys: Keys) -> Self {
         Store {
             pool,
+            masters: None,
             keys,
             list_available: Script::from_lua(LIST_AVAILABLE.source),
             read_event: Script::from_lua(READ_EVENT.source),
@@ -127,7 +134,7 @@ impl Store {
             .connect()
             .await
             .context("failed to connect to Redis (REDIS_URL)")?;
-        Ok(Store::new(pool, Keys::new(config.prefix.clone())))
+        Ok(Store::new(pool, Keys::new(config.prefix.clone())).with_masters(config))
     }
 
     /// Like [`Store::connect`], without waiting for Redis to answer.
@@ -135,7 +142,16 @@ impl Store {
         let pool = config
             .connect_in_background()
             .context("failed to set up Redis (REDIS_URL)")?;
-        Ok(Store::new(pool, Keys::new(config.prefix.clone())))
+        Ok(Store::new(pool, Keys::new(config.prefix.clone())).with_masters(config))
+    }
+
+    /// On a cluster, sends each event's own commands to its master directly.
+    fn with_masters(mut self, config: &crate::config::RedisConfig) -> Self {
+        if config.is_cluster() {
+            let masters = masters::Masters::new(self.pool.clone(), config.clone());
+            self.masters = Some(Arc::new(masters));
+        }
+        self
     }
 
     pub fn keys(&self) -> &Keys {
@@ -158,6 +174,28 @@ impl Store {
         } else {
             Err(StoreError::Disconnected)
         }
+    }
+
+    /// Runs `call` on a connected client of the master serving `key`'s slot
+    /// (on a single Redis, of the pool). On a cluster, a call the master
+    /// refused with MOVED or ASK (not run) is sent again through the cluster
+    /// client, which follows the redirect; see [`masters`].
+    async fn on_master_of<T, F, Fut>(&self, key: &str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        if let Some(masters) = &self.masters
+            && let Some(client) = masters.client_for(key).await?
+        {
+            match call(client).await {
+                Err(e) if masters::redirected(&e) => {
+                    tracing::debug!(error = %e, "redirected: sent again through the cluster client");
+                }
+                reply => return Ok(reply?),
+            }
+        }
+        Ok(call(self.live_client()?.clone()).await?)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -219,9 +257,13 @@ impl Store {
         args: Vec<String>,
     ) -> Result<Value, StoreError> {
         debug_assert_eq!(keys.len(), def.keys, "{} takes {} keys", def.name, def.keys);
-        let client = self.live_client()?;
         let started = std::time::Instant::now();
-        let call = script.evalsha_with_reload::<Value, _, _>(client, keys, args);
+        let (first, keys, args) = (keys[0].clone(), &keys, &args);
+        let call = self.on_master_of(&first, |client| async move {
+            script
+                .evalsha_with_reload::<Value, _, _>(&client, keys.clone(), args.clone())
+                .await
+        });
         // Only inside a kept trace: a dropped request pays for no span.
         let traced = crate::telemetry::exporting() && crate::telemetry::context::in_sampled_span();
         let reply = match traced {
@@ -230,7 +272,7 @@ impl Store {
         };
         metrics::histogram!(crate::metric::SCRIPT_DURATION, "script" => def.name)
             .record(started.elapsed());
-        Ok(reply?)
+        reply
     }
 }
 

@@ -145,9 +145,12 @@ impl Store {
     /// The seat and user of a hold, which name its other keys; (0, 0) when
     /// there is no such hold (the scripts then find nothing and say so).
     async fn hold_owner(&self, k: &EventKeys, booking_id: &str) -> Result<(i64, i64), StoreError> {
+        let key = k.hold(booking_id);
         let owner: Vec<Option<i64>> = self
-            .live_client()?
-            .hmget(k.hold(booking_id), vec!["seatId", "userId"])
+            .on_master_of(&key, |client| {
+                let key = key.clone();
+                async move { client.hmget(key, vec!["seatId", "userId"]).await }
+            })
             .await?;
         Ok(match owner.as_slice() {
             [Some(seat), Some(user)] => (*seat, *user),
