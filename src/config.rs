@@ -455,8 +455,8 @@ impl RedisConfig {
     }
 
     /// A pool of plain (not cluster) connections to one node of the cluster
-    /// `REDIS_URL` names, with its credentials and settings; it connects in
-    /// the background. See `holds::masters`.
+    /// `REDIS_URL` names, with its credentials and settings; not connected
+    /// yet. See `holds::masters`.
     pub fn node_pool(
         &self,
         node: &fred::types::config::Server,
@@ -465,9 +465,7 @@ impl RedisConfig {
         config.server = fred::types::config::ServerConfig::Centralized {
             server: node.clone(),
         };
-        let pool = self.build_pool(config)?;
-        pool.connect_pool();
-        Ok(pool)
+        self.build_pool(config)
     }
 
     fn pool(&self) -> anyhow::Result<fred::prelude::Pool> {

@@ -11,29 +11,44 @@
 //! dead master's pool alone is disconnected: its events get 503 at once, the
 //! others go on.
 //!
-//! Which master serves a slot is read from the cluster client's map, which it
-//! refreshes after MOVED and at each reconnect (so once a replica is promoted).
-//! A command a master refuses with MOVED or ASK was not run: it is sent again
-//! through the cluster client, which follows the redirect and refreshes its map.
+//! Which master serves a slot: the cluster client's map at first, then the
+//! answer of `CLUSTER SLOTS` to a live master, asked again (at most every
+//! [`REFRESH_EVERY`]) when a slot's master is unreachable (has a replica taken
+//! over?) or answers MOVED. Waiting for the cluster client's map instead cost
+//! its reconnect backoff after each promotion. A command refused with MOVED is
+//! sent once more to the new master; refused again, or with ASK, it goes
+//! through the cluster client, which follows the redirect.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use fred::{
     error::{Error, ErrorKind},
-    interfaces::{ClientLike, ClusterInterface},
+    interfaces::{ClientLike, ClusterInterface, EventInterface},
     prelude::{Client, Pool, Server},
-    types::cluster::ClusterRouting,
+    types::{Value, cluster::ClusterRouting},
 };
 
 use super::StoreError;
 use crate::config::RedisConfig;
 
+/// The least time between two `CLUSTER SLOTS` asked for a new slot map.
+const REFRESH_EVERY: Duration = Duration::from_millis(100);
+
 /// The masters of a cluster, each with a pool of its own.
 pub(super) struct Masters {
-    /// The cluster client: its slot map, and the way for redirected commands.
+    /// The cluster client: the first slot map, and the way for redirected commands.
     cluster: Pool,
     config: RedisConfig,
-    pools: Mutex<HashMap<Server, Pool>>,
+    pools: Mutex<HashMap<Server, Arc<Node>>>,
+    /// The slot map last asked for, and when it was last asked for.
+    routing: Mutex<(Option<ClusterRouting>, Option<Instant>)>,
 }
 
 impl Masters {
@@ -42,57 +57,196 @@ impl Masters {
             cluster,
             config,
             pools: Mutex::default(),
+            routing: Mutex::default(),
         }
     }
 
     /// A connected client of the master serving `key`'s slot; `None` while
     /// the slot map is unknown (the caller uses the cluster client), and
-    /// [`StoreError::Disconnected`] at once while that master is unreachable.
+    /// [`StoreError::Disconnected`] at once while that master is unreachable
+    /// and no replica has taken over.
     pub async fn client_for(&self, key: &str) -> Result<Option<Client>, StoreError> {
-        let Some(routing) = self.cluster.next().cached_cluster_state() else {
+        let slot = ClusterRouting::hash_key(key.as_bytes());
+        let Some((owner, routing)) = self.owner(slot) else {
             return Ok(None);
         };
-        let Some(owner) = routing.get_server(ClusterRouting::hash_key(key.as_bytes())) else {
+        if let Some(client) = self.connected(&owner, &routing).await? {
+            return Ok(Some(client));
+        }
+        if self.refresh().await
+            && let Some((now, routing)) = self.owner(slot)
+            && now != owner
+            && let Some(client) = self.connected(&now, &routing).await?
+        {
+            return Ok(Some(client));
+        }
+        Err(StoreError::Disconnected)
+    }
+
+    /// After `moved` (MOVED) from `key`'s master: a client of the master it
+    /// names, once the cluster's map agrees and if that master is connected.
+    pub async fn moved(&self, key: &str, moved: &Error) -> Result<Option<Client>, StoreError> {
+        let Some(target) = moved.details().split_whitespace().nth(2) else {
             return Ok(None);
         };
-        let (pool, new) = self.pool(owner, &routing)?;
+        self.refresh().await;
+        match self.owner(ClusterRouting::hash_key(key.as_bytes())) {
+            Some((owner, routing)) if format!("{}:{}", owner.host, owner.port) == target => {
+                self.connected(&owner, &routing).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The master of `slot` and the map that says so.
+    fn owner(&self, slot: u16) -> Option<(Server, ClusterRouting)> {
+        let mut routing = self.routing.lock().unwrap();
+        if routing.0.is_none() {
+            routing.0 = self.cluster.next().cached_cluster_state();
+        }
+        let map = routing.0.clone()?;
+        Some((map.get_server(slot)?.clone(), map))
+    }
+
+    /// A connected client of `owner`'s pool, if it has one.
+    async fn connected(
+        &self,
+        owner: &Server,
+        routing: &ClusterRouting,
+    ) -> Result<Option<Client>, StoreError> {
+        let (node, new) = self.node(owner, routing)?;
         if new {
             // A master not seen before (a promoted replica): its first request
             // waits for the connection rather than failing.
-            let connected = tokio::time::timeout(self.config.timeout, pool.wait_for_connect());
-            let _ = connected.await;
+            let connected = node.pool.wait_for_connect();
+            let _ = tokio::time::timeout(self.config.timeout, connected).await;
         }
-        let client = pool.next_connected();
-        match client.is_connected() {
-            true => Ok(Some(client.clone())),
-            false => Err(StoreError::Disconnected),
+        Ok(node.connected())
+    }
+
+    /// Asks a live master for the slot map, unless it was asked for less than
+    /// [`REFRESH_EVERY`] ago; true when the map was replaced.
+    async fn refresh(&self) -> bool {
+        {
+            let mut routing = self.routing.lock().unwrap();
+            if routing.1.is_some_and(|at| at.elapsed() < REFRESH_EVERY) {
+                return false;
+            }
+            routing.1 = Some(Instant::now());
         }
+        let live: Vec<(Server, Client)> = {
+            let pools = self.pools.lock().unwrap();
+            pools
+                .iter()
+                .filter_map(|(server, node)| Some((server.clone(), node.connected()?)))
+                .collect()
+        };
+        for (server, client) in live {
+            let asked = tokio::time::timeout(self.config.timeout, client.cluster_slots::<Value>());
+            let map = match asked.await {
+                Ok(Ok(slots)) => ClusterRouting::from_cluster_slots(slots, server.host.clone()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => continue,
+            };
+            match map {
+                Ok(map) if !map.slots().is_empty() => {
+                    self.routing.lock().unwrap().0 = Some(map);
+                    return true;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(node = %server, error = %e, "CLUSTER SLOTS failed"),
+            }
+        }
+        false
     }
 
     /// The pool of `owner`, made on first use (and true then). Pools of nodes
     /// no longer masters are closed when a new one is made.
-    fn pool(&self, owner: &Server, routing: &ClusterRouting) -> Result<(Pool, bool), StoreError> {
+    fn node(
+        &self,
+        owner: &Server,
+        routing: &ClusterRouting,
+    ) -> Result<(Arc<Node>, bool), StoreError> {
         let mut pools = self.pools.lock().unwrap();
-        if let Some(pool) = pools.get(owner) {
-            return Ok((pool.clone(), false));
+        if let Some(node) = pools.get(owner) {
+            return Ok((node.clone(), false));
         }
         let pool = self
             .config
             .node_pool(owner)
             .map_err(|e| StoreError::Unavailable(Error::new(ErrorKind::Config, e.to_string())))?;
         tracing::info!(master = %owner, "redis cluster: connecting to a master");
+        let node = Arc::new(Node::watch(pool));
+        node.pool.connect_pool();
         let masters = routing.unique_primary_nodes();
         pools.retain(|server, old| {
             let keep = masters.contains(server);
             if !keep {
                 tracing::info!(node = %server, "redis cluster: no longer a master, disconnecting");
-                let old = old.clone();
+                let old = old.pool.clone();
                 tokio::spawn(async move { old.quit().await });
             }
             keep
         });
-        pools.insert(owner.clone(), pool.clone());
-        Ok((pool, true))
+        pools.insert(owner.clone(), node.clone());
+        Ok((node, true))
+    }
+}
+
+/// One master's pool, and which of its clients lost their connection.
+struct Node {
+    pool: Pool,
+    /// Per client of the pool: its connection dropped and it has not
+    /// reconnected yet. fred says so at once (an error event), while the
+    /// client's state stays "connected" through its first reconnect delay
+    /// (50-150 ms), in which a command would wait for the timeout.
+    dropped: Vec<Arc<AtomicBool>>,
+    /// Round robin over the clients.
+    next: AtomicUsize,
+}
+
+impl Node {
+    /// Follows the connection events of `pool`'s clients (before it connects).
+    fn watch(pool: Pool) -> Self {
+        use tokio::sync::broadcast::error::RecvError;
+        let dropped = pool
+            .clients()
+            .iter()
+            .map(|client| {
+                let flag = Arc::new(AtomicBool::new(false));
+                let (mut errors, mut reconnects) = (client.error_rx(), client.reconnect_rx());
+                let dropped = flag.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let (event, down) = tokio::select! {
+                            e = errors.recv() => (e.map(drop), true),
+                            r = reconnects.recv() => (r.map(drop), false),
+                        };
+                        match event {
+                            Ok(()) => dropped.store(down, Ordering::SeqCst),
+                            Err(RecvError::Lagged(_)) => {}
+                            Err(RecvError::Closed) => break,
+                        }
+                    }
+                });
+                flag
+            })
+            .collect();
+        Node {
+            pool,
+            dropped,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A client whose connection is up, if one is.
+    fn connected(&self) -> Option<Client> {
+        let clients = self.pool.clients();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..clients.len())
+            .map(|i| (start + i) % clients.len())
+            .find(|&i| clients[i].is_connected() && !self.dropped[i].load(Ordering::SeqCst))
+            .map(|i| clients[i].clone())
     }
 }
 

@@ -188,7 +188,14 @@ impl Store {
         if let Some(masters) = &self.masters
             && let Some(client) = masters.client_for(key).await?
         {
-            match call(client).await {
+            let mut reply = call(client).await;
+            if let Err(e) = &reply
+                && e.details().starts_with("MOVED ")
+                && let Some(client) = masters.moved(key, e).await?
+            {
+                reply = call(client).await;
+            }
+            match reply {
                 Err(e) if masters::redirected(&e) => {
                     tracing::debug!(error = %e, "redirected: sent again through the cluster client");
                 }
