@@ -16,8 +16,16 @@
 //! [`REFRESH_EVERY`]) when a slot's master is unreachable (has a replica taken
 //! over?) or answers MOVED. Waiting for the cluster client's map instead cost
 //! its reconnect backoff after each promotion. A command refused with MOVED is
-//! sent once more to the new master; refused again, or with ASK, it goes
-//! through the cluster client, which follows the redirect.
+//! sent once more to the new master; refused again, it goes through the
+//! cluster client, which follows the redirect.
+//!
+//! A command refused with ASK (its slot migrating, its keys already on the
+//! new master) is not followed: the caller gets [`StoreError::Moving`], as for
+//! TRYAGAIN. fred 10.1's cluster client follows ASK by writing `ASKING` to the
+//! new master's connection and reading the next reply there as its answer,
+//! while that connection may have other commands in flight: that reply is
+//! another command's, and every later reply on the connection goes to the
+//! command before its own (docs/redis-cluster.md, Limits).
 
 use std::{
     collections::HashMap,
@@ -114,13 +122,15 @@ impl Masters {
         owner: &Server,
         routing: &ClusterRouting,
     ) -> Result<Option<Client>, StoreError> {
-        let (node, new) = self.node(owner, routing)?;
-        if new {
-            // A master not seen before (a promoted replica): its first request
-            // waits for the connection rather than failing.
-            let connected = node.pool.wait_for_connect();
-            let _ = tokio::time::timeout(self.config.timeout, connected).await;
-        }
+        let node = self.node(owner, routing)?;
+        // A master not seen before (at start, or a promoted replica): the
+        // requests that find its pool connecting wait for it (at most the
+        // Redis timeout, once) rather than failing.
+        let timeout = self.config.timeout;
+        let first = tokio::time::timeout(timeout, node.pool.wait_for_connect());
+        node.connecting
+            .get_or_init(|| async move { drop(first.await) })
+            .await;
         Ok(node.connected())
     }
 
@@ -160,16 +170,12 @@ impl Masters {
         false
     }
 
-    /// The pool of `owner`, made on first use (and true then). Pools of nodes
-    /// no longer masters are closed when a new one is made.
-    fn node(
-        &self,
-        owner: &Server,
-        routing: &ClusterRouting,
-    ) -> Result<(Arc<Node>, bool), StoreError> {
+    /// The pool of `owner`, made on first use. Pools of nodes no longer
+    /// masters are closed when a new one is made.
+    fn node(&self, owner: &Server, routing: &ClusterRouting) -> Result<Arc<Node>, StoreError> {
         let mut pools = self.pools.lock().unwrap();
         if let Some(node) = pools.get(owner) {
-            return Ok((node.clone(), false));
+            return Ok(node.clone());
         }
         let pool = self
             .config
@@ -189,7 +195,7 @@ impl Masters {
             keep
         });
         pools.insert(owner.clone(), node.clone());
-        Ok((node, true))
+        Ok(node)
     }
 }
 
@@ -203,6 +209,8 @@ struct Node {
     dropped: Vec<Arc<AtomicBool>>,
     /// Round robin over the clients.
     next: AtomicUsize,
+    /// Set once its first connection was awaited.
+    connecting: tokio::sync::OnceCell<()>,
 }
 
 impl Node {
@@ -236,6 +244,7 @@ impl Node {
             pool,
             dropped,
             next: AtomicUsize::new(0),
+            connecting: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -250,11 +259,15 @@ impl Node {
     }
 }
 
-/// MOVED or ASK: the node does not serve the slot (or not this key of it now),
-/// and did not run the command.
+/// MOVED: the node does not serve the slot, and did not run the command.
 pub(super) fn redirected(e: &Error) -> bool {
-    *e.kind() == ErrorKind::Cluster
-        && (e.details().starts_with("MOVED ") || e.details().starts_with("ASK "))
+    *e.kind() == ErrorKind::Cluster && e.details().starts_with("MOVED ")
+}
+
+/// ASK or TRYAGAIN: the slot is migrating, and the node did not run the command.
+pub(super) fn migrating(e: &Error) -> bool {
+    (*e.kind() == ErrorKind::Cluster && e.details().starts_with("ASK "))
+        || e.details().starts_with("TRYAGAIN")
 }
 
 #[cfg(test)]
@@ -262,11 +275,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_moved_and_ask_are_redirects() {
+    fn moved_is_followed_ask_and_tryagain_are_a_migration() {
         let error = |text: &'static str| Error::new(ErrorKind::Cluster, text);
         assert!(redirected(&error("MOVED 3999 127.0.0.1:6381")));
-        assert!(redirected(&error("ASK 3999 127.0.0.1:6381")));
+        assert!(!redirected(&error("ASK 3999 127.0.0.1:6381")));
         assert!(!redirected(&error("CLUSTERDOWN The cluster is down")));
         assert!(!redirected(&Error::new(ErrorKind::IO, "MOVED 1 a:1")));
+        assert!(migrating(&error("ASK 3999 127.0.0.1:6381")));
+        let tryagain = "TRYAGAIN Multiple keys request during rehashing of slot";
+        assert!(migrating(&Error::new(ErrorKind::Unknown, tryagain)));
+        assert!(!migrating(&error("MOVED 3999 127.0.0.1:6381")));
     }
 }

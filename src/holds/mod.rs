@@ -81,6 +81,11 @@ pub enum StoreError {
     /// command timeout while the client reconnects.
     #[error("redis unreachable: not connected, nothing sent")]
     Disconnected,
+    /// On a cluster, the slot of the keys is migrating to another master and
+    /// the command was refused (TRYAGAIN: its keys are split between the two;
+    /// ASK: they are on the new one): certainly not run.
+    #[error("redis slot migrating, command not run: {0}")]
+    Moving(fred::error::Error),
     /// A script or command answered in a shape this code does not know: a
     /// bug, not load.
     #[error("unexpected reply from {call}: {reply}")]
@@ -178,8 +183,10 @@ impl Store {
 
     /// Runs `call` on a connected client of the master serving `key`'s slot
     /// (on a single Redis, of the pool). On a cluster, a call the master
-    /// refused with MOVED or ASK (not run) is sent again through the cluster
-    /// client, which follows the redirect; see [`masters`].
+    /// refused with MOVED (not run) is sent again to the new master, or
+    /// through the cluster client, which follows the redirect; one refused
+    /// with ASK or TRYAGAIN, its slot migrating, is [`StoreError::Moving`]. See
+    /// [`masters`].
     async fn on_master_of<T, F, Fut>(&self, key: &str, call: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
@@ -196,6 +203,7 @@ impl Store {
                 reply = call(client).await;
             }
             match reply {
+                Err(e) if masters::migrating(&e) => return Err(StoreError::Moving(e)),
                 Err(e) if masters::redirected(&e) => {
                     tracing::debug!(error = %e, "redirected: sent again through the cluster client");
                 }

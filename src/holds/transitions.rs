@@ -2,6 +2,7 @@
 
 use fred::{
     interfaces::{HashesInterface, SortedSetsInterface},
+    prelude::Client,
     types::Value,
 };
 
@@ -92,16 +93,17 @@ impl Store {
         now_ms: i64,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .client()
-            .zrangebyscore(
-                self.keys.event(event_id).holds(),
-                f64::NEG_INFINITY,
-                now_ms as f64,
-                false,
-                Some((0, i64::from(limit))),
-            )
-            .await?)
+        let holds = self.keys.event(event_id).holds();
+        let due = |c: Client| {
+            let holds = holds.clone();
+            let first = Some((0, i64::from(limit)));
+            async move {
+                c.zrangebyscore(holds, f64::NEG_INFINITY, now_ms as f64, false, first)
+                    .await
+            }
+        };
+        self.on_master_of(&self.keys.event(event_id).holds(), due)
+            .await
     }
 
     /// Releases one due hold (see `expire_hold.lua`); true when this call expired it.

@@ -274,6 +274,11 @@ impl Problem {
 /// nothing was sent.
 pub const UNREACHABLE: &str = "the seat store is unreachable: nothing was done; try again shortly";
 
+/// The detail of a 503 while an event's slot moves to another Redis node:
+/// certain, as the command was refused.
+pub const MOVING: &str =
+    "the event's seats are moving to another store node: nothing was done; try again shortly";
+
 impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Self {
         match e {
@@ -282,6 +287,7 @@ impl From<StoreError> for Problem {
                 Problem::unavailable("the seat store did not answer in time", 1)
             }
             StoreError::Disconnected => Problem::unavailable(UNREACHABLE, 1),
+            StoreError::Moving(_) => Problem::unavailable(MOVING, 1),
             e @ StoreError::Reply { .. } => Problem::unexpected(&e),
         }
     }
@@ -303,6 +309,7 @@ impl From<CatalogError> for Problem {
                     CatalogError::Store(StoreError::Disconnected) => {
                         Problem::unavailable(UNREACHABLE, 1)
                     }
+                    CatalogError::Store(StoreError::Moving(_)) => Problem::unavailable(MOVING, 1),
                     CatalogError::Query(e) if postgres_away(e) => {
                         Problem::unavailable("the database did not answer", 1)
                     }
