@@ -106,6 +106,28 @@ impl Masters {
         }
     }
 
+    /// Pings every master this process has a pool for; fine when one answers
+    /// (a dead master stops its own events, not the gateway). `None` before
+    /// any pool is made.
+    pub async fn ping(&self) -> Option<Result<(), StoreError>> {
+        let nodes: Vec<Arc<Node>> = self.pools.lock().unwrap().values().cloned().collect();
+        if nodes.is_empty() {
+            return None;
+        }
+        let pings = nodes
+            .iter()
+            .filter_map(|node| node.connected())
+            .map(|c| async move { c.ping::<()>(None).await });
+        let answers = futures::future::join_all(pings).await;
+        Some(match answers.iter().find(|a| a.is_ok()) {
+            Some(_) => Ok(()),
+            None => match answers.into_iter().next() {
+                Some(Err(e)) => Err(StoreError::Unavailable(e)),
+                _ => Err(StoreError::Disconnected),
+            },
+        })
+    }
+
     /// The master of `slot` and the map that says so.
     fn owner(&self, slot: u16) -> Option<(Server, ClusterRouting)> {
         let mut routing = self.routing.lock().unwrap();

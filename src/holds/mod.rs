@@ -213,7 +213,13 @@ impl Store {
         Ok(call(self.live_client()?.clone()).await?)
     }
 
+    /// Redis answers: on a cluster, one of the masters the gateway uses.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(masters) = &self.masters
+            && let Some(answer) = masters.ping().await
+        {
+            return answer;
+        }
         self.live_client()?.ping::<()>(None).await?;
         Ok(())
     }
