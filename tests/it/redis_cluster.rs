@@ -836,7 +836,7 @@ async fn slot_moves(under_load: bool) {
     const SEATS: usize = 300;
     let started = Instant::now();
     let (moving_tx, moving_rx) = tokio::sync::watch::channel(false);
-    let refused = std::sync::atomic::AtomicUsize::new(0);
+    let refused: Mutex<HashMap<String, usize>> = Mutex::default();
     let stream = join_all((0..SEATS * 2).map(|k| {
         let (app, users, seat, refused) = (&app, &users, seats[k / 2], &refused);
         let mut moved = moving_rx.clone();
@@ -854,7 +854,8 @@ async fn slot_moves(under_load: bool) {
                 }
                 assert_eq!(a.retry_after.as_deref(), Some("1"), "{a:?}");
                 assert!(started.elapsed() < Duration::from_secs(60), "{a:?}");
-                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let detail = a.detail.unwrap_or_default();
+                *refused.lock().unwrap().entry(detail).or_default() += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -885,10 +886,10 @@ async fn slot_moves(under_load: bool) {
     assert_stores_agree(&app.config).await;
     eprintln!(
         "slot move (under load: {under_load}): event 2's {moved} keys moved from {from} to {to} in {took:?} under \
-         {} holds ({statuses:?}, after {} 503s); {} acknowledged, all in PostgreSQL {persisted:?} \
-         later, check clean",
+         {} holds ({statuses:?}, after 503s {:?}); {} acknowledged, all in PostgreSQL \
+         {persisted:?} later, check clean",
         answers.len(),
-        refused.into_inner(),
+        refused.into_inner().unwrap(),
         acknowledged.len()
     );
 }
