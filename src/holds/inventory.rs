@@ -89,7 +89,7 @@ impl Store {
             let event = event.clone();
             async move { c.exists::<u32, _>(event).await }
         };
-        Ok(self.on_master_of(&event, exists).await? == 1)
+        Ok(self.on_master_of_waiting(&event, exists).await? == 1)
     }
 
     /// Takes the event's loading lock for `ttl` (so a loader that died keeps
@@ -273,7 +273,7 @@ impl Store {
                     pipeline.all::<Vec<Option<String>>>().await
                 }
             };
-            let texts = self.on_master_of(&k.event(), read).await?;
+            let texts = self.on_master_of_waiting(&k.event(), read).await?;
             for text in texts {
                 statuses.push(text.map(status_field).transpose()?);
             }

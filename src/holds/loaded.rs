@@ -135,7 +135,7 @@ impl Store {
                 let send = &send;
                 async move {
                     let event = k.event();
-                    self.on_master_of(&event, |c| send(c, self.keys.event(event_id)))
+                    self.on_master_of_waiting(&event, |c| send(c, self.keys.event(event_id)))
                         .await
                 }
             });

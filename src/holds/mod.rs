@@ -186,8 +186,28 @@ impl Store {
     /// refused with MOVED (not run) is sent again to the new master, or
     /// through the cluster client, which follows the redirect; one refused
     /// with ASK or TRYAGAIN, its slot migrating, is [`StoreError::Moving`]. See
-    /// [`masters`].
+    /// [`masters`]. Without a client of the master (or of the pool) connected,
+    /// [`StoreError::Disconnected`] at once, as [`Store::live_client`] does.
     async fn on_master_of<T, F, Fut>(&self, key: &str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        self.on_master(key, call, false).await
+    }
+
+    /// [`Store::on_master_of`] for background work: on a single Redis (or
+    /// through the cluster client) it waits for a reconnect, as
+    /// [`Store::client`] does, rather than failing at once.
+    async fn on_master_of_waiting<T, F, Fut>(&self, key: &str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        self.on_master(key, call, true).await
+    }
+
+    async fn on_master<T, F, Fut>(&self, key: &str, call: F, wait: bool) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, fred::error::Error>>,
@@ -210,7 +230,11 @@ impl Store {
                 reply => return Ok(reply?),
             }
         }
-        Ok(call(self.live_client()?.clone()).await?)
+        let client = match wait {
+            true => self.client(),
+            false => self.live_client()?,
+        };
+        Ok(call(client.clone()).await?)
     }
 
     /// Redis answers: on a cluster, one of the masters the gateway uses.

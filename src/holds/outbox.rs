@@ -27,7 +27,7 @@ impl Store {
             let outbox = outbox.clone();
             async move { c.xlen(outbox).await }
         };
-        self.on_master_of(&self.keys.event(event_id).outbox(), depth)
+        self.on_master_of_waiting(&self.keys.event(event_id).outbox(), depth)
             .await
     }
 
@@ -59,7 +59,7 @@ impl Store {
             let (outbox, start, end) = (outbox.clone(), start.clone(), end.clone());
             async move { c.xrange(outbox, start, end, Some(count)).await }
         };
-        self.on_master_of(&self.keys.event(event_id).outbox(), range)
+        self.on_master_of_waiting(&self.keys.event(event_id).outbox(), range)
             .await
     }
 
@@ -71,7 +71,7 @@ impl Store {
             let announced = announced.clone();
             async move { c.del(announced).await }
         };
-        self.on_master_of(&self.keys.event(event_id).outbox(), again)
+        self.on_master_of_waiting(&self.keys.event(event_id).outbox(), again)
             .await
     }
 
@@ -88,7 +88,7 @@ impl Store {
     /// entry), creating the stream if need be.
     pub async fn join_outbox_group(&self, event_id: i64) -> Result<(), StoreError> {
         let outbox = self.keys.event(event_id).outbox();
-        let created = self.on_master_of(&outbox, |c| {
+        let created = self.on_master_of_waiting(&outbox, |c| {
             let outbox = outbox.clone();
             async move {
                 match c
@@ -115,7 +115,7 @@ impl Store {
         let outbox = self.keys.event(event_id).outbox();
         let from = if pending { "0" } else { ">" };
         let reply: Value = self
-            .on_master_of(&outbox, |c| {
+            .on_master_of_waiting(&outbox, |c| {
                 let outbox = outbox.clone();
                 let relay = relay.to_string();
                 async move {
@@ -145,7 +145,7 @@ impl Store {
         // JUSTID: `[next-start, [id, ...], [deleted-id, ...]]`.
         let idle_ms = idle.as_millis() as u64;
         let reply: Value = self
-            .on_master_of(&outbox, |c| {
+            .on_master_of_waiting(&outbox, |c| {
                 let outbox = outbox.clone();
                 let relay = relay.to_string();
                 async move {
@@ -203,7 +203,7 @@ impl Store {
                 Ok(())
             }
         };
-        self.on_master_of(&self.keys.event(event_id).outbox(), forget)
+        self.on_master_of_waiting(&self.keys.event(event_id).outbox(), forget)
             .await
     }
 
@@ -231,7 +231,7 @@ impl Store {
                 Ok(())
             }
         };
-        self.on_master_of(&self.keys.event(event_id).outbox(), settle)
+        self.on_master_of_waiting(&self.keys.event(event_id).outbox(), settle)
             .await
     }
 }

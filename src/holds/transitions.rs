@@ -102,7 +102,7 @@ impl Store {
                     .await
             }
         };
-        self.on_master_of(&self.keys.event(event_id).holds(), due)
+        self.on_master_of_waiting(&self.keys.event(event_id).holds(), due)
             .await
     }
 
