@@ -148,11 +148,12 @@ impl Masters {
         // A master not seen before (at start, or a promoted replica): the
         // requests that find its pool connecting wait for it (at most the
         // Redis timeout, once) rather than failing.
-        let timeout = self.config.timeout;
-        let first = tokio::time::timeout(timeout, node.pool.wait_for_connect());
-        node.connecting
-            .get_or_init(|| async move { drop(first.await) })
-            .await;
+        if !node.connecting.initialized() {
+            let first = tokio::time::timeout(self.config.timeout, node.pool.wait_for_connect());
+            node.connecting
+                .get_or_init(|| async move { drop(first.await) })
+                .await;
+        }
         Ok(node.connected())
     }
 
