@@ -479,22 +479,47 @@ impl RedisConfig {
         Ok(pool)
     }
 
+    /// A pool of plain (not cluster) connections to one node of the cluster
+    /// `REDIS_URL` names, with its credentials and settings; not connected
+    /// yet. See `holds::masters`.
+    pub fn node_pool(
+        &self,
+        node: &fred::types::config::Server,
+    ) -> anyhow::Result<fred::prelude::Pool> {
+        let mut config = fred::types::config::Config::from_url(self.url.expose_secret())?;
+        config.server = fred::types::config::ServerConfig::Centralized {
+            server: node.clone(),
+        };
+        Ok(self
+            .builder(config, self.timeout)
+            .build_pool(self.pool_size)?)
+    }
+
     fn pool(&self) -> anyhow::Result<fred::prelude::Pool> {
-        Ok(self.builder(self.timeout)?.build_pool(self.pool_size)?)
+        let config = fred::types::config::Config::from_url(self.url.expose_secret())?;
+        Ok(self
+            .builder(config, self.timeout)
+            .build_pool(self.pool_size)?)
     }
 
     /// A client of its own for the replication barriers (`holds::replication`),
     /// connected now: its `WAIT`s block its connections, never the pool's.
     /// Its commands may take the replica timeout on top of the Redis timeout.
     pub async fn connect_barriers(&self) -> anyhow::Result<fred::prelude::Client> {
-        let client = self.builder(self.timeout + self.replica_timeout)?.build()?;
+        let config = fred::types::config::Config::from_url(self.url.expose_secret())?;
+        let client = self
+            .builder(config, self.timeout + self.replica_timeout)
+            .build()?;
         fred::interfaces::ClientLike::init(&client).await?;
         Ok(client)
     }
 
-    fn builder(&self, command_timeout: Duration) -> anyhow::Result<fred::prelude::Builder> {
+    fn builder(
+        &self,
+        config: fred::types::config::Config,
+        command_timeout: Duration,
+    ) -> fred::prelude::Builder {
         use fred::prelude::*;
-        let config = fred::types::config::Config::from_url(self.url.expose_secret())?;
         let timeout = self.timeout;
         let mut builder = Builder::from_config(config);
         builder
@@ -514,7 +539,7 @@ impl RedisConfig {
                 if self.is_cluster() { 500 } else { 2_000 },
                 2,
             ));
-        Ok(builder)
+        builder
     }
 }
 

@@ -67,7 +67,8 @@
 //!   outbox stream and the relay's consumer group), `queue` (an event's waiting room:
 //!   its settings and a buyer's visit), `loaded` (the watched events,
 //!   visited pipelined: statuses, first due times), `activity` (the channel saying
-//!   which events have work).
+//!   which events have work), `masters` (on a Redis Cluster, each event's commands
+//!   sent to its master over connections of that master's own).
 //! - [`inventory`]: which events are on sale, loaded from PostgreSQL into Redis with
 //!   their waiting rooms' settings, and nudged syncs; `restore` (live bookings put back into a rebuilt Redis, and the
 //!   catch-ups after it).

@@ -84,8 +84,12 @@ impl RestoredHold {
 impl Store {
     /// Whether the event's inventory is in Redis (its event hash is).
     pub async fn is_loaded(&self, event_id: i64) -> Result<bool, StoreError> {
-        let k = self.keys.event(event_id);
-        Ok(self.client().exists::<u32, _>(k.event()).await? == 1)
+        let event = self.keys.event(event_id).event();
+        let exists = |c: Client| {
+            let event = event.clone();
+            async move { c.exists::<u32, _>(event).await }
+        };
+        Ok(self.on_master_of_waiting(&event, exists).await? == 1)
     }
 
     /// Takes the event's loading lock for `ttl` (so a loader that died keeps
@@ -258,13 +262,18 @@ impl Store {
         let k = self.keys.event(event_id);
         let mut statuses = Vec::with_capacity(booking_ids.len());
         for chunk in booking_ids.chunks(RESTORE_CHUNK) {
-            let pipeline = self.client().pipeline();
-            for booking in chunk {
-                pipeline
-                    .hget::<(), _, _>(k.hold(booking), hold_field::STATUS)
-                    .await?;
-            }
-            let texts: Vec<Option<String>> = pipeline.all().await?;
+            let holds: Vec<String> = chunk.iter().map(|booking| k.hold(booking)).collect();
+            let read = |c: Client| {
+                let holds = holds.clone();
+                async move {
+                    let pipeline = c.pipeline();
+                    for hold in holds {
+                        pipeline.hget::<(), _, _>(hold, hold_field::STATUS).await?;
+                    }
+                    pipeline.all::<Vec<Option<String>>>().await
+                }
+            };
+            let texts = self.on_master_of_waiting(&k.event(), read).await?;
             for text in texts {
                 statuses.push(text.map(status_field).transpose()?);
             }

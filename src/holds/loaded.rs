@@ -116,7 +116,7 @@ impl Store {
     ///
     /// Sent as concurrent commands rather than as a fred `Pipeline`: fred
     /// pipelines concurrent commands on its connections anyway, and each one
-    /// is routed to its slot's master and follows MOVED and ASK on its own. A
+    /// goes to its event's master (see `masters`) and follows MOVED on its own. A
     /// `Pipeline` spanning several events' slots timed out on every call after
     /// one of those slots moved to another master (tests/it/redis_cluster.rs).
     pub(super) async fn pipelined<T, F, Fut>(
@@ -130,10 +130,15 @@ impl Store {
     {
         let mut replies = Vec::with_capacity(events.len());
         for chunk in events.chunks(AT_ONCE) {
-            let client = self.client();
-            let sent = chunk
-                .iter()
-                .map(|&event_id| send(client.clone(), self.keys.event(event_id)));
+            let sent = chunk.iter().map(|&event_id| {
+                let k = self.keys.event(event_id);
+                let send = &send;
+                async move {
+                    let event = k.event();
+                    self.on_master_of_waiting(&event, |c| send(c, self.keys.event(event_id)))
+                        .await
+                }
+            });
             for reply in futures::future::join_all(sent).await {
                 replies.push(reply?);
             }

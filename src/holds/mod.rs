@@ -11,13 +11,14 @@ mod activity;
 mod inventory;
 pub mod keys;
 mod loaded;
+mod masters;
 mod outbox;
 mod queue;
 mod reads;
 mod replication;
 mod transitions;
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use fred::{
@@ -82,6 +83,11 @@ pub enum StoreError {
     /// command timeout while the client reconnects.
     #[error("redis unreachable: not connected, nothing sent")]
     Disconnected,
+    /// On a cluster, the slot of the keys is migrating to another master and
+    /// the command was refused (TRYAGAIN: its keys are split between the two;
+    /// ASK: they are on the new one): certainly not run.
+    #[error("redis slot migrating, command not run: {0}")]
+    Moving(fred::error::Error),
     /// A script or command answered in a shape this code does not know: a
     /// bug, not load.
     #[error("unexpected reply from {call}: {reply}")]
@@ -100,6 +106,9 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// On a cluster, a pool per master for each event's own commands (see
+    /// [`masters`]); `None` on a single Redis.
+    masters: Option<Arc<masters::Masters>>,
     keys: Keys,
     /// Barriers a change the buyer is told about waits for (see
     /// [`replication`]); `None` with `HERDGATE_REDIS_MIN_REPLICAS` 0.
@@ -121,6 +130,7 @@ impl Store {
     pub fn new(pool: Pool, keys: Keys) -> Self {
         Store {
             pool,
+            masters: None,
             keys,
             replication: None,
             list_available: Script::from_lua(LIST_AVAILABLE.source),
@@ -143,7 +153,7 @@ impl Store {
             .connect()
             .await
             .context("failed to connect to Redis (REDIS_URL)")?;
-        Ok(Store::new(pool, Keys::new(config.prefix.clone())))
+        Ok(Store::new(pool, Keys::new(config.prefix.clone())).with_masters(config))
     }
 
     /// Adds the replication barriers `config` asks for (none when its
@@ -183,7 +193,16 @@ impl Store {
         let pool = config
             .connect_in_background()
             .context("failed to set up Redis (REDIS_URL)")?;
-        Ok(Store::new(pool, Keys::new(config.prefix.clone())))
+        Ok(Store::new(pool, Keys::new(config.prefix.clone())).with_masters(config))
+    }
+
+    /// On a cluster, sends each event's own commands to its master directly.
+    fn with_masters(mut self, config: &crate::config::RedisConfig) -> Self {
+        if config.is_cluster() {
+            let masters = masters::Masters::new(self.pool.clone(), config.clone());
+            self.masters = Some(Arc::new(masters));
+        }
+        self
     }
 
     pub fn keys(&self) -> &Keys {
@@ -208,7 +227,69 @@ impl Store {
         }
     }
 
+    /// Runs `call` on a connected client of the master serving `key`'s slot
+    /// (on a single Redis, of the pool). On a cluster, a call the master
+    /// refused with MOVED (not run) is sent again to the new master, or
+    /// through the cluster client, which follows the redirect; one refused
+    /// with ASK or TRYAGAIN, its slot migrating, is [`StoreError::Moving`]. See
+    /// [`masters`]. Without a client of the master (or of the pool) connected,
+    /// [`StoreError::Disconnected`] at once, as [`Store::live_client`] does.
+    async fn on_master_of<T, F, Fut>(&self, key: &str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        self.on_master(key, call, false).await
+    }
+
+    /// [`Store::on_master_of`] for background work: on a single Redis (or
+    /// through the cluster client) it waits for a reconnect, as
+    /// [`Store::client`] does, rather than failing at once.
+    async fn on_master_of_waiting<T, F, Fut>(&self, key: &str, call: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        self.on_master(key, call, true).await
+    }
+
+    async fn on_master<T, F, Fut>(&self, key: &str, call: F, wait: bool) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, fred::error::Error>>,
+    {
+        if let Some(masters) = &self.masters
+            && let Some(client) = masters.client_for(key).await?
+        {
+            let mut reply = call(client).await;
+            if let Err(e) = &reply
+                && e.details().starts_with("MOVED ")
+                && let Some(client) = masters.moved(key, e).await?
+            {
+                reply = call(client).await;
+            }
+            match reply {
+                Err(e) if masters::migrating(&e) => return Err(StoreError::Moving(e)),
+                Err(e) if masters::redirected(&e) => {
+                    tracing::debug!(error = %e, "redirected: sent again through the cluster client");
+                }
+                reply => return Ok(reply?),
+            }
+        }
+        let client = match wait {
+            true => self.client(),
+            false => self.live_client()?,
+        };
+        Ok(call(client.clone()).await?)
+    }
+
+    /// Redis answers: on a cluster, one of the masters the gateway uses.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(masters) = &self.masters
+            && let Some(answer) = masters.ping().await
+        {
+            return answer;
+        }
         self.live_client()?.ping::<()>(None).await?;
         Ok(())
     }
@@ -267,9 +348,13 @@ impl Store {
         args: Vec<String>,
     ) -> Result<Value, StoreError> {
         debug_assert_eq!(keys.len(), def.keys, "{} takes {} keys", def.name, def.keys);
-        let client = self.live_client()?;
         let started = std::time::Instant::now();
-        let call = script.evalsha_with_reload::<Value, _, _>(client, keys, args);
+        let (first, keys, args) = (keys[0].clone(), &keys, &args);
+        let call = self.on_master_of(&first, |client| async move {
+            script
+                .evalsha_with_reload::<Value, _, _>(&client, keys.clone(), args.clone())
+                .await
+        });
         // Only inside a kept trace: a dropped request pays for no span.
         let traced = crate::telemetry::exporting() && crate::telemetry::context::in_sampled_span();
         let reply = match traced {
@@ -278,7 +363,7 @@ impl Store {
         };
         metrics::histogram!(crate::metric::SCRIPT_DURATION, "script" => def.name)
             .record(started.elapsed());
-        Ok(reply?)
+        reply
     }
 }
 

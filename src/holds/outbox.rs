@@ -5,6 +5,7 @@ use std::{collections::HashMap, time::Duration};
 
 use fred::{
     interfaces::{KeysInterface, StreamsInterface},
+    prelude::Client,
     types::Value,
 };
 
@@ -21,16 +22,24 @@ impl Store {
     /// Entries in one event's outbox: not yet relayed, or relayed and not yet
     /// in PostgreSQL.
     pub async fn outbox_depth(&self, event_id: i64) -> Result<u64, StoreError> {
-        Ok(self
-            .client()
-            .xlen(self.keys.event(event_id).outbox())
-            .await?)
+        let outbox = self.keys.event(event_id).outbox();
+        let depth = |c: Client| {
+            let outbox = outbox.clone();
+            async move { c.xlen(outbox).await }
+        };
+        self.on_master_of_waiting(&self.keys.event(event_id).outbox(), depth)
+            .await
     }
 
     /// Deletes outbox entries PostgreSQL holds now (the writer committed them).
     pub async fn clear_outbox(&self, event_id: i64, ids: Vec<String>) -> Result<(), StoreError> {
         let outbox = self.keys.event(event_id).outbox();
-        Ok(self.live_client()?.xdel(outbox, ids).await?)
+        let clear = |c: Client| {
+            let (outbox, ids) = (outbox.clone(), ids.clone());
+            async move { c.xdel(outbox, ids).await }
+        };
+        self.on_master_of(&self.keys.event(event_id).outbox(), clear)
+            .await
     }
 
     /// Up to `count` outbox entries appended before `before_ms` (Redis's clock
@@ -46,19 +55,24 @@ impl Store {
         let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
         // Entry ids are `<ms>-<n>`: every entry of an earlier millisecond.
         let end = format!("({before_ms}-0");
-        Ok(self
-            .client()
-            .xrange(outbox, start, end, Some(count))
-            .await?)
+        let range = |c: Client| {
+            let (outbox, start, end) = (outbox.clone(), start.clone(), end.clone());
+            async move { c.xrange(outbox, start, end, Some(count)).await }
+        };
+        self.on_master_of_waiting(&self.keys.event(event_id).outbox(), range)
+            .await
     }
 
     /// Has the next entry of the event announced on the activity channel: the
     /// relay calls it once it has read everything, then reads once more.
     pub async fn announce_outbox_again(&self, event_id: i64) -> Result<(), StoreError> {
-        Ok(self
-            .client()
-            .del(self.keys.event(event_id).outbox_announced())
-            .await?)
+        let announced = self.keys.event(event_id).outbox_announced();
+        let again = |c: Client| {
+            let announced = announced.clone();
+            async move { c.del(announced).await }
+        };
+        self.on_master_of_waiting(&self.keys.event(event_id).outbox(), again)
+            .await
     }
 
     /// Every loaded event with the depth of its outbox, pipelined.
@@ -74,14 +88,19 @@ impl Store {
     /// entry), creating the stream if need be.
     pub async fn join_outbox_group(&self, event_id: i64) -> Result<(), StoreError> {
         let outbox = self.keys.event(event_id).outbox();
-        match self
-            .client()
-            .xgroup_create::<(), _, _, _>(outbox, GROUP, "0", true)
-            .await
-        {
-            Err(e) if e.details().starts_with("BUSYGROUP") => Ok(()),
-            result => Ok(result?),
-        }
+        let created = self.on_master_of_waiting(&outbox, |c| {
+            let outbox = outbox.clone();
+            async move {
+                match c
+                    .xgroup_create::<(), _, _, _>(outbox, GROUP, "0", true)
+                    .await
+                {
+                    Err(e) if e.details().starts_with("BUSYGROUP") => Ok(()),
+                    result => result,
+                }
+            }
+        });
+        created.await
     }
 
     /// Up to `count` entries for `relay`: new ones, or with `pending` those it
@@ -94,17 +113,16 @@ impl Store {
         pending: bool,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         let outbox = self.keys.event(event_id).outbox();
+        let from = if pending { "0" } else { ">" };
         let reply: Value = self
-            .client()
-            .xreadgroup(
-                GROUP,
-                relay,
-                Some(count as u64),
-                None,
-                false,
-                outbox,
-                if pending { "0" } else { ">" },
-            )
+            .on_master_of_waiting(&outbox, |c| {
+                let outbox = outbox.clone();
+                let relay = relay.to_string();
+                async move {
+                    c.xreadgroup(GROUP, relay, Some(count as u64), None, false, outbox, from)
+                        .await
+                }
+            })
             .await?;
         // Read by hand: with fred's typed `xreadgroup_map` instead, the relay read
         // no entries at all (tests/it/durable.rs timed out, 2026-12-02).
@@ -125,17 +143,24 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let outbox = self.keys.event(event_id).outbox();
         // JUSTID: `[next-start, [id, ...], [deleted-id, ...]]`.
+        let idle_ms = idle.as_millis() as u64;
         let reply: Value = self
-            .client()
-            .xautoclaim(
-                outbox,
-                GROUP,
-                relay,
-                idle.as_millis() as u64,
-                "0-0",
-                Some(count as u64),
-                true,
-            )
+            .on_master_of_waiting(&outbox, |c| {
+                let outbox = outbox.clone();
+                let relay = relay.to_string();
+                async move {
+                    c.xautoclaim(
+                        outbox,
+                        GROUP,
+                        relay,
+                        idle_ms,
+                        "0-0",
+                        Some(count as u64),
+                        true,
+                    )
+                    .await
+                }
+            })
             .await?;
         Ok(match &reply {
             Value::Array(parts) => parts
@@ -155,24 +180,31 @@ impl Store {
         idle: Duration,
     ) -> Result<(), StoreError> {
         let outbox = self.keys.event(event_id).outbox();
-        let client = self.client();
-        let consumers: Vec<HashMap<String, Value>> = client.xinfo_consumers(&outbox, GROUP).await?;
         let idle_ms = idle.as_millis() as i64;
-        for consumer in consumers {
-            let field = |name: &str| consumer.get(name).and_then(Value::as_i64);
-            let Some(name) = consumer.get("name").and_then(Value::as_string) else {
-                continue;
-            };
-            if name != relay
-                && field("pending") == Some(0)
-                && field("idle").is_some_and(|idle| idle > idle_ms)
-            {
-                client
-                    .xgroup_delconsumer::<(), _, _, _>(&outbox, GROUP, name)
-                    .await?;
+        let forget = |client: Client| {
+            let outbox = outbox.clone();
+            async move {
+                let consumers: Vec<HashMap<String, Value>> =
+                    client.xinfo_consumers(&outbox, GROUP).await?;
+                for consumer in consumers {
+                    let field = |name: &str| consumer.get(name).and_then(Value::as_i64);
+                    let Some(name) = consumer.get("name").and_then(Value::as_string) else {
+                        continue;
+                    };
+                    if name != relay
+                        && field("pending") == Some(0)
+                        && field("idle").is_some_and(|idle| idle > idle_ms)
+                    {
+                        client
+                            .xgroup_delconsumer::<(), _, _, _>(&outbox, GROUP, name)
+                            .await?;
+                    }
+                }
+                Ok(())
             }
-        }
-        Ok(())
+        };
+        self.on_master_of_waiting(&self.keys.event(event_id).outbox(), forget)
+            .await
     }
 
     /// Acks `done` in the group, after deleting `dropped` (entries no writer
@@ -184,17 +216,23 @@ impl Store {
         dropped: Vec<String>,
     ) -> Result<(), StoreError> {
         let outbox = self.keys.event(event_id).outbox();
-        let client = self.client();
-        if !dropped.is_empty() {
-            // Delete before the ack: one deleted but still pending comes back
-            // without fields and is acked as such.
-            client.xdel::<(), _, _>(&outbox, dropped.clone()).await?;
-            done.extend(dropped);
-        }
-        if !done.is_empty() {
-            client.xack::<(), _, _, _>(&outbox, GROUP, done).await?;
-        }
-        Ok(())
+        done.extend(dropped.iter().cloned());
+        let settle = |client: Client| {
+            let (outbox, done, dropped) = (outbox.clone(), done.clone(), dropped.clone());
+            async move {
+                if !dropped.is_empty() {
+                    // Delete before the ack: one deleted but still pending comes
+                    // back without fields and is acked as such.
+                    client.xdel::<(), _, _>(&outbox, dropped).await?;
+                }
+                if !done.is_empty() {
+                    client.xack::<(), _, _, _>(&outbox, GROUP, done).await?;
+                }
+                Ok(())
+            }
+        };
+        self.on_master_of_waiting(&self.keys.event(event_id).outbox(), settle)
+            .await
     }
 }
 

@@ -122,8 +122,13 @@ impl Store {
         booking_id: &str,
     ) -> Result<Option<HoldState>, StoreError> {
         let k = self.keys.event(event_id);
-        let fields: std::collections::HashMap<String, String> =
-            self.live_client()?.hgetall(k.hold(booking_id)).await?;
+        let key = k.hold(booking_id);
+        let fields: std::collections::HashMap<String, String> = self
+            .on_master_of(&key, |client| {
+                let key = key.clone();
+                async move { client.hgetall(key).await }
+            })
+            .await?;
         let int = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
         let status = fields
             .get(hold_field::STATUS)

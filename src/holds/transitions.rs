@@ -2,6 +2,7 @@
 
 use fred::{
     interfaces::{HashesInterface, SortedSetsInterface},
+    prelude::Client,
     types::Value,
 };
 
@@ -100,16 +101,17 @@ impl Store {
         now_ms: i64,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .client()
-            .zrangebyscore(
-                self.keys.event(event_id).holds(),
-                f64::NEG_INFINITY,
-                now_ms as f64,
-                false,
-                Some((0, i64::from(limit))),
-            )
-            .await?)
+        let holds = self.keys.event(event_id).holds();
+        let due = |c: Client| {
+            let holds = holds.clone();
+            let first = Some((0, i64::from(limit)));
+            async move {
+                c.zrangebyscore(holds, f64::NEG_INFINITY, now_ms as f64, false, first)
+                    .await
+            }
+        };
+        self.on_master_of_waiting(&self.keys.event(event_id).holds(), due)
+            .await
     }
 
     /// Releases one due hold (see `expire_hold.lua`); true when this call expired it.
@@ -153,9 +155,12 @@ impl Store {
     /// The seat and user of a hold, which name its other keys; (0, 0) when
     /// there is no such hold (the scripts then find nothing and say so).
     async fn hold_owner(&self, k: &EventKeys, booking_id: &str) -> Result<(i64, i64), StoreError> {
+        let key = k.hold(booking_id);
         let owner: Vec<Option<i64>> = self
-            .live_client()?
-            .hmget(k.hold(booking_id), vec!["seatId", "userId"])
+            .on_master_of(&key, |client| {
+                let key = key.clone();
+                async move { client.hmget(key, vec!["seatId", "userId"]).await }
+            })
             .await?;
         Ok(match owner.as_slice() {
             [Some(seat), Some(user)] => (*seat, *user),

@@ -288,6 +288,11 @@ impl Problem {
 /// nothing was sent.
 pub const UNREACHABLE: &str = "the seat store is unreachable: nothing was done; try again shortly";
 
+/// The detail of a 503 while an event's slot moves to another Redis node:
+/// certain, as the command was refused.
+pub const MOVING: &str =
+    "the event's seats are moving to another store node: nothing was done; try again shortly";
+
 impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Self {
         match e {
@@ -301,6 +306,7 @@ impl From<StoreError> for Problem {
                  it in time, so it might not survive a failover; retry the same request: it \
                  answers the booking as it stands once a replica has it",
             ),
+            StoreError::Moving(_) => Problem::unavailable(MOVING, 1),
             e @ StoreError::Reply { .. } => Problem::unexpected(&e),
         }
     }
@@ -322,6 +328,7 @@ impl From<CatalogError> for Problem {
                     CatalogError::Store(StoreError::Disconnected) => {
                         Problem::unavailable(UNREACHABLE, 1)
                     }
+                    CatalogError::Store(StoreError::Moving(_)) => Problem::unavailable(MOVING, 1),
                     CatalogError::Query(e) if postgres_away(e) => {
                         Problem::unavailable("the database did not answer", 1)
                     }
