@@ -514,6 +514,23 @@ impl RedisConfig {
         Ok(client)
     }
 
+    /// A client of plain connections to one master of the cluster, for its
+    /// replication barriers (`holds::replication`); connecting in the background.
+    pub fn node_barrier_client(
+        &self,
+        node: &fred::types::config::Server,
+    ) -> anyhow::Result<fred::prelude::Client> {
+        let mut config = fred::types::config::Config::from_url(self.url.expose_secret())?;
+        config.server = fred::types::config::ServerConfig::Centralized {
+            server: node.clone(),
+        };
+        let client = self
+            .builder(config, self.timeout + self.replica_timeout)
+            .build()?;
+        fred::interfaces::ClientLike::connect(&client);
+        Ok(client)
+    }
+
     fn builder(
         &self,
         config: fred::types::config::Config,

@@ -128,6 +128,12 @@ impl Masters {
         })
     }
 
+    /// The master serving `key`'s slot, as this process's map has it.
+    pub fn owner_of(&self, key: &str) -> Option<Server> {
+        self.owner(ClusterRouting::hash_key(key.as_bytes()))
+            .map(|(owner, _)| owner)
+    }
+
     /// The master of `slot` and the map that says so.
     fn owner(&self, slot: u16) -> Option<(Server, ClusterRouting)> {
         let mut routing = self.routing.lock().unwrap();

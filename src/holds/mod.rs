@@ -167,12 +167,8 @@ impl Store {
                 .connect_barriers()
                 .await
                 .context("failed to connect the replication barriers to Redis (REDIS_URL)")?;
-            let replication = Replication::new(
-                client,
-                self.keys.clone(),
-                config.min_replicas,
-                config.replica_timeout,
-            );
+            let replication =
+                Replication::new(client, self.masters.clone(), config, self.keys.clone());
             replication.check_replicas().await;
             self.replication = Some(replication);
         }

@@ -30,8 +30,8 @@ use fred::{
 };
 use tokio::sync::watch;
 
-use super::{Keys, StoreError};
-use crate::metric;
+use super::{Keys, StoreError, masters::Masters};
+use crate::{config::RedisConfig, metric};
 
 /// How long a barrier key outlives its barrier (it only needs to be written).
 const BARRIER_KEY_TTL_MS: i64 = 10_000;
@@ -87,18 +87,33 @@ pub struct Replication {
     cluster: bool,
     /// By master; `None` on a single Redis (or before the routing table is known).
     masters: Mutex<HashMap<Option<Server>, Arc<Master>>>,
+    /// On a cluster, which master serves a slot: the map the requests follow.
+    routing: Option<Arc<Masters>>,
+    /// On a cluster, a client of each master's own for its barriers: fred's
+    /// cluster client reconnects as a whole when one master drops, and every
+    /// master's barriers would fail until the promotion (see [`Masters`]).
+    nodes: Mutex<HashMap<Server, Client>>,
+    config: RedisConfig,
 }
 
 impl Replication {
-    pub fn new(client: Client, keys: Keys, min_replicas: u32, timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        routing: Option<Arc<Masters>>,
+        config: &RedisConfig,
+        keys: Keys,
+    ) -> Arc<Self> {
         let cluster = client.is_clustered();
         Arc::new(Replication {
             client,
             keys,
-            min_replicas,
-            timeout,
+            min_replicas: config.min_replicas,
+            timeout: config.replica_timeout,
             cluster,
             masters: Mutex::new(HashMap::new()),
+            routing,
+            nodes: Mutex::new(HashMap::new()),
+            config: config.clone(),
         })
     }
 
@@ -193,10 +208,14 @@ impl Replication {
         }
     }
 
-    /// The master serving `key`'s slot, as this client's routing table has it.
+    /// The master serving `key`'s slot, as the requests' map has it (else
+    /// this client's routing table).
     fn master_of(&self, key: &str) -> Option<Server> {
         if !self.cluster {
             return None;
+        }
+        if let Some(owner) = self.routing.as_ref().and_then(|r| r.owner_of(key)) {
+            return Some(owner);
         }
         let slot = fred::util::redis_keyslot(key.as_bytes());
         self.client
@@ -233,10 +252,27 @@ impl Replication {
     /// the slot have moved, the write fails with MOVED rather than covering
     /// another master), or on the only connection of a single Redis.
     async fn barrier(&self, node: Option<&Server>, key: &str) -> Outcome {
-        if !self.client.is_connected() {
-            return Outcome::Failed;
-        }
         let result = match node {
+            Some(node) if self.routing.is_some() => {
+                let (client, new) = match self.node_client(node) {
+                    Ok(made) => made,
+                    Err(error) => {
+                        tracing::warn!(%error, master = %node, "replication barrier failed");
+                        return Outcome::Failed;
+                    }
+                };
+                if new {
+                    // A master not seen before (at start, or a promoted
+                    // replica): its first barrier waits for the connection.
+                    let connect = client.wait_for_connect();
+                    let _ = tokio::time::timeout(self.config.timeout, connect).await;
+                }
+                if !client.is_connected() {
+                    return Outcome::Failed;
+                }
+                self.write_and_wait(&client, key).await
+            }
+            _ if !self.client.is_connected() => return Outcome::Failed,
             Some(node) => {
                 let pinned = self.client.with_cluster_node(node);
                 self.write_and_wait(&pinned, key).await
@@ -259,6 +295,18 @@ impl Replication {
                 Outcome::Failed
             }
         }
+    }
+
+    /// `node`'s own barrier client, made (and connecting) on first use; true
+    /// when made now.
+    fn node_client(&self, node: &Server) -> anyhow::Result<(Client, bool)> {
+        let mut nodes = self.nodes.lock().expect("not poisoned");
+        if let Some(client) = nodes.get(node) {
+            return Ok((client.clone(), false));
+        }
+        let client = self.config.node_barrier_client(node)?;
+        nodes.insert(node.clone(), client.clone());
+        Ok((client, true))
     }
 
     async fn write_and_wait<C>(&self, client: &C, key: &str) -> Result<i64, fred::error::Error>
