@@ -82,15 +82,11 @@ fn node_usage(node: &PrivateRabbit) -> (u64, f64) {
     (rss, (ticks(11) + ticks(12)) / 100.0)
 }
 
-/// Passes alone (recovered 0.6 s after the kill) and under four CPU burners,
-/// but failed in 2 of 3 full `scripts/test` runs on two cores even with one
-/// cluster at a time. The relay reconnected to a survivor within 0.3 s, had
-/// a publish nacked, and then had no confirm for over a minute, so the outbox
-/// never drained. The cause (the quorum queue's failover on starved nodes, or
-/// the relay's session on the new node) is not found yet: issue 15. It passed
-/// in all 9 runs of 2026-12-06 (3 in the full suite, 6 beside it); should it
-/// stick, it prints the survivors' view of the queue (`describe_stuck`).
-#[ignore = "fails under the full suite's load: no confirm from the survivors for over a minute (issue 15)"]
+/// It failed in about one full-suite run in five until the relay published a
+/// refused batch again on a new channel: a channel that first published during
+/// the election stayed refused for good (`channels_opened_during_a_leader_election`),
+/// and the relay, retrying on it, relayed nothing more. Should it stick again,
+/// it prints the survivors' view of the queue (`describe_stuck`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_node_killed_under_load_loses_nothing_and_the_writer_catches_up() {
     node_killed_under_load(Victim::Connected).await
@@ -389,4 +385,97 @@ async fn describe_stuck(
         .await
         .unwrap_or(fred::types::Value::Null);
     println!("outbox depth {depth}; groups {groups:?}");
+}
+
+/// What a publisher sees on a survivor while the writer queue's leader node
+/// has just been killed: a channel opened and first used during the election
+/// keeps being refused (nack) long after the queue has a new leader, while a
+/// channel opened after it is confirmed at once. Measured on RabbitMQ 3.10.8
+/// (2026-12-06): the first channel refused for all 8 s of the run (302
+/// publishes), a new channel per refusal confirmed from 0.32 s after the kill.
+/// Why the relay publishes a refused batch again on a new channel; an
+/// experiment about the broker, not a guarantee of ours, so not in the suite.
+#[ignore = "an experiment on RabbitMQ's behaviour: prints what channels opened during a quorum queue's election get"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_opened_during_a_leader_election() {
+    use lapin::{
+        BasicProperties, Confirmation,
+        options::{BasicPublishOptions, ConfirmSelectOptions},
+    };
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = tokio::task::spawn_blocking(RabbitCluster::start)
+        .await
+        .unwrap();
+    let prefix = format!("experiment.{}", uuid::Uuid::new_v4().simple());
+    let topology = Topology::new(&prefix);
+    let leader = lapin::Connection::connect(&cluster.nodes[0].url(), Default::default())
+        .await
+        .unwrap();
+    topology
+        .declare(&leader.create_channel().await.unwrap())
+        .await
+        .unwrap();
+    let survivor = lapin::Connection::connect(&cluster.nodes[1].url(), Default::default())
+        .await
+        .unwrap();
+    let open = || async {
+        let channel = survivor.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        channel
+    };
+    let publish = |channel: lapin::Channel| {
+        let exchange = topology.exchange.clone();
+        async move {
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            };
+            let sent = channel.basic_publish(
+                exchange.as_str().into(),
+                "hold.placed".into(),
+                options,
+                b"{}",
+                BasicProperties::default(),
+            );
+            let confirm = match tokio::time::timeout(Duration::from_secs(2), sent).await {
+                Ok(Ok(confirm)) => confirm,
+                _ => return "publish failed",
+            };
+            match tokio::time::timeout(Duration::from_secs(2), confirm).await {
+                Ok(Ok(Confirmation::Ack(None))) => "ack",
+                Ok(Ok(Confirmation::Ack(Some(_)))) => "returned",
+                Ok(Ok(_)) => "nack",
+                Ok(Err(_)) => "error",
+                Err(_) => "silent",
+            }
+        }
+    };
+    cluster.nodes[0].kill();
+    let killed = Instant::now();
+    let first = open().await;
+    let mut fresh = first.clone();
+    let mut tally = std::collections::BTreeMap::<(&str, &str), usize>::new();
+    let mut first_fresh_ack = None;
+    while killed.elapsed() < Duration::from_secs(8) {
+        let answer = publish(first.clone()).await;
+        *tally.entry(("first", answer)).or_default() += 1;
+        let answer = publish(fresh.clone()).await;
+        *tally.entry(("fresh", answer)).or_default() += 1;
+        if answer == "ack" {
+            first_fresh_ack.get_or_insert(killed.elapsed());
+        } else {
+            // As the relay does: each retry on a channel of its own.
+            fresh = open().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "leader's node killed; answers over 8 s by channel: {tally:?}; a new channel first \
+         confirmed {first_fresh_ack:?} after the kill"
+    );
+    let _ = leader;
+    assert!(first_fresh_ack.is_some(), "{tally:?}");
 }
