@@ -33,11 +33,11 @@ const DOWN_BOUND: Duration = Duration::from_millis(500);
 
 /// One answer the client got.
 #[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    took: Duration,
-    retry_after: Option<String>,
-    body: Value,
+pub struct Answer {
+    pub status: u16,
+    pub took: Duration,
+    pub retry_after: Option<String>,
+    pub body: Value,
 }
 
 impl Answer {
@@ -68,7 +68,8 @@ async fn answer(request: reqwest::RequestBuilder) -> Answer {
     }
 }
 
-async fn hold(app: &TestApp, user: i64, seat: i64, key: Option<&str>) -> Answer {
+/// A hold of `seat` of event 1, with `key` as its Idempotency-Key if given.
+pub async fn hold(app: &TestApp, user: i64, seat: i64, key: Option<&str>) -> Answer {
     let mut request = app
         .http
         .post(format!("{}/api/bookings", app.base))
@@ -80,7 +81,8 @@ async fn hold(app: &TestApp, user: i64, seat: i64, key: Option<&str>) -> Answer 
     answer(request).await
 }
 
-async fn end(app: &TestApp, user: i64, booking: &str, confirm: bool) -> Answer {
+/// Confirms (or with `confirm` false cancels) `booking`.
+pub async fn end(app: &TestApp, user: i64, booking: &str, confirm: bool) -> Answer {
     let url = format!("{}/api/bookings/{booking}", app.base);
     let request = match confirm {
         true => app.http.post(format!("{url}/confirm")),

@@ -417,6 +417,14 @@ impl Deployment {
         }
     }
 
+    /// The seats of each of [`EVENTS`].
+    async fn seats_of_events(&self) -> HashMap<i64, Vec<i64>> {
+        join_all(EVENTS.map(|e| async move { (e, self.seats(e).await) }))
+            .await
+            .into_iter()
+            .collect()
+    }
+
     /// The seat ids of `event`, in order.
     async fn seats(&self, event: i64) -> Vec<i64> {
         let pg = self.iso.pg().await;
@@ -685,13 +693,7 @@ async fn failover(replicas: usize, extra: &[(&str, &str)]) {
     let iso = isolation().await;
     let users = user_ids(&iso.pg().await).await;
     let app = Deployment::start_with(iso, &cluster.url(), 2, extra).await;
-    let seats: HashMap<i64, Vec<i64>> = join_all(EVENTS.map(|e| {
-        let app = &app;
-        async move { (e, app.seats(e).await) }
-    }))
-    .await
-    .into_iter()
-    .collect();
+    let seats = app.seats_of_events().await;
 
     // A stream of holds, one every 10 ms for 9 s, each for a seat of its own on
     // events 1, 2 and 5 in turn; each buyer retries a 503 with its key until it
@@ -887,13 +889,7 @@ async fn with_one_replica_required_each_hold_is_on_its_masters_replica_when_answ
             (e, cluster.replica_of(master))
         })
         .collect();
-    let seats: HashMap<i64, Vec<i64>> = join_all(EVENTS.map(|e| {
-        let app = &app;
-        async move { (e, app.seats(e).await) }
-    }))
-    .await
-    .into_iter()
-    .collect();
+    let seats = app.seats_of_events().await;
     cluster.reset_stats();
 
     // 40 holds on each event at once, over the three masters: each is on its

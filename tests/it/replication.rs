@@ -2,7 +2,7 @@
 //! once a replica has it (group commit, `holds::replication`). Each test runs a
 //! private master and replica of its own (`redis-server --replicaof`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fred::{
     interfaces::{HashesInterface, KeysInterface},
@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::{
     faults::{PrivateRedis, free_port},
+    faults_redis::{end, hold},
     helpers::{Isolation, TestApp, eventually, json, spawn_app_on, user_ids},
 };
 
@@ -126,50 +127,6 @@ async fn booking_status(redis: &Client, keys: &Keys, booking: &str) -> Option<St
         .unwrap()
 }
 
-/// One answer, timed.
-struct Answer {
-    status: u16,
-    took: Duration,
-    retry_after: Option<String>,
-    body: Value,
-}
-
-async fn answer(request: reqwest::RequestBuilder) -> Answer {
-    let started = Instant::now();
-    let response = request.send().await.unwrap();
-    let took = started.elapsed();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    let status = response.status().as_u16();
-    let body = response.json().await.unwrap_or(Value::Null);
-    Answer {
-        status,
-        took,
-        retry_after,
-        body,
-    }
-}
-
-fn hold(app: &TestApp, user: i64, seat: i64, key: Option<&str>) -> reqwest::RequestBuilder {
-    let mut request = app
-        .http
-        .post(format!("{}/api/bookings", app.base))
-        .bearer_auth(app.token(user))
-        .json(&serde_json::json!({"eventId": 1, "seatId": seat}));
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    request
-}
-
-fn confirm(app: &TestApp, user: i64, booking: &str) -> reqwest::RequestBuilder {
-    app.http
-        .post(format!("{}/api/bookings/{booking}/confirm", app.base))
-        .bearer_auth(app.token(user))
-}
-
 #[tokio::test]
 async fn with_a_replica_required_every_hold_is_on_the_replica_when_answered() {
     let pair = Pair::start().await;
@@ -182,7 +139,7 @@ async fn with_a_replica_required_every_hold_is_on_the_replica_when_answered() {
     // has each hold the moment its 201 arrives.
     for seat in 1..=10 {
         let user = users[seat as usize % users.len()];
-        let a = answer(hold(&app, user, seat, None)).await;
+        let a = hold(&app, user, seat, None).await;
         assert_eq!(a.status, 201, "{}", a.body);
         let booking = a.body["bookingId"].as_str().unwrap().to_string();
         let on_replica = seat_on(&replica, &keys, seat).await;
@@ -193,7 +150,7 @@ async fn with_a_replica_required_every_hold_is_on_the_replica_when_answered() {
         let (app, keys, replica) = (&app, &keys, &replica);
         let user = users[seat as usize % users.len()];
         async move {
-            let a = answer(hold(app, user, seat, Some(&format!("burst-{seat}")))).await;
+            let a = hold(app, user, seat, Some(&format!("burst-{seat}"))).await;
             let on_replica = seat_on(replica, keys, seat).await;
             (seat, a, on_replica)
         }
@@ -217,18 +174,14 @@ async fn with_a_replica_required_every_hold_is_on_the_replica_when_answered() {
 
     // A confirm and a cancel too.
     let first = seat_on(&replica, &keys, 1).await.0.unwrap();
-    let a = answer(confirm(&app, users[1], &first)).await;
+    let a = end(&app, users[1], &first, true).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(
         booking_status(&replica, &keys, &first).await.as_deref(),
         Some("CONFIRMED")
     );
     let second = seat_on(&replica, &keys, 2).await.0.unwrap();
-    let cancel = app
-        .http
-        .delete(format!("{}/api/bookings/{second}", app.base))
-        .bearer_auth(app.token(users[2]));
-    let a = answer(cancel).await;
+    let a = end(&app, users[2], &second, false).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(
         booking_status(&replica, &keys, &second).await.as_deref(),
@@ -262,9 +215,9 @@ async fn with_the_replica_frozen_changes_get_503_not_replicated_and_the_retry_af
     let holds = join_all((2..=7).map(|seat| {
         let (app, user) = (&app, users[seat as usize]);
         let key = key(seat);
-        async move { (seat, answer(hold(app, user, seat, key.as_deref())).await) }
+        async move { (seat, hold(app, user, seat, key.as_deref()).await) }
     }));
-    let (holds, confirmed) = tokio::join!(holds, answer(confirm(&app, users[0], &first)));
+    let (holds, confirmed) = tokio::join!(holds, end(&app, users[0], &first, true));
     for (seat, a) in holds.iter().map(|(s, a)| (*s, a)).chain([(1, &confirmed)]) {
         assert_eq!(a.status, 503, "seat {seat}: {}", a.body);
         assert_eq!(a.retry_after.as_deref(), Some("1"), "seat {seat}");
@@ -291,7 +244,7 @@ async fn with_the_replica_frozen_changes_get_503_not_replicated_and_the_retry_af
     pair.replica.thaw();
     let mut retries = Vec::new();
     for seat in 2..=7 {
-        let a = answer(hold(&app, users[seat as usize], seat, key(seat).as_deref())).await;
+        let a = hold(&app, users[seat as usize], seat, key(seat).as_deref()).await;
         retries.push(a.took);
         let expected = if key(seat).is_some() { 201 } else { 200 };
         assert_eq!(a.status, expected, "seat {seat}: {}", a.body);
@@ -304,7 +257,7 @@ async fn with_the_replica_frozen_changes_get_503_not_replicated_and_the_retry_af
             "seat {seat}"
         );
     }
-    let a = answer(confirm(&app, users[0], &first)).await;
+    let a = end(&app, users[0], &first, true).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body["status"], "CONFIRMED");
     let frozen: Vec<Duration> = holds.iter().map(|(_, a)| a.took).collect();
@@ -344,7 +297,7 @@ async fn with_replicas_required_buyers_racing_for_one_seat_get_exactly_one_201()
     let answers = join_all((0..60).map(|i| {
         let user = users[i % users.len()];
         let app = &app;
-        async move { (user, answer(hold(app, user, 42, None)).await) }
+        async move { (user, hold(app, user, 42, None).await) }
     }))
     .await;
     let won: Vec<_> = answers.iter().filter(|(_, a)| a.status == 201).collect();
@@ -386,7 +339,7 @@ async fn with_replication_off_no_barrier_is_run() {
     let users = user_ids(&app.iso.pg().await).await;
     // Frozen replica, yet holds are answered at once: nothing waits for it.
     pair.replica.freeze();
-    let a = answer(hold(&app, users[0], 1, None)).await;
+    let a = hold(&app, users[0], 1, None).await;
     pair.replica.thaw();
     assert_eq!(a.status, 201, "{}", a.body);
     assert!(a.took < REPLICA_TIMEOUT, "{:?}", a.took);
