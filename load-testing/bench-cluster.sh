@@ -33,17 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { # a port free for a node and its cluster bus (+10000)
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 10000))
-        if ! (: </dev/tcp/127.0.0.1/$port) 2>/dev/null &&
-            ! (: </dev/tcp/127.0.0.1/$((port + 10000))) 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-}
+node_port() { free_port 20000 10000 10000; } # with its cluster bus (+10000) free too
 
 redis_node() { # port [options...]
     local port=$1
@@ -54,11 +44,11 @@ redis_node() { # port [options...]
     until [[ $(redis-cli -p "$port" PING 2>/dev/null) == PONG ]]; do sleep 0.05; done
 }
 
-SINGLE=$(free_port)
+SINGLE=$(node_port)
 redis_node "$SINGLE"
 NODES=()
 for _ in 1 2 3 4 5 6; do
-    port=$(free_port)
+    port=$(node_port)
     redis_node "$port" --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
         --cluster-node-timeout 2000
     NODES+=("$port")
@@ -76,7 +66,7 @@ round() { # name redis_url
     db="bench_cluster_$id"
     prefix="bench:$id:"
     amqp="bench.$id"
-    port=$(free_port)
+    port=$(node_port)
     CURRENT=("$db" "$prefix" "$amqp")
     export DATABASE_URL="$PG/$db" REDIS_URL=$2 HERDGATE_REDIS_PREFIX=$prefix
     export HERDGATE_AMQP_PREFIX=$amqp HERDGATE_ADDR=127.0.0.1:$port

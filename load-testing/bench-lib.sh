@@ -15,6 +15,20 @@ remove_bench_resources_on() { # pg_base database redis_prefix amqp_prefix
     for e in "$4.holds" "$4.dead"; do delete_exchange "$e"; done
 }
 
+# A port in LOW..LOW+SPAN-1 nothing listens on, nor on the port plus each
+# OFFSET (a Redis Cluster node's bus, a RabbitMQ node's distribution port).
+free_port() { # low span [offset...]
+    local low=$1 span=$2 port offset busy
+    shift 2
+    while :; do
+        port=$((low + RANDOM % span)) busy=0
+        for offset in 0 "$@"; do
+            if (: </dev/tcp/127.0.0.1/$((port + offset))) 2>/dev/null; then busy=1; fi
+        done
+        ((busy)) || { echo "$port"; return; }
+    done
+}
+
 # Waits until URL answers 2xx; fails after two minutes.
 wait_http() { # url
     for _ in $(seq 1 1200); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done

@@ -37,19 +37,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A port free now, with its distribution port (+20,000) free too.
-port() {
-    local p
-    while :; do
-        p=$((10000 + RANDOM % 2000))
-        _svc_port_open "$p" || _svc_port_open $((p + 20000)) || { echo "$p"; return; }
-    done
-}
-
 # start NAME VAR: a private node; its AMQP port goes to VAR.
 start() {
     local p
-    p=$(port)
+    p=$(free_port 10000 2000 20000) # with its distribution port (+20,000) free too
     NODES+=("$1@localhost")
     start_private_rabbitmq "$DIR/$1" "$1@localhost" "$p" >/dev/null
     printf -v "$2" '%s' "$p"

@@ -42,20 +42,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 10000))
-        if ! (: </dev/tcp/127.0.0.1/$port) 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-}
 
-MASTER=$(free_port)
+MASTER=$(free_port 20000 10000)
 start_private_redis "$DIR/master" "$MASTER"
-REPLICA=$(free_port)
+REPLICA=$(free_port 20000 10000)
 start_private_redis "$DIR/replica" "$REPLICA" --replicaof 127.0.0.1 "$MASTER"
 until redis-cli -p "$REPLICA" INFO replication | grep -q master_link_status:up; do sleep 0.1; done
 MASTER_PID=$(cat "$DIR/master/redis.pid")
@@ -66,7 +56,7 @@ round() { # min_replicas
     db="bench_replicas_$id"
     prefix="bench:$id:"
     amqp="bench.$id"
-    port=$(free_port)
+    port=$(free_port 20000 10000)
     CURRENT=("$db" "$prefix" "$amqp")
     export DATABASE_URL="$PG/$db" REDIS_URL="redis://127.0.0.1:$MASTER/0" HERDGATE_REDIS_PREFIX=$prefix
     export HERDGATE_AMQP_PREFIX=$amqp HERDGATE_ADDR=127.0.0.1:$port
