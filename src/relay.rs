@@ -515,7 +515,7 @@ async fn confirming(broker: &Broker, channel: &Channel) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// RabbitMQ left a publish or its confirm unanswered for the bound.
+/// RabbitMQ left a request (a publish, a confirm, a new channel) unanswered for the bound.
 #[derive(Debug, thiserror::Error)]
 #[error("RabbitMQ did not answer {0} within {1:?} (HERDGATE_AMQP_CONNECT_TIMEOUT)")]
 struct Silent(&'static str, Duration);
